@@ -1,0 +1,3 @@
+from jaxvoice.cli import main
+
+raise SystemExit(main())

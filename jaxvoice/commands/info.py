@@ -1,0 +1,17 @@
+"""jaxvoice info CORPUS_DIR"""
+
+HELP = "show what a prepared corpus holds (codec, rate, sources, splits, checksum)"
+
+
+def add_arguments(parser):
+    parser.add_argument("corpus", help="a directory written by `jaxvoice prepare`")
+    parser.add_argument("--json", action="store_true", help="print meta.json as it is")
+
+
+def run(args):
+    import json
+
+    from jaxvoice import corpus
+
+    meta = corpus.read_meta(args.corpus)
+    print(json.dumps(meta, indent=2) if args.json else corpus.describe(meta))

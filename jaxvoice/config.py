@@ -1,0 +1,218 @@
+"""Typed settings: frozen dataclasses are the schema, TOML files and `--set section.key=value` fill them.
+
+Defaults follow torch-rnn where it has one (see ../shared/DESIGN.md). A config is resolved once
+(preset file, then overrides), validated, and saved with every run and checkpoint as TOML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jaxvoice.errors import UserError
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    cell: str = "lstm"  # lstm | gru | rnn (tanh)
+    rnn_size: int = 128
+    num_layers: int = 2
+    wordvec_size: int = 64
+    dropout: float = 0.0  # between layers, training only
+    dtype: str = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 50  # B parallel contiguous streams
+    seq_length: int = 50  # T steps of truncated BPTT
+    learning_rate: float = 2e-3
+    grad_clip: float = 5.0
+    clip: str = "value"  # value: clamp each element (torch-rnn) | norm: scale by global norm
+    lr_schedule: str = "step"  # step (torch-rnn decay) | constant | cosine
+    lr_decay_every: int = 5  # epochs, for the step schedule
+    lr_decay_factor: float = 0.5
+    max_epochs: int = 50
+    eval_every: int = 1000  # steps
+    checkpoint_every: int = 1000  # steps
+    keep_checkpoints: int = 3  # newest K kept, plus the best by val loss
+    seed: int = 123
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    length: int = 2000
+    temperature: float = 1.0
+    num_streams: int = 1
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    chunk: int = 2048  # steps per compiled scan
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "sample": SampleConfig}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.cell": ("lstm", "gru", "rnn"),
+    "model.dtype": ("float32", "bfloat16"),
+    "train.clip": ("value", "norm"),
+    "train.lr_schedule": ("step", "constant", "cosine"),
+}
+
+
+def all_keys() -> list[str]:
+    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+
+
+def _unknown_key(key: str) -> UserError:
+    close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
+    if not close and "." not in key:
+        close = [k for k in all_keys() if k.endswith("." + key)][:1]
+    hint = f"; did you mean '{close[0]}'?" if close else f"; valid sections are {', '.join(SECTIONS)}"
+    return UserError(f"unknown config key '{key}'{hint}")
+
+
+def _field_type(key: str) -> type:
+    section, _, name = key.partition(".")
+    cls = SECTIONS.get(section)
+    types = {f.name: f.type for f in dataclasses.fields(cls)} if cls else {}
+    if name not in types:
+        raise _unknown_key(key)
+    return {"int": int, "float": float, "str": str, "bool": bool}[types[name]]
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Check (TOML values) or parse (override strings) a value against the field's type."""
+    kind = _field_type(key)
+    if isinstance(value, str) and kind is not str:
+        text = value.strip()
+        try:
+            if kind is bool:
+                if text.lower() not in ("true", "false"):
+                    raise ValueError
+                return text.lower() == "true"
+            return kind(text)
+        except ValueError:
+            raise UserError(f"{key} must be {kind.__name__}, got '{value}'") from None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is not kind:
+        raise UserError(f"{key} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def _validate(cfg: Config) -> Config:
+    for key, options in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in options:
+            raise UserError(f"{key} must be one of {', '.join(options)}, got '{value}'")
+    positive = [
+        "model.rnn_size", "model.num_layers", "model.wordvec_size", "train.batch_size",
+        "train.seq_length", "train.lr_decay_every", "train.max_epochs", "train.eval_every",
+        "train.checkpoint_every", "train.keep_checkpoints", "sample.num_streams", "sample.chunk",
+    ]  # fmt: skip
+    for key in positive:
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) <= 0:
+            raise UserError(f"{key} must be positive, got {getattr(getattr(cfg, section), name)}")
+    checks = [
+        (0.0 <= cfg.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
+        (math.isfinite(cfg.train.learning_rate) and cfg.train.learning_rate > 0,
+         "train.learning_rate must be a positive number"),
+        (cfg.train.grad_clip > 0, "train.grad_clip must be positive"),
+        (0.0 < cfg.train.lr_decay_factor <= 1.0, "train.lr_decay_factor must be in (0, 1]"),
+        (cfg.sample.temperature > 0, "sample.temperature must be > 0"),
+        (cfg.sample.top_k >= 0, "sample.top_k must be >= 0 (0 turns it off)"),
+        (0.0 < cfg.sample.top_p <= 1.0, "sample.top_p must be in (0, 1]"),
+        (cfg.sample.length >= 0, "sample.length must be >= 0"),
+    ]  # fmt: skip
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+    return cfg
+
+
+def from_dict(tree: dict[str, Any], base: Config | None = None) -> Config:
+    """Merge a {section: {key: value}} mapping into `base` (defaults if None), type-checked."""
+    cfg = base or Config()
+    for section, values in tree.items():
+        if section not in SECTIONS or not isinstance(values, dict):
+            raise _unknown_key(section)
+        updates = {name: _coerce(f"{section}.{name}", v) for name, v in values.items()}
+        cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **updates)})
+    return _validate(cfg)
+
+
+def resolve_preset(name_or_path: str | Path) -> Path:
+    """A path to a TOML file, or the name of a shipped preset ('tiny', 'voice_2016', ...)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    preset = PRESET_DIR / f"{name_or_path}.toml"
+    if preset.is_file():
+        return preset
+    names = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.toml")))
+    raise UserError(f"config '{name_or_path}' not found: give a TOML file or one of the presets: {names}")
+
+
+def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """The resolved config: defaults, then the TOML file (path or preset name), then `key=value` overrides."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        file = resolve_preset(path)
+        try:
+            tree = tomllib.loads(file.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"config {file} is not valid TOML: {e}") from None
+    cfg = from_dict(tree)
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or "." not in key:
+            if not eq:
+                raise UserError(f"override '{item}' must look like section.key=value, e.g. train.batch_size=32")
+            raise _unknown_key(key)
+        section, name = key.split(".", 1)
+        cfg = from_dict({section: {name: value}}, base=cfg)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    return dataclasses.asdict(cfg)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def dumps(cfg: Config) -> str:
+    """TOML text of every value (the flat two-level shape needs no TOML writer library)."""
+    lines = []
+    for section, values in to_dict(cfg).items():
+        lines.append(f"[{section}]")
+        lines += [f"{name} = {_toml_value(v)}" for name, v in values.items()]
+        lines.append("")
+    return "\n".join(lines)
