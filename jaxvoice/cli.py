@@ -13,10 +13,9 @@ import os
 import pkgutil
 import sys
 
+import jaxvoice.commands
 from jaxvoice import __version__
 from jaxvoice.errors import UserError
-
-import jaxvoice.commands
 
 # The order `jaxvoice --help` lists them in, the order of the flow; any other module comes after.
 ORDER = ["demo", "prepare", "info", "encode", "decode", "train", "eval", "sample", "plot", "report"]

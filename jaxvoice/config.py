@@ -122,25 +122,36 @@ def _validate(cfg: Config) -> Config:
         if value not in options:
             raise UserError(f"{key} must be one of {', '.join(options)}, got '{value}'")
     positive = [
-        "model.rnn_size", "model.num_layers", "model.wordvec_size", "train.batch_size",
-        "train.seq_length", "train.lr_decay_every", "train.max_epochs", "train.eval_every",
-        "train.checkpoint_every", "train.keep_checkpoints", "sample.num_streams", "sample.chunk",
-    ]  # fmt: skip
+        "model.rnn_size",
+        "model.num_layers",
+        "model.wordvec_size",
+        "train.batch_size",
+        "train.seq_length",
+        "train.lr_decay_every",
+        "train.max_epochs",
+        "train.eval_every",
+        "train.checkpoint_every",
+        "train.keep_checkpoints",
+        "sample.num_streams",
+        "sample.chunk",
+    ]
     for key in positive:
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) <= 0:
             raise UserError(f"{key} must be positive, got {getattr(getattr(cfg, section), name)}")
     checks = [
         (0.0 <= cfg.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
-        (math.isfinite(cfg.train.learning_rate) and cfg.train.learning_rate > 0,
-         "train.learning_rate must be a positive number"),
+        (
+            math.isfinite(cfg.train.learning_rate) and cfg.train.learning_rate > 0,
+            "train.learning_rate must be a positive number",
+        ),
         (cfg.train.grad_clip > 0, "train.grad_clip must be positive"),
         (0.0 < cfg.train.lr_decay_factor <= 1.0, "train.lr_decay_factor must be in (0, 1]"),
         (cfg.sample.temperature > 0, "sample.temperature must be > 0"),
         (cfg.sample.top_k >= 0, "sample.top_k must be >= 0 (0 turns it off)"),
         (0.0 < cfg.sample.top_p <= 1.0, "sample.top_p must be in (0, 1]"),
         (cfg.sample.length >= 0, "sample.length must be >= 0"),
-    ]  # fmt: skip
+    ]
     for ok, message in checks:
         if not ok:
             raise UserError(message)
@@ -189,7 +200,9 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         key = key.strip()
         if not eq or "." not in key:
             if not eq:
-                raise UserError(f"override '{item}' must look like section.key=value, e.g. train.batch_size=32")
+                raise UserError(
+                    f"override '{item}' must look like section.key=value, e.g. train.batch_size=32"
+                )
             raise _unknown_key(key)
         section, name = key.split(".", 1)
         cfg = from_dict({section: {name: value}}, base=cfg)

@@ -21,9 +21,13 @@ def run_jaxvoice(*args, cwd=None, timeout=600, env=None, check=False) -> subproc
     """Run the installed `jaxvoice` command; returns the CompletedProcess (text stdout/stderr)."""
     full_env = dict(os.environ, **(env or {}))
     proc = subprocess.run(
-        [*jaxvoice_cmd(), *map(str, args)], cwd=cwd, env=full_env, capture_output=True, text=True,
+        [*jaxvoice_cmd(), *map(str, args)],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
         timeout=timeout,
-    )  # fmt: skip
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"jaxvoice {args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc

@@ -1,0 +1,48 @@
+"""jaxvoice train --config tiny --data CORPUS --out runs/NAME [--set k=v ...] [--steps N] [--minutes M]"""
+
+HELP = "train a recurrent network on a corpus; checkpoints, logs and exact --resume in a run directory"
+
+
+def add_arguments(parser):
+    parser.add_argument("--config", help="a TOML file or a preset name (tiny, small, voice_2016, ...)")
+    parser.add_argument(
+        "--data", help="corpus directory from `jaxvoice prepare` (on --resume: the run's own)"
+    )
+    parser.add_argument("--out", required=True, help="run directory (new, or existing with --resume)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value, e.g. --set train.batch_size=32 (repeatable)",
+    )
+    parser.add_argument("--steps", type=int, help="train until this step in total (a resumed run continues)")
+    parser.add_argument("--minutes", type=float, help="stop at the first step after this much wall time")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
+
+
+def run(args):
+    from jaxvoice.errors import UserError
+
+    if args.steps is not None and args.steps < 1:
+        raise UserError(f"--steps must be at least 1, got {args.steps}")
+    if args.minutes is not None and not args.minutes > 0:
+        raise UserError(f"--minutes must be positive, got {args.minutes}")
+    from jaxvoice import run as run_lib
+
+    cfg, corpus, run_dir = run_lib.setup(
+        args.out, config_path=args.config, overrides=args.set, data=args.data, resume=args.resume
+    )
+    from jaxvoice import train
+
+    return train.fit(
+        cfg,
+        corpus,
+        run_dir,
+        target_step=args.steps,
+        minutes=args.minutes,
+        resume=args.resume,
+        quiet=args.quiet,
+    )
