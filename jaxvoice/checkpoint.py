@@ -24,8 +24,8 @@ from jaxvoice.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
 
-# orbax logs every save at INFO through absl; the progress bar says enough.
-logging.getLogger("absl").setLevel(logging.WARNING)
+# orbax logs each save (INFO) and read-only opens (WARNING) through absl: noise to a user; errors still show.
+logging.getLogger("absl").setLevel(logging.ERROR)
 
 
 def _options(keep: int, read_only: bool) -> ocp.CheckpointManagerOptions:

@@ -95,10 +95,10 @@ def _field_type(key: str) -> type:
     return {"int": int, "float": float, "str": str, "bool": bool}[types[name]]
 
 
-def _coerce(key: str, value: Any) -> Any:
-    """Check (TOML values) or parse (override strings) a value against the field's type."""
+def _coerce(key: str, value: Any, parse: bool) -> Any:
+    """Check (TOML values) or parse (override strings, `parse`) a value against the field's type."""
     kind = _field_type(key)
-    if isinstance(value, str) and kind is not str:
+    if parse and isinstance(value, str) and kind is not str:
         text = value.strip()
         try:
             if kind is bool:
@@ -158,13 +158,13 @@ def _validate(cfg: Config) -> Config:
     return cfg
 
 
-def from_dict(tree: dict[str, Any], base: Config | None = None) -> Config:
+def from_dict(tree: dict[str, Any], base: Config | None = None, parse: bool = False) -> Config:
     """Merge a {section: {key: value}} mapping into `base` (defaults if None), type-checked."""
     cfg = base or Config()
     for section, values in tree.items():
         if section not in SECTIONS or not isinstance(values, dict):
             raise _unknown_key(section)
-        updates = {name: _coerce(f"{section}.{name}", v) for name, v in values.items()}
+        updates = {name: _coerce(f"{section}.{name}", v, parse) for name, v in values.items()}
         cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **updates)})
     return _validate(cfg)
 
@@ -205,7 +205,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
                 )
             raise _unknown_key(key)
         section, name = key.split(".", 1)
-        cfg = from_dict({section: {name: value}}, base=cfg)
+        cfg = from_dict({section: {name: value}}, base=cfg, parse=True)
     return cfg
 
 

@@ -72,13 +72,13 @@ def setup(
             _write_atomic(saved_config, config_lib.dumps(cfg))
         return cfg, corpus, run_dir
 
+    cfg = config_lib.load(config_path, overrides)
     if run_dir.exists() and not resume and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise UserError(
             f"{run_dir} already exists; add --resume to continue that run, or choose another --out"
         )
     if data is None:
         raise UserError("no corpus given: add --data CORPUS_DIR (made by jaxvoice prepare)")
-    cfg = config_lib.load(config_path, overrides)
     corpus = _open_checked(data)
     train_streams(corpus.split("train"), cfg.train.batch_size, cfg.train.seq_length)  # sizes that can work
     run_dir.mkdir(parents=True, exist_ok=True)

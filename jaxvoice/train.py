@@ -91,7 +91,7 @@ def _train_step(state: TrainState, inputs_BxT, targets_BxT, *, cfg: Config, step
         carry=carry,
     )
     lr = make_schedule(cfg.train, steps_per_epoch)(state.step)
-    return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": lr}
+    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr}
 
 
 def make_train_step(cfg: Config, steps_per_epoch: int):

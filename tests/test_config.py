@@ -1,0 +1,99 @@
+import dataclasses
+
+import pytest
+
+from jaxvoice import config
+from jaxvoice.errors import UserError
+
+
+def test_defaults_are_torch_rnns():
+    cfg = config.Config()
+    assert (cfg.train.batch_size, cfg.train.seq_length) == (50, 50)
+    assert (cfg.model.wordvec_size, cfg.model.rnn_size, cfg.model.num_layers, cfg.model.dropout) == (
+        64,
+        128,
+        2,
+        0.0,
+    )
+    assert (cfg.train.learning_rate, cfg.train.grad_clip) == (2e-3, 5.0)
+    assert (cfg.train.lr_decay_every, cfg.train.lr_decay_factor, cfg.train.checkpoint_every) == (5, 0.5, 1000)
+    assert (cfg.sample.length, cfg.sample.temperature) == (2000, 1.0)
+
+
+@pytest.mark.parametrize("name", ["tiny", "small", "voice_2016"])
+def test_presets_load_and_say_how_to_launch(name):
+    cfg = config.load(name)
+    text = config.resolve_preset(name).read_text()
+    assert text.startswith("#") and "jaxvoice train" in text
+    assert cfg.model.cell == "lstm"
+
+
+def test_voice_2016_is_the_2016_run():
+    cfg = config.load("voice_2016")
+    assert (cfg.model.rnn_size, cfg.model.num_layers, cfg.model.wordvec_size) == (680, 3, 110)
+    assert (cfg.train.batch_size, cfg.train.seq_length) == (50, 50)
+
+
+def test_overrides_are_typed():
+    cfg = config.load("tiny", ["train.batch_size=7", "train.learning_rate=1e-3", "model.cell=gru"])
+    assert cfg.train.batch_size == 7 and cfg.train.learning_rate == 1e-3 and cfg.model.cell == "gru"
+    with pytest.raises(UserError, match="train.batch_size must be int"):
+        config.load(None, ["train.batch_size=seven"])
+    with pytest.raises(UserError, match="model.cell must be one of"):
+        config.load(None, ["model.cell=transformer"])
+    with pytest.raises(UserError, match="section.key=value"):
+        config.load(None, ["train.batch_size"])
+
+
+@pytest.mark.parametrize(
+    ("key", "suggestion"),
+    [
+        ("train.batchsize", "train.batch_size"),
+        ("model.rnnsize", "model.rnn_size"),
+        ("seq_length", "train.seq_length"),
+    ],
+)
+def test_unknown_key_suggests_the_closest(key, suggestion):
+    with pytest.raises(UserError, match=f"did you mean '{suggestion}'"):
+        config.load(None, [f"{key}=3"])
+
+
+def test_unknown_key_in_a_toml_file(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[train]\nbatch_sise = 4\n")
+    with pytest.raises(UserError, match="train.batch_size"):
+        config.load(path)
+    path.write_text("[train\n")
+    with pytest.raises(UserError, match="not valid TOML"):
+        config.load(path)
+    path.write_text('[train]\nbatch_size = "4"\n')
+    with pytest.raises(UserError, match="must be int"):
+        config.load(path)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "train.batch_size=0",
+        "model.dropout=1.0",
+        "sample.temperature=0",
+        "sample.top_p=1.5",
+        "train.learning_rate=-1",
+    ],
+)
+def test_impossible_values_are_refused(override):
+    with pytest.raises(UserError):
+        config.load(None, [override])
+
+
+def test_dumps_round_trips(tmp_path):
+    cfg = config.load("voice_2016", ["train.clip=norm", "sample.top_k=40"])
+    path = tmp_path / "resolved.toml"
+    path.write_text(config.dumps(cfg))
+    assert config.load(path) == cfg
+    assert dataclasses.asdict(config.load(path)) == config.to_dict(cfg)
+
+
+def test_missing_preset_lists_the_presets():
+    with pytest.raises(UserError, match="tiny"):
+        config.load("no_such_preset")

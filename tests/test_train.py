@@ -1,0 +1,236 @@
+"""Training: learning, carried state, exact resume, kills, signals, NaN, bad input — real corpora and runs."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from conftest import assert_user_error, jaxvoice_cmd, run_jaxvoice, sawtooth, write_audio
+
+from jaxvoice import checkpoint, config, model, train
+from jaxvoice.streams import Streams
+
+RATE = 11025
+# Small and fast, but the real tiny preset underneath.
+FAST = ["--set", "model.rnn_size=32", "--set", "train.batch_size=8", "--set", "train.seq_length=16"]
+
+
+@pytest.fixture(scope="module")
+def saw_corpus(tmp_path_factory) -> Path:
+    """A corpus of a sawtooth whose period is exactly 16 samples at 11025 Hz."""
+    from jaxvoice import corpus
+
+    root = tmp_path_factory.mktemp("saw")
+    wav = write_audio(root / "saw.wav", sawtooth(RATE / 16, RATE, 6.0, 0.8), RATE)
+    corpus.prepare([wav], root / "corpus", rate=RATE, codec="linear", quiet=True)
+    return root / "corpus"
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def train_cmd(corpus: Path, out: Path, *extra) -> list[str]:
+    return ["train", "--config", "tiny", "--data", corpus, "--out", out, *FAST, *extra, "--quiet"]
+
+
+def test_tiny_learns_a_sawtooth_and_writes_the_run_directory(saw_corpus, tmp_path):
+    run = tmp_path / "run"
+    proc = run_jaxvoice(
+        *train_cmd(saw_corpus, run, "--steps", "300", "--set", "train.eval_every=100"), check=True
+    )
+    rows = read_csv(run / "train.csv")
+    assert [int(r["step"]) for r in rows] == list(range(1, 301))
+    assert set(rows[0]) == {"step", "epoch", "loss", "bits", "lr", "grad_norm", "tokens_per_s", "wall_s"}
+    assert float(rows[0]["loss"]) > 4.0  # starts near ln 256
+    assert np.mean([float(r["loss"]) for r in rows[-20:]]) < 0.5
+    val = read_csv(run / "val.csv")
+    assert [int(r["step"]) for r in val] == [100, 200, 300]
+    assert float(val[-1]["val_loss"]) < 0.5
+    assert abs(float(val[-1]["val_bits"]) - float(val[-1]["val_loss"]) / np.log(2)) < 1e-9
+    assert config.load(run / "config.toml").model.rnn_size == 32
+    assert json.loads((run / "corpus.json").read_text())["codec"] == "linear"
+    assert checkpoint.available_steps(run)[-1] == 300
+    assert proc.stderr.strip() == ""  # --quiet
+
+
+def test_eval_json_reports_nats_and_bits(saw_corpus, tmp_path):
+    run = tmp_path / "run"
+    run_jaxvoice(
+        *train_cmd(saw_corpus, run, "--steps", "20", "--set", "train.checkpoint_every=10"), check=True
+    )
+    out = run_jaxvoice(
+        "eval", "--run", run, "--checkpoint", "latest", "--split", "test", "--json", check=True
+    )
+    result = json.loads(out.stdout)
+    assert result["split"] == "test" and result["step"] == 20
+    assert result["bits"] == pytest.approx(result["loss"] / np.log(2))
+    assert 0 < result["loss"] < 6
+    assert_user_error(run_jaxvoice("eval", "--run", run, "--checkpoint", "15"), "no checkpoint at step 15")
+    assert_user_error(run_jaxvoice("eval", "--run", tmp_path / "nope"), "nope")
+
+
+def test_two_steps_save_resume_equals_four_steps_bitwise(saw_corpus, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    extra = ["--set", "train.checkpoint_every=2", "--set", "model.dropout=0.1", "--set", "model.num_layers=2"]
+    run_jaxvoice(*train_cmd(saw_corpus, straight, "--steps", "4", *extra), check=True)
+    run_jaxvoice(*train_cmd(saw_corpus, resumed, "--steps", "2", *extra), check=True)
+    run_jaxvoice(*train_cmd(saw_corpus, resumed, "--steps", "4", "--resume", *extra), check=True)
+    loss = lambda run: [(r["step"], r["loss"], r["grad_norm"]) for r in read_csv(run / "train.csv")]
+    assert loss(resumed) == loss(straight) and len(loss(straight)) == 4
+    a = checkpoint.restore_for_inference(straight, "latest")
+    b = checkpoint.restore_for_inference(resumed, "latest")
+    assert a.step == b.step == 4
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _popen_train(corpus: Path, out: Path, *extra) -> subprocess.Popen:
+    args = [*jaxvoice_cmd(), *map(str, train_cmd(corpus, out, *extra))]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_checkpoint(run: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until a finished checkpoint (a step-numbered directory; orbax's temporary ones are not) exists."""
+    deadline = time.monotonic() + timeout
+    ckpt = run / "checkpoints"
+    while not (ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir())):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+
+
+def test_a_run_killed_with_sigkill_resumes_and_matches(saw_corpus, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    extra = ["--steps", "150", "--set", "train.checkpoint_every=25", "--set", "train.eval_every=50"]
+    run_jaxvoice(*train_cmd(saw_corpus, straight, *extra), check=True)
+    proc = _popen_train(saw_corpus, killed, *extra)
+    _wait_for_checkpoint(killed, proc)
+    time.sleep(0.3)
+    proc.kill()
+    proc.wait()
+    assert len(read_csv(killed / "train.csv")) < 150
+    run_jaxvoice(*train_cmd(saw_corpus, killed, *extra, "--resume"), check=True)
+    rows = lambda run, name: [(r["step"], r.get("loss") or r["val_loss"]) for r in read_csv(run / name)]
+    assert rows(killed, "train.csv") == rows(straight, "train.csv")
+    assert rows(killed, "val.csv") == rows(straight, "val.csv")
+
+
+def test_sigint_saves_and_exits_cleanly(saw_corpus, tmp_path):
+    run = tmp_path / "run"
+    proc = _popen_train(saw_corpus, run, "--steps", "100000", "--set", "train.checkpoint_every=20")
+    _wait_for_checkpoint(run, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    last_row = int(read_csv(run / "train.csv")[-1]["step"])
+    assert checkpoint.available_steps(run)[-1] == last_row  # the stop step itself was saved
+
+
+def test_nan_loss_stops_cleanly_and_keeps_the_good_checkpoint(saw_corpus, tmp_path):
+    run = tmp_path / "run"
+    proc = run_jaxvoice(
+        *train_cmd(saw_corpus, run, "--steps", "50", "--set", "train.learning_rate=1e38", "--set",
+                   "train.checkpoint_every=1"),
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert "NaN/Inf at step" in proc.stderr and "Traceback" not in proc.stderr
+    steps = checkpoint.available_steps(run)
+    assert steps, "the checkpoints before the NaN are kept"
+    restored = checkpoint.restore_for_inference(run, "latest")
+    nan_step = int(proc.stderr.split("at step ")[1].split(";")[0])
+    assert restored.step < nan_step
+
+
+def test_resume_without_a_checkpoint_starts_at_zero_and_says_so(saw_corpus, tmp_path):
+    run = tmp_path / "run"
+    proc = run_jaxvoice(
+        "train", "--config", "tiny", "--data", saw_corpus, "--out", run, *FAST, "--steps", "3", "--resume"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "no checkpoint yet: starting from step 0" in proc.stderr
+    assert len(read_csv(run / "train.csv")) == 3
+
+
+def test_existing_run_without_resume_is_refused_and_untouched(saw_corpus, tmp_path):
+    run = tmp_path / "run"
+    run_jaxvoice(*train_cmd(saw_corpus, run, "--steps", "2"), check=True)
+    digest = lambda: {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.rglob("*") if p.is_file()}
+    before = digest()
+    assert_user_error(run_jaxvoice(*train_cmd(saw_corpus, run, "--steps", "4")), "already exists", "--resume")
+    assert digest() == before
+    assert_user_error(
+        run_jaxvoice(*train_cmd(saw_corpus, run, "--steps", "4", "--resume", "--set", "model.rnn_size=8")),
+        "model.rnn_size",
+    )
+    assert digest() == before
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--set", "model.cell=transformer"], ["model.cell", "lstm"]),
+        (["--set", "train.batchsize=4"], ["train.batch_size"]),
+        (["--set", "train.batch_size=1000", "--set", "train.seq_length=1000"], ["train split", "batch_size"]),
+        (["--steps", "0"], ["--steps"]),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(saw_corpus, tmp_path, extra, words):
+    run = tmp_path / "run"
+    assert_user_error(run_jaxvoice(*train_cmd(saw_corpus, run, *extra)), *words)
+    assert not run.exists()
+
+
+def test_missing_corpus_is_one_line_and_exit_2(tmp_path):
+    proc = run_jaxvoice("train", "--config", "tiny", "--data", tmp_path / "nope", "--out", tmp_path / "run")
+    assert_user_error(proc, "nope")
+    assert not (tmp_path / "run").exists()
+
+
+# --- in-process: the step function itself ---------------------------------------------------------------
+
+
+def _tokens_with_period(period: int, length: int, seed: int = 0) -> np.ndarray:
+    pattern = np.random.default_rng(seed).integers(0, 256, period).astype(np.uint8)
+    return np.resize(pattern, length)
+
+
+def test_no_recompilation_after_the_first_step():
+    cfg = config.load("tiny", ["model.rnn_size=16", "train.batch_size=4", "train.seq_length=8"])
+    streams = Streams(_tokens_with_period(50, 2000), 4, 8)
+    state = train.init_state(cfg, streams.steps, 4)
+    step_fn = train.make_train_step(cfg, streams.steps)
+    for i in range(5):
+        state, metrics = step_fn(state, *streams.batch(i))
+    jax.block_until_ready(metrics)
+    assert step_fn._cache_size() == 1
+
+
+def test_carried_state_beats_reset_on_a_period_longer_than_t():
+    T, B, period = 8, 16, 40
+    cfg = config.load("tiny", ["model.rnn_size=64", f"train.batch_size={B}", f"train.seq_length={T}",
+                               "train.lr_schedule=constant", "train.learning_rate=0.01"])  # fmt: skip
+    streams = Streams(_tokens_with_period(period, 40_000), B, T)
+    state = train.init_state(cfg, streams.steps, B)
+    step_fn = train.make_train_step(cfg, streams.steps)
+    for i in range(400):
+        state, _ = step_fn(state, *streams.batch(i % streams.steps))
+    held_out = Streams(_tokens_with_period(period, 4000)[7:], B, T)
+    with_carry = train.evaluate(state.params, cfg.model, held_out)
+    reset = np.mean(
+        [
+            float(model.loss(state.params, *held_out.batch(i), model.init_carry(cfg.model, B), cfg.model)[0])
+            for i in range(held_out.steps)
+        ]
+    )
+    assert with_carry < 0.5 * reset, (with_carry, reset)
