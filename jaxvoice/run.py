@@ -46,9 +46,17 @@ def _open_checked(data: str | Path, expected_sha: str | None = None) -> corpus_l
 
 
 def setup(
-    run_dir: str | Path, *, config_path: str | None, overrides: list[str], data: str | None, resume: bool
+    run_dir: str | Path,
+    *,
+    config_path: str | None,
+    overrides: list[str],
+    data: str | None,
+    resume: bool,
+    primary: bool = True,
 ) -> tuple[config_lib.Config, corpus_lib.Corpus, Path]:
-    """Resolve the config and corpus of a new or resumed run; create the run directory if new."""
+    """Resolve the config and corpus of a new or resumed run; create the run directory if new.
+
+    `primary` is false on the processes after the first of a multi-process run: they must not race it."""
     run_dir = Path(run_dir)
     saved_config = run_dir / "config.toml"
     if resume and saved_config.is_file():
@@ -73,6 +81,10 @@ def setup(
         return cfg, corpus, run_dir
 
     cfg = config_lib.load(config_path, overrides)
+    if not primary:  # process 0 checks and writes the run directory; the others only read the corpus
+        if data is None:
+            raise UserError("no corpus given: add --data CORPUS_DIR (made by jaxvoice prepare)")
+        return cfg, _open_checked(data), run_dir
     if run_dir.exists() and not resume and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise UserError(
             f"{run_dir} already exists; add --resume to continue that run, or choose another --out"

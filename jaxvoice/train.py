@@ -22,7 +22,7 @@ import optax
 from flax import struct
 from tqdm import tqdm
 
-from jaxvoice import __version__, checkpoint, logs, model
+from jaxvoice import __version__, checkpoint, logs, model, parallel
 from jaxvoice import config as config_lib
 from jaxvoice.config import Config, ModelConfig, TrainConfig
 from jaxvoice.streams import Streams, eval_streams, train_streams
@@ -94,9 +94,27 @@ def _train_step(state: TrainState, inputs_BxT, targets_BxT, *, cfg: Config, step
     return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr}
 
 
-def make_train_step(cfg: Config, steps_per_epoch: int):
-    """`fn(state, inputs_BxT, targets_BxT) -> (state, metrics)`, jitted once, the state donated."""
-    return jax.jit(functools.partial(_train_step, cfg=cfg, steps_per_epoch=steps_per_epoch), donate_argnums=0)
+def state_sharding(state: TrainState, dp: parallel.DataParallel) -> TrainState:
+    """Everything replicated but the carried state, which is split over devices with its streams."""
+    return jax.tree.map(lambda _: dp.replicated, state).replace(carry=dp.carry)
+
+
+def make_train_step(cfg: Config, steps_per_epoch: int, dp: parallel.DataParallel | None = None):
+    """`fn(state, inputs_BxT, targets_BxT) -> (state, metrics)`, jitted once, the state donated.
+
+    With `dp`, the batch and carry are split over its mesh and params/optimizer state are replicated.
+    """
+    step = functools.partial(_train_step, cfg=cfg, steps_per_epoch=steps_per_epoch)
+    if dp is None:
+        return jax.jit(step, donate_argnums=0)
+    abstract = jax.eval_shape(lambda: init_state(cfg, steps_per_epoch, cfg.train.batch_size))
+    shardings = state_sharding(abstract, dp)
+    return jax.jit(
+        step,
+        in_shardings=(shardings, dp.batch, dp.batch),
+        out_shardings=(shardings, dp.replicated),
+        donate_argnums=0,
+    )
 
 
 def _eval_step(params, carry, inputs_BxT, targets_BxT, *, model_cfg: ModelConfig):
@@ -109,13 +127,27 @@ def make_eval_step(model_cfg: ModelConfig):
     return jax.jit(functools.partial(_eval_step, model_cfg=model_cfg), donate_argnums=1)
 
 
-def evaluate(params: dict, model_cfg: ModelConfig, streams: Streams, eval_step=None) -> float:
+def evaluate(
+    params: dict,
+    model_cfg: ModelConfig,
+    streams: Streams,
+    eval_step=None,
+    dp: parallel.DataParallel | None = None,
+) -> float:
     """Mean loss in nats over the whole split, carrying the state through it from zero."""
     eval_step = eval_step or make_eval_step(model_cfg)
     carry = model.init_carry(model_cfg, streams.batch_size)
+    place = lambda x, sharding: x
+    if dp is not None:
+        batch_sharding = dp.batch_sharding_for(streams.batch_size)
+        carry_sharding = dp.carry if batch_sharding == dp.batch else dp.replicated
+        carry = dp.put(np.zeros(carry.shape, carry.dtype), carry_sharding)
+        place = dp.put
     losses = []
     for index in range(streams.steps):
         inputs, targets = streams.batch(index)
+        if dp is not None:
+            inputs, targets = place(inputs, batch_sharding), place(targets, batch_sharding)
         loss, carry = eval_step(params, carry, inputs, targets)
         losses.append(loss)
     # every batch has the same B*T targets, so the mean of means is the mean over all targets
@@ -165,13 +197,20 @@ def fit(
     """Train until `target_step` (default: train.max_epochs), `minutes` of wall time, or a signal; saves
     checkpoints, evaluates, logs. Returns the process exit code (0 done, 1 diverged, 130/143 signal)."""
     B, T = cfg.train.batch_size, cfg.train.seq_length
+    dp = parallel.data_parallel()
+    dp.check_batch_size(B)
+    first, count = dp.local_rows(B)
     streams = train_streams(corpus.split("train"), B, T)
+    streams = Streams(streams.data, B, T, first_stream=first, num_local=count)  # this process's streams
     steps_per_epoch = streams.steps
     val_data = corpus.split("val")
     val = eval_streams(val_data, B, T) if len(val_data) > 1 else None
+    primary = jax.process_index() == 0  # only process 0 logs and shows progress
+    quiet = quiet or not primary
     say = (lambda *a: None) if quiet else (lambda msg: tqdm.write(msg, file=sys.stderr))
 
     state = init_state(cfg, steps_per_epoch, B)
+    state = jax.device_put(state, state_sharding(state, dp))
     mngr = checkpoint.manager(run_dir, keep=cfg.train.keep_checkpoints)
     wall_before = 0.0
     if resume:
@@ -185,14 +224,15 @@ def fit(
     start_step = int(state.step)
     target = target_step if target_step is not None else cfg.train.max_epochs * steps_per_epoch
     keep = start_step if resume else None
-    train_log = logs.CsvLog(run_dir / "train.csv", logs.TRAIN_COLUMNS, keep_through_step=keep)
-    val_log = logs.CsvLog(run_dir / "val.csv", logs.VAL_COLUMNS, keep_through_step=keep)
+    make_log = logs.CsvLog if primary else logs.NullLog
+    train_log = make_log(run_dir / "train.csv", logs.TRAIN_COLUMNS, keep_through_step=keep)
+    val_log = make_log(run_dir / "val.csv", logs.VAL_COLUMNS, keep_through_step=keep)
     if start_step >= target:
         say(f"{run_dir} is already at step {start_step} (target {target}); nothing to do")
         train_log.close(), val_log.close(), mngr.close()
         return 0
 
-    train_step, eval_step = make_train_step(cfg, steps_per_epoch), make_eval_step(cfg.model)
+    train_step, eval_step = make_train_step(cfg, steps_per_epoch, dp), make_eval_step(cfg.model)
     tokens_per_step = B * T
     deadline = time.monotonic() + 60.0 * minutes if minutes is not None else None
     t_start = time.monotonic()
@@ -236,7 +276,7 @@ def fit(
     def run_eval(step: int) -> None:
         if val is None:
             return
-        val_loss = evaluate(state.params, cfg.model, val, eval_step)
+        val_loss = evaluate(state.params, cfg.model, val, eval_step, dp)
         val_log.write(step, round(step / steps_per_epoch, 6), val_loss, val_loss * model.BITS_PER_NAT)
         val_log.flush()
         last["val_loss"] = (step, val_loss)
@@ -263,6 +303,7 @@ def fit(
         with _StopFlag() as stop:
             while step < target:
                 inputs, targets = streams.batch(step % steps_per_epoch)
+                inputs, targets = dp.global_batch(inputs, B), dp.global_batch(targets, B)
                 state, metrics = train_step(state, inputs, targets)
                 if pending is not None:
                     record(*pending)  # one step late: the step just dispatched keeps the device busy

@@ -19,7 +19,7 @@ def run(args):
     import json
     import time
 
-    from jaxvoice import checkpoint, model, streams, train
+    from jaxvoice import checkpoint, model, parallel, streams, train
     from jaxvoice import run as run_lib
 
     run_lib.config_of(args.run)  # a clear error for a directory that is not a run
@@ -29,7 +29,7 @@ def run(args):
     cfg = restored.config
     held_out = streams.eval_streams(split, cfg.train.batch_size, cfg.train.seq_length)
     t0 = time.monotonic()
-    loss = train.evaluate(restored.params, cfg.model, held_out)
+    loss = train.evaluate(restored.params, cfg.model, held_out, dp=parallel.data_parallel())
     result = {
         "run": str(args.run),
         "split": args.split,

@@ -21,6 +21,10 @@ def add_arguments(parser):
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
     )
+    hosts = parser.add_argument_group("several hosts (jax.distributed; give all three on every process)")
+    hosts.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
+    hosts.add_argument("--num-processes", type=int, metavar="N", help="how many processes in all")
+    hosts.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0..N-1")
 
 
 def run(args):
@@ -30,10 +34,17 @@ def run(args):
         raise UserError(f"--steps must be at least 1, got {args.steps}")
     if args.minutes is not None and not args.minutes > 0:
         raise UserError(f"--minutes must be positive, got {args.minutes}")
+    from jaxvoice import parallel
     from jaxvoice import run as run_lib
 
+    parallel.initialize(args.coordinator, args.num_processes, args.process_id)
     cfg, corpus, run_dir = run_lib.setup(
-        args.out, config_path=args.config, overrides=args.set, data=args.data, resume=args.resume
+        args.out,
+        config_path=args.config,
+        overrides=args.set,
+        data=args.data,
+        resume=args.resume,
+        primary=args.process_id in (None, 0),
     )
     from jaxvoice import train
 

@@ -1,0 +1,88 @@
+"""Data parallelism with JAX's own machinery: a 1-D mesh ("data",) of every device of every process.
+
+The B streams of a batch (and the carried state of those streams) are split over the mesh; params and the
+optimizer state are replicated. jit inserts the gradient all-reduce. Several hosts join with
+`jax.distributed.initialize`; each process reads only its own streams and the global batch is assembled
+with `jax.make_array_from_process_local_data`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxvoice.errors import UserError
+
+
+def initialize(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
+    """Join a multi-process run when asked to (flags, or JAX's standard cluster environment variables)."""
+    if coordinator is None and num_processes is None and process_id is None:
+        return  # single process; jax.distributed.initialize() is for clusters it can detect or is told of
+    if coordinator is None or num_processes is None or process_id is None:
+        raise UserError(
+            "multi-process training needs all of --coordinator HOST:PORT, --num-processes and --process-id"
+        )
+    if not 0 <= process_id < num_processes:
+        raise UserError(f"--process-id must be in 0..{num_processes - 1}, got {process_id}")
+    jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+
+
+@dataclass(frozen=True)
+class DataParallel:
+    mesh: Mesh
+
+    @property
+    def num_devices(self) -> int:
+        return self.mesh.devices.size
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P())
+
+    @property
+    def batch(self) -> NamedSharding:
+        """[B, T] arrays: streams split over the devices."""
+        return NamedSharding(self.mesh, P("data"))
+
+    @property
+    def carry(self) -> NamedSharding:
+        """carry_LxSxBxH: the state of each stream lives with its stream."""
+        return NamedSharding(self.mesh, P(None, None, "data"))
+
+    def check_batch_size(self, batch_size: int, what: str = "train.batch_size") -> None:
+        n = self.num_devices
+        if batch_size % n:
+            options = ", ".join(str(n * k) for k in range(max(1, batch_size // n - 1), batch_size // n + 3))
+            raise UserError(
+                f"{what}={batch_size} does not split over {n} devices; use a multiple of {n} (e.g. {options})"
+            )
+
+    def local_rows(self, batch_size: int, sharding: NamedSharding | None = None) -> tuple[int, int]:
+        """(first row, count) of a [B, ...] array that this process's devices hold: its streams."""
+        index_map = (sharding or self.batch).addressable_devices_indices_map((batch_size,))
+        starts = [idx[0].start or 0 for idx in index_map.values()]
+        stops = [batch_size if idx[0].stop is None else idx[0].stop for idx in index_map.values()]
+        return min(starts), max(stops) - min(starts)
+
+    def global_batch(self, local_BxT: np.ndarray, batch_size: int) -> jax.Array:
+        """The global [B, T] array from this process's rows (its streams only)."""
+        shape = (batch_size, *local_BxT.shape[1:])
+        return jax.make_array_from_process_local_data(self.batch, local_BxT, shape)
+
+    def put(self, full: np.ndarray, sharding: NamedSharding) -> jax.Array:
+        """A global array from data every process holds in full (small things: eval batches, a fresh carry)."""
+        return jax.make_array_from_callback(full.shape, sharding, lambda index: full[index])
+
+    def batch_sharding_for(self, batch_size: int) -> NamedSharding:
+        """Split over devices where B divides, else replicate (short held-out splits get a small B)."""
+        return self.batch if batch_size % self.num_devices == 0 else self.replicated
+
+
+def data_parallel() -> DataParallel:
+    # Auto axes: XLA propagates the batch split through the model; the model code stays sharding-free.
+    mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    return DataParallel(mesh)

@@ -1,0 +1,91 @@
+"""Data parallelism: 4 fake CPU devices and two processes on 127.0.0.1 give the losses of one device."""
+
+from __future__ import annotations
+
+import csv
+import socket
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import assert_user_error, jaxvoice_cmd, run_jaxvoice, sawtooth, write_audio
+
+FOUR_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+SMALL = ["--config", "tiny", "--set", "model.rnn_size=32", "--set", "train.batch_size=8",
+         "--set", "train.seq_length=16", "--set", "train.checkpoint_every=10", "--set", "train.eval_every=10",
+         "--quiet"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("par")
+    write_audio(root / "saw.wav", sawtooth(11025 / 23, 11025, 4.0, 0.7), 11025)
+    run_jaxvoice("prepare", root / "saw.wav", "-o", root / "corpus", "-q", check=True)
+    return root / "corpus"
+
+
+def losses(run: Path, name: str = "train.csv", column: str = "loss") -> np.ndarray:
+    with open(run / name) as f:
+        return np.array([float(r[column]) for r in csv.DictReader(f)])
+
+
+def test_four_devices_match_one_and_resume_exactly(corpus_dir, tmp_path):
+    one, four, four_resumed = tmp_path / "one", tmp_path / "four", tmp_path / "four_resumed"
+    args = ["train", *SMALL, "--data", corpus_dir]
+    run_jaxvoice(*args, "--out", one, "--steps", "20", check=True)
+    run_jaxvoice(*args, "--out", four, "--steps", "20", env=FOUR_DEVICES, check=True)
+    run_jaxvoice(*args, "--out", four_resumed, "--steps", "10", env=FOUR_DEVICES, check=True)
+    run_jaxvoice(*args, "--out", four_resumed, "--steps", "20", "--resume", env=FOUR_DEVICES, check=True)
+    assert len(losses(one)) == 20
+    np.testing.assert_allclose(losses(four), losses(one), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        losses(four, "val.csv", "val_loss"), losses(one, "val.csv", "val_loss"), atol=1e-5
+    )
+    np.testing.assert_array_equal(losses(four_resumed), losses(four))
+
+
+def test_a_batch_that_does_not_split_over_the_devices_is_refused(corpus_dir, tmp_path):
+    proc = run_jaxvoice(
+        "train", *SMALL, "--data", corpus_dir, "--out", tmp_path / "run", "--set", "train.batch_size=6",
+        env=FOUR_DEVICES,
+    )  # fmt: skip
+    assert_user_error(proc, "train.batch_size=6", "4 devices", "multiple of 4")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(corpus_dir, tmp_path):
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    args = ["train", *SMALL, "--data", corpus_dir, "--steps", "10"]
+    run_jaxvoice(*args, "--out", single, check=True)
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            [
+                *jaxvoice_cmd(),
+                *map(str, args),
+                "--out",
+                str(multi),
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for i in (1, 0)
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    np.testing.assert_allclose(losses(multi), losses(single), rtol=0, atol=1e-5)
+    assert (multi / "checkpoints" / "10").is_dir()
