@@ -18,10 +18,16 @@ from jax.sharding import PartitionSpec as P
 from jaxvoice.errors import UserError
 
 
-def initialize(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
-    """Join a multi-process run when asked to (flags, or JAX's standard cluster environment variables)."""
+def initialize(
+    coordinator: str | None, num_processes: int | None, process_id: int | None, detect: bool = False
+) -> None:
+    """Join a multi-process run when asked to: by the three flags, or (`detect`) by whatever cluster JAX
+    recognises from its environment (JAX_COORDINATOR_ADDRESS, Slurm, Open MPI, Cloud TPU, Kubernetes)."""
+    if detect:
+        jax.distributed.initialize()
+        return
     if coordinator is None and num_processes is None and process_id is None:
-        return  # single process; jax.distributed.initialize() is for clusters it can detect or is told of
+        return
     if coordinator is None or num_processes is None or process_id is None:
         raise UserError(
             "multi-process training needs all of --coordinator HOST:PORT, --num-processes and --process-id"

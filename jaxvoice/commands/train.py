@@ -25,6 +25,11 @@ def add_arguments(parser):
     hosts.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
     hosts.add_argument("--num-processes", type=int, metavar="N", help="how many processes in all")
     hosts.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0..N-1")
+    hosts.add_argument(
+        "--distributed",
+        action="store_true",
+        help="let JAX find the cluster itself (TPU slices, Slurm, Open MPI, JAX_COORDINATOR_ADDRESS)",
+    )
 
 
 def run(args):
@@ -34,17 +39,19 @@ def run(args):
         raise UserError(f"--steps must be at least 1, got {args.steps}")
     if args.minutes is not None and not args.minutes > 0:
         raise UserError(f"--minutes must be positive, got {args.minutes}")
+    import jax
+
     from jaxvoice import parallel
     from jaxvoice import run as run_lib
 
-    parallel.initialize(args.coordinator, args.num_processes, args.process_id)
+    parallel.initialize(args.coordinator, args.num_processes, args.process_id, detect=args.distributed)
     cfg, corpus, run_dir = run_lib.setup(
         args.out,
         config_path=args.config,
         overrides=args.set,
         data=args.data,
         resume=args.resume,
-        primary=args.process_id in (None, 0),
+        primary=jax.process_index() == 0,
     )
     from jaxvoice import train
 
