@@ -8,6 +8,7 @@ renames it when complete, so a kill mid-save leaves the previous checkpoints int
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
@@ -24,8 +26,11 @@ from jaxvoice.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
 
-# orbax logs each save (INFO) and read-only opens (WARNING) through absl: noise to a user; errors still show.
-logging.getLogger("absl").setLevel(logging.ERROR)
+# orbax logs each save (INFO), read-only opens (WARNING) and, when a write fails, the same error with
+# tracebacks from each of its threads (ERROR, also through concurrent.futures). jaxvoice reports a failed save
+# itself in one line (train.fit), so none of that reaches the user.
+for _name in ("absl", "concurrent.futures"):
+    logging.getLogger(_name).setLevel(logging.CRITICAL)
 
 
 def _options(keep: int, read_only: bool) -> ocp.CheckpointManagerOptions:
@@ -58,13 +63,33 @@ def manager(run_dir: str | Path, keep: int = 3, read_only: bool = False) -> ocp.
     )
 
 
+def _train_part(state: Any) -> dict:
+    return {"opt_state": state.opt_state, "step": state.step, "carry": state.carry, "key": state.key}
+
+
+def digest(tree: Any) -> str:
+    """sha256 over every array of a pytree that this process holds whole (all of them on one host).
+
+    Stored in the meta at save and checked at restore: orbax detects missing files, but a file zeroed or
+    overwritten in place can decode into wrong numbers without any error.
+    """
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            continue  # a shard of another host's data (multi-process carry): each host checks its own run
+        array = np.ascontiguousarray(jax.device_get(leaf))
+        h.update(f"{array.dtype}{array.shape}".encode())
+        h.update(array.tobytes())
+    return h.hexdigest()
+
+
 def save(mngr: ocp.CheckpointManager, state: Any, meta: dict, val_loss: float | None) -> None:
-    """Start saving `state` (a TrainState) at its step; returns once the arrays are copied off the device."""
-    step = int(state.step)
-    train_part = {"opt_state": state.opt_state, "step": state.step, "carry": state.carry, "key": state.key}
+    """Save `state` (a TrainState) at its step, with `meta` (JSON) and checksums of both array items."""
+    train_part = _train_part(state)
+    meta = dict(meta, params_sha256=digest(state.params), train_sha256=digest(train_part))
     metrics = {"val_loss": float(val_loss)} if val_loss is not None else None
     mngr.save(
-        step,
+        int(state.step),
         args=ocp.args.Composite(
             params=ocp.args.StandardSave(state.params),
             train=ocp.args.StandardSave(train_part),
@@ -83,40 +108,54 @@ def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
     return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 
-def restore_train(mngr: ocp.CheckpointManager, abstract_state: Any) -> tuple[Any, dict] | None:
+class Damaged(Exception):
+    """A checkpoint step whose files are missing, truncated or do not match their checksums."""
+
+
+def _restore_checked(mngr: ocp.CheckpointManager, step: int, abstract: dict[str, Any]) -> dict:
+    """Restore the named items of one step (plus meta) and verify their checksums, or raise Damaged."""
+    try:
+        meta = read_meta(mngr, step)
+        args = {name: ocp.args.StandardRestore(_abstract(tree)) for name, tree in abstract.items()}
+        restored = dict(mngr.restore(step, args=ocp.args.Composite(**args)))
+    except Exception as e:  # orbax raises many kinds for damaged files; each means "this step is damaged"
+        raise Damaged(f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
+    for name in abstract:
+        expected = meta.get(f"{name}_sha256")
+        if expected is not None and digest(restored[name]) != expected:
+            raise Damaged(f"its {name} do not match the checksum saved with them")
+    restored["meta"] = meta
+    return restored
+
+
+def _first_intact(
+    mngr: ocp.CheckpointManager, steps: list[int], abstract: dict[str, Any], quiet: bool = False
+):
+    """(step, restored) of the first step in `steps` that restores intact; warns about each damaged one."""
+    for step in steps:
+        try:
+            return step, _restore_checked(mngr, step, abstract)
+        except Damaged as e:
+            if not quiet:
+                print(
+                    f"warning: checkpoint step {step} is damaged ({e}); trying an older one", file=sys.stderr
+                )
+    return None, None
+
+
+def restore_train(
+    mngr: ocp.CheckpointManager, abstract_state: Any, quiet: bool = False
+) -> tuple[Any, dict] | None:
     """The newest checkpoint that restores intact, as (state, meta); None if there is none.
 
-    A damaged step (truncated or missing files) is reported and skipped in favour of the one before it.
+    A damaged step (files deleted, truncated or zeroed; checksums that differ) is reported and skipped in
+    favour of the one before it. An unfinished save never appears: orbax renames a step into place last.
     """
-    for step in sorted(mngr.all_steps(), reverse=True):
-        try:
-            restored = mngr.restore(
-                step,
-                args=ocp.args.Composite(
-                    params=ocp.args.StandardRestore(_abstract(abstract_state.params)),
-                    train=ocp.args.StandardRestore(
-                        _abstract(
-                            {
-                                "opt_state": abstract_state.opt_state,
-                                "step": abstract_state.step,
-                                "carry": abstract_state.carry,
-                                "key": abstract_state.key,
-                            }
-                        )
-                    ),
-                    meta=ocp.args.JsonRestore(),
-                ),
-            )
-        except Exception as e:  # orbax raises many kinds for damaged files; any of them means "skip"
-            print(
-                f"warning: checkpoint step {step} is damaged ({type(e).__name__}); trying an older one",
-                file=sys.stderr,
-            )
-            continue
-        train_part = restored["train"]
-        state = abstract_state.replace(params=restored["params"], **train_part)
-        return state, restored["meta"]
-    return None
+    abstract = {"params": abstract_state.params, "train": _train_part(abstract_state)}
+    step, restored = _first_intact(mngr, sorted(mngr.all_steps(), reverse=True), abstract, quiet)
+    if restored is None:
+        return None
+    return abstract_state.replace(params=restored["params"], **restored["train"]), restored["meta"]
 
 
 @dataclass(frozen=True)
@@ -135,30 +174,41 @@ def available_steps(run_dir: str | Path) -> list[int]:
     return sorted(manager(run_dir, read_only=True).all_steps())
 
 
-def _pick_step(mngr: ocp.CheckpointManager, run_dir: Path, which: str | int) -> int:
-    steps = sorted(mngr.all_steps())
+def _safe_meta(mngr: ocp.CheckpointManager, step: int) -> dict | None:
+    try:
+        return read_meta(mngr, step)
+    except Exception:  # a damaged meta item: that step will be reported when it is restored
+        return None
+
+
+def _candidates(mngr: ocp.CheckpointManager, run_dir: Path, which: str | int) -> list[int]:
+    """Steps to try, best first: the newest for 'latest', the lowest val loss for 'best', or one step."""
+    steps = sorted(mngr.all_steps(), reverse=True)
     if not steps:
         raise UserError(
             f"run {run_dir} has no checkpoints yet; train it first (jaxvoice train ... --out {run_dir})"
         )
     if which == "latest":
-        return steps[-1]
+        return steps
     if which == "best":
-        scored = [(m["val_loss"], s) for s in steps if (m := read_meta(mngr, s)).get("val_loss") is not None]
-        return min(scored)[1] if scored else steps[-1]
+        scores = {s: (m or {}).get("val_loss") for s in steps for m in [_safe_meta(mngr, s)]}
+        scored = sorted((v, -s) for s, v in scores.items() if v is not None)
+        return [-s for _, s in scored] + [s for s in steps if scores[s] is None]
     try:
         step = int(which)
     except ValueError:
         raise UserError(f"checkpoint must be best, latest or a step number, got '{which}'") from None
     if step not in steps:
         raise UserError(
-            f"run {run_dir} has no checkpoint at step {step}; it has {', '.join(map(str, steps))}"
+            f"run {run_dir} has no checkpoint at step {step}; it has {', '.join(map(str, sorted(steps)))}"
         )
-    return step
+    return [step]
 
 
-def restore_for_inference(run_dir: str | Path, which: str | int = "best") -> Restored:
-    """The params (and what they mean) of one checkpoint: 'best' (lowest val loss), 'latest' or a step."""
+def restore_for_inference(run_dir: str | Path, which: str | int = "best", quiet: bool = False) -> Restored:
+    """The params (and what they mean) of one checkpoint: 'best' (lowest val loss), 'latest' or a step.
+
+    For best/latest a damaged checkpoint is reported and the next candidate is used."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(
@@ -169,11 +219,26 @@ def restore_for_inference(run_dir: str | Path, which: str | int = "best") -> Res
             f"run {run_dir} has no checkpoints yet; train it first (jaxvoice train ... --out {run_dir})"
         )
     mngr = manager(run_dir, read_only=True)
-    step = _pick_step(mngr, run_dir, which)
-    meta = read_meta(mngr, step)
-    cfg = config_lib.from_dict(meta["config"])
-    abstract_params = jax.eval_shape(lambda: model.init_params(jax.random.key(0), cfg.model))
-    restored = mngr.restore(
-        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(_abstract(abstract_params)))
+    candidates = _candidates(mngr, run_dir, which)
+    for step in candidates:
+        meta = _safe_meta(mngr, step)
+        try:
+            if meta is None:
+                raise Damaged("its meta item does not read")
+            cfg = config_lib.from_dict(meta["config"])
+            abstract_params = jax.eval_shape(lambda cfg=cfg: model.init_params(jax.random.key(0), cfg.model))
+            restored = _restore_checked(mngr, step, {"params": abstract_params})
+        except (Damaged, UserError, KeyError, TypeError) as e:
+            if len(candidates) == 1:
+                raise UserError(
+                    f"checkpoint step {step} of {run_dir} is damaged ({e}); choose another step"
+                ) from None
+            if not quiet:
+                print(
+                    f"warning: checkpoint step {step} is damaged ({e}); trying the next one", file=sys.stderr
+                )
+            continue
+        return Restored(restored["params"], cfg, meta["corpus"], step, meta.get("val_loss"))
+    raise UserError(
+        f"every checkpoint of {run_dir} is damaged; train again or restore the files from a backup"
     )
-    return Restored(restored["params"], cfg, meta["corpus"], step, meta.get("val_loss"))

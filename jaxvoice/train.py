@@ -7,6 +7,8 @@ inside jit, so a run resumed from a checkpoint computes exactly what an uninterr
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import functools
 import math
 import signal
@@ -161,6 +163,37 @@ class Diverged(Exception):
     """The loss became NaN or Inf."""
 
 
+class SaveFailed(Exception):
+    """A checkpoint could not be written (full disk, lost mount, ...); orbax left the previous ones intact."""
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:160]}" if text else type(error).__name__
+
+
+class _Rate:
+    """Training tokens/s over the last `window` logged steps, not counting evaluation and saving pauses."""
+
+    def __init__(self, tokens_per_step: int, step: int, now: float, window: int = 50):
+        self.tokens_per_step = tokens_per_step
+        self.points = collections.deque([(step, now)], maxlen=window)
+        self.value = 0.0
+
+    def tick(self, step: int, now: float) -> float:
+        first_step, first_time = self.points[0]
+        if now > first_time and step > first_step:
+            self.value = self.tokens_per_step * (step - first_step) / (now - first_time)
+        self.points.append((step, now))
+        return self.value
+
+    def restart(self, step: int, now: float) -> None:
+        self.points.clear()
+        self.points.append((step, now))
+
+
 class _StopFlag:
     """Ctrl-C / SIGTERM ask the loop to stop at the next step boundary (and save); a second Ctrl-C is
     the usual KeyboardInterrupt."""
@@ -233,16 +266,15 @@ def fit(
         return 0
 
     train_step, eval_step = make_train_step(cfg, steps_per_epoch, dp), make_eval_step(cfg.model)
-    tokens_per_step = B * T
     deadline = time.monotonic() + 60.0 * minutes if minutes is not None else None
     t_start = time.monotonic()
-    t_last = t_start
+    rate = _Rate(B * T, start_step, t_start)
     last = {"loss": float("nan"), "val_loss": None}
     bar = tqdm(
         total=target,
         initial=start_step,
         unit="step",
-        disable=quiet,
+        disable=True if quiet else None,  # None: a bar on a terminal only, never lines of it in a log file
         dynamic_ncols=True,
         file=sys.stderr,
         mininterval=0.5,
@@ -250,12 +282,12 @@ def fit(
 
     def record(step: int, metrics) -> None:
         """Fetch a dispatched step's metrics (a host sync on that step only) and log them."""
-        nonlocal t_last
         m = jax.device_get(metrics)
         now = time.monotonic()
         loss = float(m["loss"])
-        tokens_per_s = tokens_per_step / max(now - t_last, 1e-9)
-        t_last = now
+        tokens_per_s = rate.tick(step, now)
+        if step == start_step + 1:
+            rate.restart(step, now)  # the first step's time is mostly compilation
         train_log.write(
             step,
             round(step / steps_per_epoch, 6),
@@ -281,6 +313,7 @@ def fit(
         val_log.flush()
         last["val_loss"] = (step, val_loss)
         say(f"step {step}: val loss {val_loss:.4f} nats, {val_loss * model.BITS_PER_NAT:.4f} bits/sample")
+        rate.restart(step, time.monotonic())
 
     def save(step: int) -> None:
         train_log.flush(sync=True), val_log.flush(sync=True)
@@ -296,7 +329,11 @@ def fit(
             "wall_s": wall_before + time.monotonic() - t_start,
             "jaxvoice_version": __version__,
         }
-        checkpoint.save(mngr, state, meta, val_loss)
+        try:
+            checkpoint.save(mngr, state, meta, val_loss)
+        except Exception as e:  # orbax and tensorstore wrap I/O errors in their own types
+            raise SaveFailed(step) from e
+        rate.restart(step, time.monotonic())
 
     exit_code, pending, step = 0, None, start_step
     try:
@@ -336,11 +373,19 @@ def fit(
             file=sys.stderr,
         )
         exit_code = 1
+    except (OSError, SaveFailed) as e:
+        error = e.__cause__ if isinstance(e, SaveFailed) else e
+        print(
+            f"jaxvoice train: could not write the run at step {step} ({_describe(error)}); stopped. The last "
+            f"complete checkpoint is kept: free some space (or fix the problem) and --resume",
+            file=sys.stderr,
+        )
+        exit_code = 1
     finally:
         bar.close()
-        mngr.wait_until_finished()
-        mngr.close()
-        train_log.close(), val_log.close()
+        for close in (mngr.close, train_log.close, val_log.close):
+            with contextlib.suppress(OSError):  # already reported: the disk is full or gone
+                close()
     if exit_code == 0 and not quiet:
         val_text = ""
         if last["val_loss"]:
