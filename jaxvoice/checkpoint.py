@@ -9,8 +9,11 @@ renames it when complete, so a kill mid-save leaves the previous checkpoints int
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,10 +29,10 @@ from jaxvoice.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
 
-# orbax logs each save (INFO), read-only opens (WARNING) and, when a write fails, the same error with
-# tracebacks from each of its threads (ERROR, also through concurrent.futures). jaxvoice reports a failed save
-# itself in one line (train.fit), so none of that reaches the user.
-for _name in ("absl", "concurrent.futures"):
+# orbax logs each save (INFO), read-only opens (WARNING) and, when a write or read fails, the same error with
+# tracebacks from each of its threads and tasks (ERROR, through absl, concurrent.futures and asyncio; jaxvoice
+# itself uses no asyncio). jaxvoice reports a failed save or a damaged step itself, in one line.
+for _name in ("absl", "concurrent.futures", "asyncio"):
     logging.getLogger(_name).setLevel(logging.CRITICAL)
 
 
@@ -98,6 +101,62 @@ def save(mngr: ocp.CheckpointManager, state: Any, meta: dict, val_loss: float | 
         metrics=metrics,
         force=True,
     )
+    _write_manifest(mngr, int(state.step))
+
+
+# --- file manifests: a damaged step is found by its files, before orbax reads a byte of them ----------------
+
+MANIFEST_DIR = "checkpoint_manifests"  # beside checkpoints/, which belongs to orbax
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _manifest_path(mngr: ocp.CheckpointManager, step: int) -> Path:
+    return Path(mngr.directory).parent / MANIFEST_DIR / f"{step}.json"
+
+
+def _write_manifest(mngr: ocp.CheckpointManager, step: int) -> None:
+    """Size and sha256 of every file of a finished step; and forget the steps orbax has deleted."""
+    if jax.process_index() != 0:
+        return
+    step_dir = Path(mngr.directory) / str(step)
+    files = {str(p.relative_to(step_dir)): [p.stat().st_size, _sha256(p)] for p in sorted(step_dir.rglob("*"))
+             if p.is_file()}  # fmt: skip
+    path = _manifest_path(mngr, step)
+    path.parent.mkdir(exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(files, indent=0))
+    os.replace(tmp, path)
+    kept = set(mngr.all_steps())
+    for old in path.parent.glob("*.json"):
+        if old.stem.isdigit() and int(old.stem) not in kept:
+            old.unlink()
+
+
+def _check_manifest(mngr: ocp.CheckpointManager, step: int, items: set[str]) -> None:
+    """Raise Damaged naming the first file of `step` (of its `items`, and its top-level files) that is
+    missing, cut or changed since it was saved.
+
+    A step without a manifest (a kill between the save and the manifest) is left to orbax and the checksums
+    of its arrays."""
+    try:
+        expected = json.loads(_manifest_path(mngr, step).read_text())
+    except (OSError, ValueError):
+        return
+    step_dir = Path(mngr.directory) / str(step)
+    for name, (size, sha) in expected.items():
+        if "/" in name and name.split("/")[0] not in items:
+            continue
+        path = step_dir / name
+        if not path.is_file():
+            raise Damaged(f"{name} is missing")
+        if path.stat().st_size != size:
+            raise Damaged(f"{name} has {path.stat().st_size} bytes where {size} were saved")
+        if _sha256(path) != sha:
+            raise Damaged(f"{name} has changed since it was saved")
 
 
 def _abstract(tree: Any) -> Any:
@@ -112,14 +171,29 @@ class Damaged(Exception):
     """A checkpoint step whose files are missing, truncated or do not match their checksums."""
 
 
+def _hide_orbax_read_leftovers(unraisable, previous=sys.unraisablehook) -> None:
+    """When one array of a damaged step fails to read, orbax's other reads of that step are left behind as
+    coroutines that Python reports ("Exception ignored in ...") whenever they are collected, maybe at exit.
+    The failure is reported once, by jaxvoice; every other unraisable exception is shown as usual."""
+    code = getattr(unraisable.object, "cr_code", None)
+    if code is not None and "orbax" in code.co_filename:
+        return
+    previous(unraisable)
+
+
+sys.unraisablehook = _hide_orbax_read_leftovers
+
+
 def _restore_checked(mngr: ocp.CheckpointManager, step: int, abstract: dict[str, Any]) -> dict:
     """Restore the named items of one step (plus meta) and verify their checksums, or raise Damaged."""
+    _check_manifest(mngr, step, {"meta", *abstract})
     try:
         meta = read_meta(mngr, step)
         args = {name: ocp.args.StandardRestore(_abstract(tree)) for name, tree in abstract.items()}
         restored = dict(mngr.restore(step, args=ocp.args.Composite(**args)))
     except Exception as e:  # orbax raises many kinds for damaged files; each means "this step is damaged"
-        raise Damaged(f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
+        first_line = (str(e).splitlines() or [""])[0].split(". See ")[0][:120]
+        raise Damaged(f"its files do not read: {type(e).__name__} {first_line}".strip()) from None
     for name in abstract:
         expected = meta.get(f"{name}_sha256")
         if expected is not None and digest(restored[name]) != expected:
@@ -152,10 +226,26 @@ def restore_train(
     favour of the one before it. An unfinished save never appears: orbax renames a step into place last.
     """
     abstract = {"params": abstract_state.params, "train": _train_part(abstract_state)}
-    step, restored = _first_intact(mngr, sorted(mngr.all_steps(), reverse=True), abstract, quiet)
+    steps = sorted(mngr.all_steps(), reverse=True)
+    step, restored = _first_intact(mngr, steps, abstract, quiet)
+    _set_aside(mngr, [s for s in steps if step is None or s > step], quiet)
     if restored is None:
         return None
     return abstract_state.replace(params=restored["params"], **restored["train"]), restored["meta"]
+
+
+def _set_aside(mngr: ocp.CheckpointManager, damaged: list[int], quiet: bool) -> None:
+    """Move damaged steps out of the way (the run will save those steps again), keeping their files."""
+    if not damaged or jax.process_index() != 0:
+        return
+    folder = Path(mngr.directory).parent / "damaged_checkpoints"
+    folder.mkdir(exist_ok=True)
+    for step in damaged:
+        target = folder / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(Path(mngr.directory) / str(step), target)
+        if not quiet:
+            print(f"moved damaged checkpoint step {step} to {target}", file=sys.stderr)
+    mngr.reload()
 
 
 @dataclass(frozen=True)

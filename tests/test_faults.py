@@ -1,0 +1,203 @@
+"""Fault tolerance: kills at random moments, damaged checkpoints and a full disk lose nothing."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from conftest import assert_user_error, jaxvoice_cmd, run_jaxvoice, sawtooth, write_audio
+
+from jaxvoice import checkpoint
+
+SMALL = ["--config", "tiny", "--set", "model.rnn_size=32", "--set", "train.batch_size=8",
+         "--set", "train.seq_length=16", "--quiet"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("faults")
+    write_audio(root / "saw.wav", sawtooth(11025 / 19, 11025, 5.0, 0.7), 11025)
+    run_jaxvoice("prepare", root / "saw.wav", "-o", root / "corpus", "-q", check=True)
+    return root / "corpus"
+
+
+def rows(run: Path, name: str = "train.csv") -> list[tuple[str, str]]:
+    """(step, loss) as written: compared as text, so equal means bitwise equal."""
+    with open(run / name) as f:
+        return [(r["step"], r.get("loss") or r["val_loss"]) for r in csv.DictReader(f)]
+
+
+def assert_same_params(run_a: Path, run_b: Path) -> None:
+    a, b = (
+        checkpoint.restore_for_inference(run_a, "latest"),
+        checkpoint.restore_for_inference(run_b, "latest"),
+    )
+    assert a.step == b.step
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+# --- damaged checkpoints ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def runs(corpus_dir, tmp_path_factory):
+    """A run stopped at step 30 (checkpoints 10, 20, 30) and the same run trained straight to 40."""
+    root = tmp_path_factory.mktemp("runs")
+    extra = ["--set", "train.checkpoint_every=10", "--set", "train.eval_every=10"]
+    run_jaxvoice(
+        "train", *SMALL, *extra, "--data", corpus_dir, "--out", root / "at30", "--steps", "30", check=True
+    )
+    run_jaxvoice(
+        "train", *SMALL, *extra, "--data", corpus_dir, "--out", root / "to40", "--steps", "40", check=True
+    )
+    return root / "at30", root / "to40"
+
+
+def _largest_file(folder: Path) -> Path:
+    return max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def _truncate(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+def _zero(path: Path) -> None:
+    path.write_bytes(bytes(path.stat().st_size))
+
+
+DAMAGE = {
+    "params data truncated": ("params", _truncate),
+    "params data zeroed": ("params", _zero),
+    "optimizer data zeroed": ("train", _zero),
+    "params data deleted": ("params", Path.unlink),
+    "meta deleted": ("meta", Path.unlink),
+}
+SLOW_DAMAGE = {"params data zeroed", "params data deleted"}  # same paths as the others; in the slow job
+
+
+@pytest.mark.parametrize(
+    "kind", [pytest.param(k, marks=pytest.mark.slow) if k in SLOW_DAMAGE else k for k in DAMAGE]
+)
+def test_a_damaged_checkpoint_is_named_and_the_previous_one_used(runs, tmp_path, kind):
+    at30, to40 = runs
+    run = tmp_path / "run"
+    shutil.copytree(at30, run)
+    item, damage = DAMAGE[kind]
+    damage(_largest_file(run / "checkpoints" / "30" / item))
+
+    if item != "train":  # sampling and eval read params and meta only: those must be intact to be used
+        proc = run_jaxvoice("eval", "--run", run, "--checkpoint", "latest", "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert "checkpoint step 30 is damaged" in proc.stderr and '"step": 20' in proc.stdout
+        assert_user_error(run_jaxvoice("eval", "--run", run, "--checkpoint", "30"), "step 30", "damaged")
+
+    proc = run_jaxvoice("train", "--out", run, "--resume", "--steps", "40")
+    assert proc.returncode == 0, proc.stderr
+    assert "checkpoint step 30 is damaged" in proc.stderr and "Traceback" not in proc.stderr
+    assert rows(run) == rows(to40) and rows(run, "val.csv") == rows(to40, "val.csv")
+    assert_same_params(run, to40)
+
+
+def test_an_unfinished_save_is_ignored(runs, tmp_path):
+    at30, to40 = runs
+    run = tmp_path / "run"
+    shutil.copytree(at30, run)
+    unfinished = run / "checkpoints" / "40.orbax-checkpoint-tmp"
+    shutil.copytree(run / "checkpoints" / "30", unfinished)
+    _truncate(_largest_file(unfinished / "params"))
+    proc = run_jaxvoice("train", "--out", run, "--resume", "--steps", "40")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert rows(run) == rows(to40)
+
+
+# --- a full disk -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 4 MiB filesystem (tmpfs; CI runs as root). Filled up by the test at the moment it chooses."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
+    assert proc.returncode == 0, f"cannot mount a tmpfs for the full-disk test: {proc.stderr.decode()}"
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_stops_cleanly_and_the_run_resumes(corpus_dir, small_disk, tmp_path):
+    run, straight = small_disk / "run", tmp_path / "straight"
+    extra = ["--set", "train.checkpoint_every=20", "--set", "train.eval_every=20"]
+    run_jaxvoice(
+        "train", *SMALL, *extra, "--data", corpus_dir, "--out", straight, "--steps", "80", check=True
+    )
+    args = [
+        *jaxvoice_cmd(),
+        "train",
+        *SMALL,
+        *extra,
+        "--data",
+        str(corpus_dir),
+        "--out",
+        str(run),
+        "--steps",
+        "80",
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not (run / "checkpoints" / "20").is_dir():
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    filler = small_disk / "filler"
+    with open(filler, "wb") as f, pytest.raises(OSError):
+        while True:
+            f.write(bytes(1 << 16))
+            f.flush()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "No space left on device" in lines[0] and "--resume" in lines[0], err
+    assert checkpoint.available_steps(run)[0] == 20
+    filler.unlink()
+    proc = run_jaxvoice("train", "--out", run, "--resume", "--steps", "80")
+    assert proc.returncode == 0, proc.stderr
+    assert rows(run) == rows(straight) and rows(run, "val.csv") == rows(straight, "val.csv")
+    assert_same_params(run, straight)
+
+
+# --- ten kills at random moments ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_ten_sigkills_at_random_moments_lose_nothing(corpus_dir, tmp_path):
+    """Killed during steps, evaluations and saves, resumed each time: the same CSV rows and params."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    extra = ["--set", "train.checkpoint_every=15", "--set", "train.eval_every=10", "--steps", "300"]
+    run_jaxvoice("train", *SMALL, *extra, "--data", corpus_dir, "--out", straight, check=True)
+    rng = random.Random(1234)
+    kills = 0
+    while kills < 10:
+        args = [*jaxvoice_cmd(), "train", *SMALL, *extra, "--data", str(corpus_dir), "--out", str(killed)]
+        if killed.exists():
+            args.append("--resume")
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(rng.uniform(2.0, 7.0))  # start-up takes a few seconds; then steps, evals and saves
+        if proc.poll() is not None:
+            assert proc.returncode == 0, proc.stderr.read()
+            break  # finished before this kill: nothing left to interrupt
+        os.kill(proc.pid, 9)
+        proc.wait()
+        kills += 1
+    run_jaxvoice("train", "--out", killed, "--resume", *extra[-2:], check=True)
+    assert kills >= 5, f"only {kills} kills landed before the run finished"
+    assert [int(s) for s, _ in rows(killed)] == list(range(1, 301))
+    assert rows(killed) == rows(straight) and rows(killed, "val.csv") == rows(straight, "val.csv")
+    assert_same_params(killed, straight)
