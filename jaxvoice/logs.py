@@ -10,13 +10,15 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
+
 TRAIN_COLUMNS = ("step", "epoch", "loss", "bits", "lr", "grad_norm", "tokens_per_s", "wall_s")
 VAL_COLUMNS = ("step", "epoch", "val_loss", "val_bits")
 
 
 def _format(value) -> str:
-    if isinstance(value, float):
-        return repr(value)
+    if isinstance(value, float | np.floating):
+        return repr(float(value))  # not np.float64's repr, "np.float64(1.5)"
     return str(value)
 
 
