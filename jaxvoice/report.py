@@ -1,0 +1,540 @@
+"""`jaxvoice report`: one HTML page per run to look at and listen to, from the run's files alone.
+
+RUN/report.html links only relative paths inside the run directory: plots/ (the loss curves, drawn by
+plot.plot_run), samples/ (the WAVs, each with an <audio> player) and report_files/ (a waveform +
+spectrogram image per sample and for a corpus excerpt, and the excerpt as a WAV). So the run folder can be
+copied anywhere and opened without a network; the page has no script at all.
+
+Every spectrogram uses the same analysis (a Hann window of ~46 ms, 75% overlap), the same level reference
+(0 dBFS = a full-scale sine) and the same colour range DB_RANGE, and every waveform the same [-1, 1]
+axis, so the images compare directly. Reading only files (config.toml, corpus.json, train.csv, val.csv,
+the corpus's data.u8, samples/), this module never imports JAX. Regenerating is the expected use:
+report.html and its images are replaced atomically (temporary file + rename).
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import json
+import math
+import os
+import re
+import secrets
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+
+from jaxvoice import __version__, audio, codec, csvlog, plot
+from jaxvoice.errors import UserError
+
+REPORT_FILE = "report.html"
+FILES_DIR = "report_files"
+DB_RANGE = (-90.0, 0.0)  # dBFS, the colour scale of every spectrogram
+EXCERPT_SECONDS = 4.0  # of the corpus, from the start of its val split
+MAX_SHOW_SECONDS = 10.0  # of each sample drawn (the player plays all of it)
+IMAGE_SIZE = (1000, 330)  # pixels
+_STEP = re.compile(r"(?:^|[^0-9A-Za-z])step_(\d+)(?![0-9])")  # step_40.wav, best_step_40_10s.wav
+
+
+@dataclass(frozen=True)
+class Report:
+    path: Path
+    notes: list[str]  # what is missing or could not be shown
+
+
+def order0_bits(symbols) -> float:
+    """Entropy in bits/sample of the symbols' own histogram: the best any model without context can do."""
+    counts = np.bincount(np.asarray(symbols, np.uint8).ravel(), minlength=codec.NUM_SYMBOLS)
+    if counts.sum() == 0:
+        return float("nan")
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+# ---- reading the run ---------------------------------------------------------------------------------------
+
+
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    """Steps of the finished checkpoints, from the folder names alone (orbax names a step's folder by its
+    number and renames it there only when it is complete; unfinished saves have a suffix)."""
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def _read_csv(path: Path, columns: list[str], notes: list[str]) -> dict[str, np.ndarray] | None:
+    if not path.is_file():
+        notes.append(f"no {path.name} yet")
+        return None
+    try:
+        data, skipped = csvlog.read_columns(path, columns)
+    except UserError as e:
+        notes.append(str(e))
+        return None
+    if skipped:
+        notes.append(f"{path.name}: {skipped} unreadable row{'s' * (skipped != 1)} left out")
+    return data
+
+
+def _read_json(path: Path, notes: list[str]) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        notes.append(f"no {path.name}: the corpus is unknown")
+    except (OSError, ValueError) as e:
+        notes.append(f"{path.name} does not read as JSON ({e}): the corpus is unknown")
+    return None
+
+
+def _corpus_data(meta: dict, notes: list[str]) -> np.ndarray | None:
+    """The corpus's data.u8, memory-mapped, if its path in corpus.json still holds it."""
+    path = Path(str(meta.get("path", ""))) / "data.u8"
+    if not path.is_file():
+        notes.append(f"the corpus data {path} is not there (moved or deleted): no corpus excerpt or entropy")
+        return None
+    if path.stat().st_size != meta.get("length"):
+        notes.append(f"{path} does not have the length corpus.json records: no corpus excerpt or entropy")
+        return None
+    if meta["length"] == 0:
+        return None
+    return np.memmap(path, dtype=np.uint8, mode="r")
+
+
+def _read_head(path: Path, seconds: float) -> tuple[np.ndarray, int, float]:
+    """The first `seconds` of an audio file as float32 mono, its rate and its full length in seconds."""
+    info = audio.probe(path)
+    blocks, have = [], 0
+    want = int(seconds * info.rate)
+    for block in audio.stream_mono(path, info.rate):
+        blocks.append(block)
+        have += len(block)
+        if have >= want:
+            break
+    return np.concatenate(blocks)[:want], info.rate, info.seconds
+
+
+# ---- images ------------------------------------------------------------------------------------------------
+
+
+def spectrogram_db(x: np.ndarray, rate: int) -> tuple[np.ndarray, int, int]:
+    """|STFT| in dBFS (a full-scale sine peaks at 0 dB), frequency x frame; returns (db_FxT, n_fft, hop)."""
+    n_fft = 1 << max(6, round(math.log2(0.046 * rate)))  # ~46 ms: 512 at 11025 Hz
+    hop = n_fft // 4
+    x = np.asarray(x, np.float64)
+    if len(x) < n_fft:
+        x = np.pad(x, (0, n_fft - len(x)))
+    window = np.hanning(n_fft)
+    frames_TxN = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop] * window
+    magnitude = np.abs(np.fft.rfft(frames_TxN, axis=-1)) / (window.sum() / 2)
+    return 20.0 * np.log10(np.maximum(magnitude, 1e-10)).T, n_fft, hop
+
+
+def _min_max_columns(x: np.ndarray, columns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per pixel column, the min and max of the samples in it (a waveform's outline at any length)."""
+    columns = max(1, min(columns, len(x)))
+    starts = np.linspace(0, len(x), columns, endpoint=False).astype(np.int64)
+    return starts, np.minimum.reduceat(x, starts), np.maximum.reduceat(x, starts)
+
+
+def clip_figure(x: np.ndarray, rate: int, title: str):
+    """A matplotlib Figure (Agg) of the waveform over the spectrogram of mono audio `x` at `rate`."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    width, height = IMAGE_SIZE
+    dpi = 100
+    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi, facecolor="white")
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(2, 2, height_ratios=(1, 3), width_ratios=(60, 1), left=0.065, right=0.93,
+                            top=0.9, bottom=0.13, hspace=0.08, wspace=0.02)  # fmt: skip
+    wave, spec, bar = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[1, 1])
+    seconds = max(len(x), 1) / rate
+    starts, lo, hi = _min_max_columns(np.asarray(x, np.float32), 2 * width)
+    wave.fill_between(starts / rate, lo, hi, color="#1f77b4", lw=0.6, step="post")
+    wave.set(xlim=(0, seconds), ylim=(-1, 1), yticks=[-1, 0, 1])
+    wave.tick_params(labelbottom=False, labelsize=8)
+    wave.set_title(title, fontsize=10, loc="left")
+    db_FxT, n_fft, hop = spectrogram_db(x, rate)
+    image = spec.imshow(
+        db_FxT, origin="lower", aspect="auto", cmap="magma", vmin=DB_RANGE[0], vmax=DB_RANGE[1],
+        extent=(0, ((db_FxT.shape[1] - 1) * hop + n_fft) / rate, 0, rate / 2000), interpolation="nearest",
+    )  # fmt: skip
+    spec.set_xlim(0, seconds)
+    spec.set_xlabel("seconds", fontsize=9)
+    spec.set_ylabel("kHz", fontsize=9)
+    spec.tick_params(labelsize=8)
+    colorbar = fig.colorbar(image, cax=bar)
+    colorbar.set_label("dBFS", fontsize=8)
+    colorbar.ax.tick_params(labelsize=7)
+    return fig
+
+
+def draw_clip(x: np.ndarray, rate: int, out: Path, title: str) -> Path:
+    """clip_figure into the PNG `out`, written atomically."""
+    return plot.save_png(clip_figure(x, rate, title), out)
+
+
+# ---- HTML --------------------------------------------------------------------------------------------------
+
+_CSS = """
+body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d1d1f; background: #fafafa;
+       margin: 0; }
+main { max-width: 1040px; margin: 0 auto; padding: 24px 20px 60px; }
+h1 { font-size: 26px; margin: 0 0 4px; } h2 { font-size: 19px; margin: 34px 0 10px; border-bottom: 1px solid #ddd; }
+.sub { color: #666; margin: 0 0 18px; font-size: 13px; }
+.notes { background: #fff8e1; border: 1px solid #f0d060; border-radius: 6px; padding: 8px 14px; }
+.notes ul { margin: 4px 0; padding-left: 20px; }
+.figures { display: flex; flex-wrap: wrap; gap: 10px; }
+.figure { background: #fff; border: 1px solid #e3e3e3; border-radius: 6px; padding: 8px 14px; min-width: 150px; }
+.figure b { display: block; font-size: 20px; } .figure span { color: #666; font-size: 12px; }
+img { max-width: 100%; height: auto; display: block; background: #fff; border: 1px solid #e3e3e3; }
+table { border-collapse: collapse; background: #fff; font-size: 14px; }
+th, td { border: 1px solid #e3e3e3; padding: 4px 10px; text-align: left; vertical-align: middle; }
+th { background: #f2f2f2; font-weight: 600; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.best td { background: #eef7ee; }
+.clip { background: #fff; border: 1px solid #e3e3e3; border-radius: 6px; padding: 10px 14px; margin: 14px 0; }
+.clip h3 { margin: 0 0 6px; font-size: 15px; } .clip p { margin: 0 0 6px; color: #555; font-size: 13px; }
+audio { width: 100%; max-width: 480px; height: 36px; } td audio { width: 260px; }
+.player { display: flex; align-items: center; justify-content: space-between; gap: 10px; }
+.tables { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
+code { font-size: 13px; background: #f0f0f0; padding: 1px 4px; border-radius: 3px; }
+"""
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _url(relative: str) -> str:
+    """A relative path as an escaped URL for an attribute (spaces, '#', '?' and quotes in names survive)."""
+    return _e(quote(relative))
+
+
+def _bits(nats: float | None) -> str:
+    return "—" if nats is None or not math.isfinite(nats) else f"{nats / math.log(2):.4f}"
+
+
+def _table(rows: list[tuple[str, str]], head: str | None = None) -> str:
+    caption = f"<tr><th colspan=2>{_e(head)}</th></tr>" if head else ""
+    body = "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in rows)
+    return f"<table>{caption}{body}</table>"
+
+
+def _clip_html(
+    title: str, detail: str, audio_rel: str | None, image_rel: str | None, file_rel: str | None = None
+) -> str:
+    parts = [f'<div class="clip"><h3>{_e(title)}</h3><p>{_e(detail)}</p>']
+    if file_rel:
+        parts.append(f'<p><a href="{_url(file_rel)}">{_e(file_rel)}</a></p>')
+    if audio_rel:
+        parts.append(f'<audio controls preload="metadata" src="{_url(audio_rel)}"></audio>')
+    if image_rel:
+        parts.append(f'<img src="{_url(image_rel)}" alt="waveform and spectrogram of {_e(title)}" '
+                     f'width="{IMAGE_SIZE[0]}" height="{IMAGE_SIZE[1]}">')  # fmt: skip
+    return "".join(parts) + "</div>"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(seconds, 60)
+    return f"{int(minutes)} min {secs:.1f} s" if minutes else f"{secs:.2f} s"
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {e.strerror or e}; check free space and permissions") from None
+
+
+def _sample_step(path: Path) -> int | None:
+    match = _STEP.search(path.stem)
+    return int(match.group(1)) if match else None
+
+
+def _safe_name(stem: str, taken: set[str]) -> str:
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", stem)[:80] or "sample"
+    name, i = base, 1
+    while name in taken:
+        i += 1
+        name = f"{base}_{i}"
+    taken.add(name)
+    return name
+
+
+# ---- the report --------------------------------------------------------------------------------------------
+
+
+def _open_corpus(run: Path, notes: list[str]):
+    """The run's corpus (by the path in corpus.json) if it is still there and the same; else None + a note."""
+    from jaxvoice import corpus as corpus_lib
+
+    info = _read_json(run / "corpus.json", notes)
+    if info is None:
+        return None, None
+    try:
+        corpus = corpus_lib.open_corpus(str(info.get("path", "")))
+    except UserError as e:
+        notes.append(f"the corpus cannot be opened ({e}): no corpus excerpt and no order-0 entropy")
+        return info, None
+    if corpus.meta.get("sha256") != info.get("sha256"):
+        notes.append(
+            f"the corpus at {corpus.path} is not the one this run trained on (sha256 differs): no excerpt"
+        )
+        return info, None
+    return info, corpus
+
+
+def _corpus_clip(corpus, files: Path, made: set[str], notes: list[str]) -> str:
+    meta = corpus.meta
+    if meta["codec"] not in codec.AUDIO_CODECS:
+        notes.append("the corpus is raw bytes, not audio: no excerpt to play or draw")
+        return ""
+    start = meta["splits"]["val"][0] if len(corpus.split("val")) else 0
+    where = "the start of the val split" if start else "the start of the corpus"
+    symbols = np.array(corpus.data[start : start + int(EXCERPT_SECONDS * meta["rate"])])
+    x = codec.decode(meta["codec"], symbols)
+    audio.write_wav(files / "corpus_excerpt.wav", symbols if meta["codec"] == "linear" else x, meta["rate"])
+    draw_clip(x, meta["rate"], files / "corpus_excerpt.png", "corpus excerpt")
+    made.update({"corpus_excerpt.wav", "corpus_excerpt.png"})
+    detail = (
+        f"{len(symbols) / meta['rate']:.2f} s from {where}, as the network sees it ({meta['codec']} 8-bit)"
+    )
+    return _clip_html(
+        "Corpus excerpt", detail, f"{FILES_DIR}/corpus_excerpt.wav", f"{FILES_DIR}/corpus_excerpt.png"
+    )
+
+
+def _sample_clips(samples: list[Path], val: dict, files: Path, made: set[str], notes: list[str]):
+    """A clip (player + image) per sample; returns the HTML and, per sample, whether it plays."""
+    clips, playable = [], {}
+    names: set[str] = set()
+    for path in samples:
+        rel = f"samples/{path.name}"
+        step = _sample_step(path)
+        what = [f"checkpoint step {step}"] if step is not None else []
+        if step in val:
+            what.append(f"val {_bits(val[step][1])} bits/sample")
+        if path.suffix.lower() != ".wav":
+            detail = "; ".join([*what, "raw bytes, not audio"])
+            clips.append(_clip_html(path.name, detail, None, None, file_rel=rel))
+            playable[path] = False
+            continue
+        try:
+            x, rate, seconds = _read_head(path, MAX_SHOW_SECONDS)
+        except UserError as e:
+            notes.append(f"{rel} cannot be shown: {e}")
+            playable[path] = False
+            continue
+        image = f"sample_{_safe_name(path.stem, names)}.png"
+        draw_clip(x, rate, files / image, path.name)
+        made.add(image)
+        shown = "" if seconds <= MAX_SHOW_SECONDS else f", the image shows the first {MAX_SHOW_SECONDS:g} s"
+        what.append(f"{_duration(seconds)} at {rate} Hz{shown}")
+        clips.append(_clip_html(path.name, "; ".join(what), rel, f"{FILES_DIR}/{image}"))
+        playable[path] = True
+    return "".join(clips), playable
+
+
+def _checkpoint_table(steps: list[int], val: dict, samples: list[Path], playable: dict) -> str:
+    scored = [s for s in steps if s in val and math.isfinite(val[s][1])]
+    best = min(scored, key=lambda s: val[s][1]) if scored else None
+    rows = []
+    for step in steps:
+        epoch, loss = val.get(step, (None, None))
+        players = "".join(
+            f'<div class=player>{_e(p.name)}<audio controls preload="metadata" src="{_url("samples/" + p.name)}"></audio></div>'
+            if playable.get(p) else f'<div><a href="{_url("samples/" + p.name)}">{_e(p.name)}</a></div>'
+            for p in samples if _sample_step(p) == step
+        )  # fmt: skip
+        nats = "—" if loss is None else f"{loss:.4f}"
+        mark = " (best)" if step == best else ""
+        rows.append(
+            f"<tr{' class=best' if step == best else ''}><td class=num>{step}{mark}</td>"
+            f"<td class=num>{'—' if epoch is None else f'{epoch:.2f}'}</td><td class=num>{nats}</td>"
+            f"<td class=num>{_bits(loss)}</td><td>{players or 'no sample'}</td></tr>"
+        )
+    head = (
+        "<tr><th>step</th><th>epoch</th><th>val loss (nats)</th><th>val bits/sample</th><th>samples</th></tr>"
+    )
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def build(run_dir: str | os.PathLike, force: bool = False) -> Report:
+    """Write RUN/report.html (and plots/, report_files/) from what the run holds; returns it and what is missing.
+
+    An existing report.html is replaced only with `force` (the user may have kept or edited it)."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise UserError(f"run directory {run} does not exist; give --run a directory made by jaxvoice train")
+    if (run / "report.html").exists() and not force:
+        raise UserError(f"{run / 'report.html'} exists; add --force to write it again")
+    config_path = run / "config.toml"
+    if not config_path.is_file():
+        inside = sorted(p.parent for p in run.glob("*/config.toml"))  # e.g. a demo folder: its run is run/
+        hint = f" (it holds the run {inside[0]})" if inside else ""
+        raise UserError(
+            f"{run} is not a run directory (no config.toml){hint}; give --run a directory made by jaxvoice train"
+        )
+    try:
+        config = tomllib.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise UserError(
+            f"{config_path} does not read as TOML ({e}); it is not a jaxvoice run's config"
+        ) from None
+    notes: list[str] = []
+    train = _read_csv(run / "train.csv", ["step", "loss", "wall_s"], notes)
+    steps = checkpoint_steps(run)
+    if train is None and not steps:
+        raise UserError(
+            f"run {run} has not trained yet (no rows in train.csv, no checkpoints): train it first "
+            f"(jaxvoice train ... --out {run})"
+        )
+    val_rows = _read_csv(run / "val.csv", ["step", "epoch", "val_loss"], notes)
+    val = {}
+    if val_rows is not None:
+        val = {
+            int(s): (e, v)
+            for s, e, v in zip(val_rows["step"], val_rows["epoch"], val_rows["val_loss"], strict=True)
+        }
+    if not steps:
+        notes.append("no checkpoints yet: training saves one every train.checkpoint_every steps")
+    files = run / FILES_DIR
+    try:
+        files.mkdir(exist_ok=True)
+    except OSError as e:
+        raise UserError(
+            f"cannot create {files}: {e.strerror or e}; check the run directory's permissions"
+        ) from None
+    made: set[str] = set()
+
+    plots = ""
+    if train is not None:
+        try:
+            drawn = plot.plot_run(run, title=f"{_name(run)}: loss")
+            plots = "".join(
+                f'<img src="{_url(p.relative_to(run).as_posix())}" alt="loss against step ({p.stem})">'
+                f'<p class="sub">{_e(p.relative_to(run).as_posix())}</p>'
+                for p in drawn.paths
+            )
+        except UserError as e:
+            notes.append(f"no loss plots: {e}")
+
+    info, corpus = _open_corpus(run, notes)
+    entropy = {}
+    corpus_clip = ""
+    if corpus is not None:
+        entropy = {s: order0_bits(corpus.split(s)) for s in ("val", "test") if len(corpus.split(s))}
+        corpus_clip = _corpus_clip(corpus, files, made, notes)
+
+    sample_dir = run / "samples"
+    samples = sorted(
+        (p for p in (sample_dir.iterdir() if sample_dir.is_dir() else []) if p.is_file() and not p.name.startswith(".")),
+        key=lambda p: (_sample_step(p) is None, _sample_step(p) or 0, p.name),
+    )  # fmt: skip
+    if not samples:
+        notes.append(
+            f"no samples yet: make them with jaxvoice sample --run {run} --checkpoint all --seconds 2"
+        )
+    clips, playable = _sample_clips(samples, val, files, made, notes)
+    unsampled = [s for s in steps if not any(_sample_step(p) == s for p in samples)]
+    if samples and unsampled:
+        notes.append(f"checkpoint steps without a sample: {', '.join(map(str, unsampled))}")
+
+    page = _page(run, config, info, train, val, steps, entropy, notes, plots, corpus_clip, clips,
+                 _checkpoint_table(steps, val, samples, playable) if steps else "<p>No checkpoints yet.</p>")  # fmt: skip
+    out = run / REPORT_FILE
+    _write_text_atomic(out, page)
+    for stale in files.iterdir():  # images and excerpts of an earlier report that this one does not use
+        if stale.is_file() and stale.name not in made and stale.suffix in (".png", ".wav"):
+            stale.unlink(missing_ok=True)
+    return Report(out, notes)
+
+
+def _figures(train, val: dict, steps: list[int], entropy: dict) -> str:
+    items = []
+    if train is not None:
+        tail = train["loss"][-100:]
+        items.append((f"{int(train['step'][-1]):,}", "steps trained"))
+        items.append((_duration(float(train["wall_s"][-1])), "training time"))
+        items.append((_bits(float(np.mean(tail))), f"train bits/sample (mean of the last {len(tail)} steps)"))
+    kept = [s for s in steps if s in val and math.isfinite(val[s][1])]
+    if kept:
+        best = min(kept, key=lambda s: val[s][1])
+        items.append((_bits(val[best][1]), f"best val bits/sample (step {best})"))
+        if "val" in entropy:
+            gap = entropy["val"] - val[best][1] / math.log(2)
+            items.append((f"{entropy['val']:.4f}", "order-0 entropy of val, bits/sample"))
+            items.append((f"{gap:+.3f}", "bits/sample the network saves over order-0"))
+    return "".join(f'<div class="figure"><b>{_e(v)}</b><span>{_e(k)}</span></div>' for v, k in items)
+
+
+def _corpus_rows(info: dict | None, entropy: dict) -> list[tuple[str, str]]:
+    if info is None:
+        return [("corpus", "unknown (no corpus.json)")]
+    rows = [
+        ("path", info.get("path", "?")),
+        ("codec", info.get("codec", "?")),
+        ("rate", f"{info.get('rate')} Hz"),
+    ]
+    length, rate = info.get("length"), info.get("rate")
+    if isinstance(length, int):
+        rows.append(("length", f"{length:,} symbols" + (f" = {_duration(length / rate)}" if rate else "")))
+    for split, (start, end) in (info.get("splits") or {}).items():
+        extra = f"; order-0 entropy {entropy[split]:.4f} bits/sample" if split in entropy else ""
+        rows.append((f"{split} split", f"[{start:,}, {end:,}): {end - start:,} symbols{extra}"))
+    sources = info.get("sources") or []
+    rows.append(("sources", f"{len(sources)} file{'s' * (len(sources) != 1)}"))
+    rows += [("", str(s.get("path", "?"))) for s in sources[:5]]
+    if len(sources) > 5:
+        rows.append(("", f"... and {len(sources) - 5} more"))
+    rows.append(("sha256", str(info.get("sha256", "?"))))
+    return rows
+
+
+def _name(run: Path) -> str:
+    """The run's folder with its parent (runs/NAME, demo/run): enough to tell runs apart."""
+    return "/".join(run.resolve().parts[-2:])
+
+
+def _page(run, config, info, train, val, steps, entropy, notes, plots, corpus_clip, clips, table) -> str:
+    name = _name(run)
+    now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    notes_html = ""
+    if notes:
+        notes_html = '<div class="notes"><b>Notes: what this report could not show</b><ul>' + "".join(
+            f"<li>{_e(n)}</li>" for n in notes
+        ) + "</ul></div>"  # fmt: skip
+    config_tables = "".join(
+        _table([(k, v) for k, v in values.items()], section) for section, values in config.items() if isinstance(values, dict)
+    )  # fmt: skip
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>jaxvoice run {_e(name)}</title><style>{_CSS}</style></head>
+<body><main>
+<h1>jaxvoice run <code>{_e(name)}</code></h1>
+<p class="sub">{_e(run.resolve())} — report made {_e(now)} by jaxvoice {_e(__version__)}</p>
+{notes_html}
+<div class="figures">{_figures(train, val, steps, entropy)}</div>
+<h2>Loss</h2>
+{plots or "<p>No loss plots (see above).</p>"}
+<h2>Checkpoints</h2>
+{table}
+<h2>Listen and look</h2>
+<p class="sub">Every spectrogram: Hann window of ~46 ms, 75% overlap, colours from {DB_RANGE[0]:g} to {DB_RANGE[1]:g} dBFS
+(0 dBFS = a full-scale sine); every waveform on the same -1..1 axis. So they compare directly.</p>
+{corpus_clip}
+{clips or "<p>No samples yet.</p>"}
+<h2>Config</h2>
+<div class="tables">{config_tables}</div>
+<h2>Corpus</h2>
+{_table(_corpus_rows(info, entropy))}
+</main></body></html>
+"""
