@@ -349,7 +349,7 @@ def fit(
                 bar.update(1)
                 out_of_time = deadline is not None and time.monotonic() >= deadline
                 stopping = stop.signal_number is not None or out_of_time or step == target
-                if step % cfg.train.eval_every == 0 or step == target:
+                if step % cfg.train.eval_every == 0 or step == target or out_of_time:  # and at the end
                     record(*pending)
                     pending = None
                     run_eval(step)
