@@ -1,0 +1,214 @@
+"""jaxvoice sample --run runs/NAME [--checkpoint best|latest|STEP|all] [--seconds S | --length N] [-o OUT]"""
+
+HELP = "generate audio from a checkpoint (or every checkpoint), streamed to WAV files as it is made"
+
+
+def add_arguments(parser):
+    parser.add_argument("--run", required=True, help="run directory made by jaxvoice train")
+    parser.add_argument(
+        "--checkpoint",
+        default="best",
+        help="best (lowest val loss, default), latest, a step number, or all (one sample per checkpoint)",
+    )
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--seconds", type=float, help="length of each sample in seconds of audio")
+    size.add_argument("--length", type=int, help="length of each sample in symbols (default: sample.length)")
+    parser.add_argument(
+        "--num", type=int, help="parallel streams, one file each (default: sample.num_streams)"
+    )
+    parser.add_argument("--temperature", type=float, help="divides the logits (default: sample.temperature)")
+    parser.add_argument("--top-k", type=int, help="keep only the K most probable symbols (1..256)")
+    parser.add_argument("--top-p", type=float, help="keep the smallest set of symbols with probability >= P")
+    parser.add_argument("--greedy", action="store_true", help="always the most probable symbol (argmax)")
+    parser.add_argument(
+        "--prime", metavar="FILE", help="audio (or bytes) to start from, converted like the corpus"
+    )
+    parser.add_argument("--include-prime", action="store_true", help="start each output with the prime")
+    parser.add_argument("--seed", type=int, help="random seed (default: sample.seed); same seed, same audio")
+    parser.add_argument(
+        "-o", "--output", metavar="OUT", help="output file (default: RUN/samples/step_<N>.wav); several "
+        "streams write OUT's stem plus _0, _1, ...",
+    )  # fmt: skip
+    parser.add_argument("--force", action="store_true", help="replace output files that exist")
+    parser.add_argument("--chunk", type=int, help="steps per compiled scan (default: sample.chunk)")
+
+
+def _check_args(args):
+    import os
+
+    from jaxvoice import sample
+    from jaxvoice.errors import UserError
+
+    if args.seconds is not None and not args.seconds > 0:
+        raise UserError(f"--seconds must be positive, got {args.seconds}")
+    sample.check_settings(
+        length=1 if args.length is None else args.length,
+        num_streams=1 if args.num is None else args.num,
+        temperature=1.0 if args.temperature is None else args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        chunk=1 if args.chunk is None else args.chunk,
+    )
+    if args.checkpoint not in ("best", "latest", "all") and not args.checkpoint.isdigit():
+        raise UserError(f"--checkpoint must be best, latest, all or a step number, got '{args.checkpoint}'")
+    if args.checkpoint == "all" and args.output is not None:
+        raise UserError("--checkpoint all writes RUN/samples/step_<N>.wav for each checkpoint: drop -o")
+    if args.include_prime and args.prime is None:
+        raise UserError("--include-prime needs --prime FILE")
+    if args.prime is not None and not os.path.isfile(args.prime):
+        raise UserError(f"prime file {args.prime} does not exist (or is not a file)")
+    if not os.path.isdir(args.run):
+        raise UserError(
+            f"run directory {args.run} does not exist; give --run a directory made by jaxvoice train"
+        )
+
+
+def _load_prime(path, meta):
+    from pathlib import Path
+
+    import numpy as np
+
+    from jaxvoice import corpus
+    from jaxvoice.errors import UserError
+
+    if not Path(path).is_file():
+        raise UserError(f"prime file {path} does not exist (or is not a file)")
+    try:
+        symbols = corpus.load_audio_symbols(path, meta.get("rate"), meta["codec"])
+    except OSError as e:
+        raise UserError(f"cannot read prime file {path}: {e.strerror or e}") from None
+    if symbols.size == 0:
+        raise UserError(f"prime file {path} holds no samples")
+    return np.asarray(symbols, np.uint8)
+
+
+def _length(args, cfg, meta):
+    from jaxvoice.errors import UserError
+
+    if args.seconds is None:
+        return args.length if args.length is not None else cfg.sample.length
+    if meta["codec"] == "bytes":
+        raise UserError("this run's corpus is bytes, not audio: give --length in symbols, not --seconds")
+    length = round(args.seconds * meta["rate"])
+    if length < 1:
+        raise UserError(f"--seconds {args.seconds} is less than one sample at {meta['rate']} Hz")
+    return length
+
+
+def _paths(args, run_dir, step, cfg, meta):
+    from pathlib import Path
+
+    from jaxvoice import sample
+
+    if args.output is not None:
+        out = Path(args.output)
+    else:
+        (run_dir / "samples").mkdir(exist_ok=True)
+        out = run_dir / "samples" / f"step_{step}{sample.extension(meta['codec'])}"
+    return sample.output_paths(out, args.num or cfg.sample.num_streams)
+
+
+def _describe(samples, meta):
+    if meta["codec"] == "bytes":
+        return f"{samples:,} bytes"
+    return f"{samples:,} samples ({samples / meta['rate']:.2f} s at {meta['rate']} Hz, {meta['codec']})"
+
+
+def _sample_one(args, restored, length, paths, prime, key):
+    """Sample one checkpoint into `paths`; returns the exit code (130 when interrupted)."""
+    import contextlib
+    import sys
+    import time
+
+    from tqdm import tqdm
+
+    from jaxvoice import sample
+
+    cfg, meta = restored.config, restored.corpus_meta
+    rate = meta.get("rate") if meta["codec"] != "bytes" else None
+    top_k = args.top_k if args.top_k is not None else (cfg.sample.top_k or None)
+    top_p = args.top_p if args.top_p is not None else cfg.sample.top_p
+    temperature = args.temperature if args.temperature is not None else cfg.sample.temperature
+    chunks = sample.generate(
+        restored.params, cfg.model, key, length=length, num_streams=len(paths), temperature=temperature,
+        prime=prime, greedy=args.greedy, top_k=top_k, top_p=top_p, chunk=args.chunk or cfg.sample.chunk,
+        start_token=sample.SILENCE if rate else sample.BYTES_START,
+    )  # fmt: skip
+    total = length * len(paths)
+    bar = tqdm(
+        total=total, unit="sample", unit_scale=True, file=sys.stderr, disable=args.quiet,
+        desc=f"step {restored.step}", dynamic_ncols=True,
+    )  # fmt: skip
+    t0 = time.monotonic()
+    done = 0
+    with contextlib.ExitStack() as stack:
+        writers = [stack.enter_context(sample.SymbolWriter(p, meta["codec"], rate)) for p in paths]
+        try:
+            if args.include_prime:
+                for writer in writers:
+                    writer.write(prime)
+            for chunk_BxN in chunks:
+                for writer, row in zip(writers, chunk_BxN, strict=True):
+                    writer.write(row)
+                done += chunk_BxN.size
+                bar.update(chunk_BxN.size)
+                if rate:
+                    bar.set_postfix_str(f"{done / rate / (time.monotonic() - t0):.2f}x real time")
+        except KeyboardInterrupt:
+            stack.close()
+            bar.close()
+            for writer in writers:
+                if writer.samples:
+                    print(
+                        f"interrupted: kept {writer.path}: {_describe(writer.samples, meta)}", file=sys.stderr
+                    )
+                else:  # interrupted before the first chunk: no empty file left behind
+                    writer.path.unlink(missing_ok=True)
+                    print(f"interrupted: nothing written to {writer.path}", file=sys.stderr)
+            return 130
+    bar.close()
+    seconds = time.monotonic() - t0
+    if not args.quiet:
+        for writer in writers:
+            print(f"wrote {writer.path}: {_describe(writer.samples, meta)}, checkpoint step {restored.step}")
+        speed = f"{done / seconds:,.0f} samples/s"
+        if rate:
+            speed += f", {done / rate / seconds:.2f}x real time"
+        print(f"sampled {done:,} symbols in {seconds:.1f} s: {speed}")
+    return 0
+
+
+def run(args):
+    _check_args(args)  # before the heavy imports: a usage error is instant
+    from pathlib import Path
+
+    import jax
+
+    from jaxvoice import checkpoint, sample
+
+    run_dir = Path(args.run)
+    if args.checkpoint == "all":
+        steps = checkpoint.available_steps(run_dir)
+        if not steps:
+            checkpoint.restore_for_inference(run_dir, "latest")  # raises the error that says why
+        first = checkpoint.restore_for_inference(run_dir, steps[0])
+    else:
+        first = checkpoint.restore_for_inference(run_dir, args.checkpoint)
+        steps = [first.step]
+    cfg, meta = first.config, first.corpus_meta
+    length = _length(args, cfg, meta)
+    sample.check_settings(
+        length=length, num_streams=args.num or cfg.sample.num_streams, temperature=1.0, top_k=None,
+        top_p=None, chunk=args.chunk or cfg.sample.chunk,
+    )  # fmt: skip
+    outputs = {step: _paths(args, run_dir, step, cfg, meta) for step in steps}
+    for paths in outputs.values():  # every output is checked before anything is sampled
+        sample.check_outputs(paths, args.force)
+    prime = _load_prime(args.prime, meta) if args.prime is not None else None
+    key = jax.random.key(args.seed if args.seed is not None else cfg.sample.seed)
+    for step in steps:
+        restored = first if step == first.step else checkpoint.restore_for_inference(run_dir, step)
+        code = _sample_one(args, restored, length, outputs[step], prime, key)
+        if code:
+            return code
+    return 0

@@ -1,0 +1,349 @@
+"""Generation: a trained stack run forward one symbol at a time, in chunks of steps inside one `lax.scan`.
+
+`generate` yields uint8 chunks [B, n] (B parallel streams). Each chunk of `chunk` steps is one jitted call
+(sampling included: no host round trip per symbol); chunks are chained by carrying (state, last token) and
+the next chunk is dispatched before the previous one is converted to numpy, so the writer works while the
+next chunk computes, and any length runs in constant memory. Every chunk is a full one (the tail is
+trimmed), so a model compiles once per (model, streams, chunk, sampler) whatever the length.
+
+Randomness is a function of (key, stream, absolute step) only: u[b, t] = uniform(fold_in(fold_in(key, b), t)),
+so the same seed gives the same bytes for any chunk size, and streams differ. A symbol is drawn from the
+uniform by inverse CDF (the count of cumulative probabilities <= u * total), which is ~2x cheaper per step
+than `jax.random.categorical` and lets the uniforms of a whole chunk be drawn in one vectorised call.
+
+The step used here is the LSTM step of `model.step` rearranged for speed (see `sampling_params`):
+layer 0's input projection is a row of a (embed @ W_x + b) table, each gate row is one tanh (sigmoid(x) =
+(1 + tanh(x / 2)) / 2, with the halving folded exactly into the weights), and layers above 0 do one GEMV
+over [x, h]. GRU/RNN stacks and bfloat16 compute use `model.step` itself. Both are tested against
+`model.step`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxvoice import audio, model
+from jaxvoice import codec as codec_lib
+from jaxvoice.config import ModelConfig
+from jaxvoice.errors import UserError
+
+V = model.V
+DEFAULT_CHUNK = 2048
+SILENCE = 128  # the linear and μ-law code of 0.0: where an unprimed audio sample starts
+BYTES_START = 10  # "\n": where an unprimed sample of a bytes corpus (often text) starts
+PRIME_WINDOW = 4096  # steps per compiled priming scan (bounds its memory for long primes)
+UNROLL = 4  # scan steps per loop iteration
+
+
+class Sampler(NamedTuple):
+    """How a symbol is chosen from logits. Static: each distinct value compiles its own chunk function."""
+
+    greedy: bool = False
+    top_k: int = 0  # 0 = off
+    use_top_p: bool = False
+
+
+def check_settings(
+    *, length: int, num_streams: int, temperature: float, top_k: int | None, top_p: float | None, chunk: int
+) -> None:
+    """UserError for settings that cannot sample; the CLI calls this before loading anything."""
+    if length < 1:
+        raise UserError(f"length must be at least 1 sample, got {length}")
+    if num_streams < 1:
+        raise UserError(f"the number of streams must be at least 1, got {num_streams}")
+    if not temperature > 0 or not np.isfinite(temperature):
+        raise UserError(f"temperature must be a positive number, got {temperature}")
+    if top_k is not None and not 1 <= top_k <= V:
+        raise UserError(f"top-k must be between 1 and {V}, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise UserError(f"top-p must be in (0, 1], got {top_p}")
+    if chunk < 1:
+        raise UserError(f"chunk must be at least 1 step, got {chunk}")
+
+
+# --- the sampling step ----------------------------------------------------------------------------------
+
+
+def _fast_path(cfg: ModelConfig) -> bool:
+    return cfg.cell == "lstm" and jnp.dtype(cfg.dtype) == jnp.float32
+
+
+def sampling_params(params: dict, cfg: ModelConfig) -> dict:
+    """The LSTM params rearranged for `fast_step`; exact: only a power-of-two scaling and concatenation.
+
+    The i, f, o gate columns (order i, f, o, g) are halved, so one tanh over the whole gate row gives
+    tanh(x / 2) for the sigmoids and tanh(x) for g: sigmoid(x) = (1 + tanh(x / 2)) / 2.
+    """
+    H = cfg.rnn_size
+    scale_G = jnp.concatenate([jnp.full((3 * H,), 0.5, jnp.float32), jnp.ones((H,), jnp.float32)])
+    layers = []
+    for i, lp in enumerate(params["layers"]):
+        wx, wh, b = lp["wx_IxG"] * scale_G, lp["wh_HxG"] * scale_G, lp["b_G"] * scale_G
+        if i == 0:
+            layers.append({"table_VxG": params["embed_VxE"] @ wx + b, "wh_HxG": wh})
+        else:
+            layers.append({"w_2HxG": jnp.concatenate([wx, wh]), "b_G": b})
+    return {"layers": layers, "out_HxV": params["out_HxV"], "out_b_V": params["out_b_V"]}
+
+
+def fast_step(sp: dict, carry_LxSxBxH: jax.Array, token_B: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`model.step` for a float32 LSTM, on `sampling_params`: (logits_BxV, carry)."""
+    H = carry_LxSxBxH.shape[-1]
+    new_carry = []
+    x_BxH = None
+    for i, lp in enumerate(sp["layers"]):
+        h_BxH, c_BxH = carry_LxSxBxH[i, 0], carry_LxSxBxH[i, 1]
+        if i == 0:
+            pre_BxG = lp["table_VxG"][token_B] + h_BxH @ lp["wh_HxG"]
+        else:
+            pre_BxG = jnp.concatenate([x_BxH, h_BxH], axis=-1) @ lp["w_2HxG"] + lp["b_G"]
+        t_BxG = jnp.tanh(pre_BxG)
+        sig_Bx3H = 0.5 + 0.5 * t_BxG[:, : 3 * H]
+        i_g, f_g, o_g = sig_Bx3H[:, :H], sig_Bx3H[:, H : 2 * H], sig_Bx3H[:, 2 * H :]
+        c_BxH = f_g * c_BxH + i_g * t_BxG[:, 3 * H :]
+        x_BxH = o_g * jnp.tanh(c_BxH)
+        new_carry.append(jnp.stack([x_BxH, c_BxH]))
+    logits_BxV = x_BxH @ sp["out_HxV"] + sp["out_b_V"]
+    return logits_BxV, jnp.stack(new_carry)
+
+
+def _step_fn(cfg: ModelConfig):
+    """(prepare(params) -> step params, step(step_params, carry, token) -> (logits, carry))."""
+    if _fast_path(cfg):
+        return partial(sampling_params, cfg=cfg), fast_step
+    return (lambda params: params), (lambda p, carry, token: model.step(p, carry, token, cfg))
+
+
+# --- choosing a symbol ----------------------------------------------------------------------------------
+
+
+def _masked_logits(logits_BxV, top_k: int, use_top_p: bool, top_p) -> jax.Array:
+    """-inf outside the top k (ties with the k-th kept) and outside the nucleus: the smallest set of the
+    most probable symbols whose probability adds up to at least p (the symbol crossing p is kept)."""
+    if top_k:
+        kth_Bx1 = jax.lax.top_k(logits_BxV, top_k)[0][:, -1:]
+        logits_BxV = jnp.where(logits_BxV >= kth_Bx1, logits_BxV, -jnp.inf)
+    if use_top_p:
+        p_BxV = jax.nn.softmax(logits_BxV, axis=-1)
+        sorted_BxV = -jnp.sort(-p_BxV, axis=-1)  # descending
+        before_BxV = jnp.cumsum(sorted_BxV, axis=-1) - sorted_BxV  # mass of the more probable ones
+        n_Bx1 = jnp.sum(before_BxV < top_p, axis=-1, keepdims=True)  # >= 1: before[0] == 0 < p
+        threshold_Bx1 = jnp.take_along_axis(sorted_BxV, n_Bx1 - 1, axis=-1)
+        logits_BxV = jnp.where(p_BxV >= threshold_Bx1, logits_BxV, -jnp.inf)
+    return logits_BxV
+
+
+def choose(logits_BxV: jax.Array, u_B: jax.Array, temperature, sampler: Sampler, top_p=1.0) -> jax.Array:
+    """The next symbol of each stream (int32 [B]) from logits and one uniform in [0, 1) per stream."""
+    if sampler.greedy:
+        return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    scaled_BxV = logits_BxV / temperature
+    masked = sampler.top_k or sampler.use_top_p
+    if masked:
+        scaled_BxV = _masked_logits(scaled_BxV, sampler.top_k, sampler.use_top_p, top_p)
+    e_BxV = jnp.exp(scaled_BxV - jnp.max(scaled_BxV, axis=-1, keepdims=True))
+    cdf_BxV = jnp.cumsum(e_BxV, axis=-1)
+    target_Bx1 = u_B[:, None] * cdf_BxV[:, -1:]
+    # The first symbol whose cdf exceeds u * total: a symbol of probability 0 (masked) is never it.
+    token_B = jnp.minimum(jnp.sum(cdf_BxV <= target_Bx1, axis=-1), V - 1).astype(jnp.int32)
+    if masked:  # u * total can round up to total: then the count is V; fall back to the most probable
+        ok_B = jnp.take_along_axis(e_BxV, token_B[:, None], axis=-1)[:, 0] > 0
+        token_B = jnp.where(ok_B, token_B, jnp.argmax(scaled_BxV, axis=-1).astype(jnp.int32))
+    return token_B
+
+
+def uniforms(key: jax.Array, start, steps: int, num_streams: int) -> jax.Array:
+    """u [steps, B] for absolute steps start .. start + steps - 1: a function of (key, stream, step) only."""
+    stream_keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(num_streams))
+    positions = start + jnp.arange(steps)
+
+    def one(k, t):
+        return jax.random.uniform(jax.random.fold_in(k, t), ())
+
+    return jax.vmap(lambda t: jax.vmap(lambda k: one(k, t))(stream_keys))(positions)
+
+
+# --- compiled pieces ------------------------------------------------------------------------------------
+
+
+@partial(jax.jit, static_argnames=("cfg",))
+def _prepare(params: dict, cfg: ModelConfig) -> dict:
+    return _step_fn(cfg)[0](params)
+
+
+@partial(jax.jit, static_argnames=("cfg", "chunk", "sampler"))
+def _run_chunk(sp, carry_LxSxBxH, token_B, key, start, temperature, top_p, *, cfg, chunk, sampler):
+    """`chunk` steps from (carry, token): (carry, last token, tokens_BxC uint8)."""
+    step = _step_fn(cfg)[1]
+    B = token_B.shape[0]
+    u_CxB = uniforms(key, start, chunk, B) if not sampler.greedy else jnp.zeros((chunk, B), jnp.float32)
+
+    def body(state, u_B):
+        carry, token = state
+        logits_BxV, carry = step(sp, carry, token)
+        token = choose(logits_BxV, u_B, temperature, sampler, top_p)
+        return (carry, token), token.astype(jnp.uint8)
+
+    (carry_LxSxBxH, token_B), tokens_CxB = jax.lax.scan(
+        body, (carry_LxSxBxH, token_B), u_CxB, unroll=min(UNROLL, chunk)
+    )
+    return carry_LxSxBxH, token_B, tokens_CxB.T
+
+
+@partial(jax.jit, static_argnames=("cfg",))
+def _prime_window(params, tokens_1xW, carry_LxSx1xH, cfg):
+    # The logits are unused, so XLA drops the output projection: this is the recurrent scan only.
+    return model.forward(params, tokens_1xW, carry_LxSx1xH, cfg)[1]
+
+
+def primed_carry(params: dict, cfg: ModelConfig, prime: np.ndarray) -> jax.Array:
+    """The carry [L, S, 1, H] after running all of `prime` but its last symbol from a zero state."""
+    carry = model.init_carry(cfg, 1)
+    body = np.asarray(prime, np.uint8)[:-1]
+    for s in range(0, len(body), PRIME_WINDOW):  # full windows share one compile; the rest compiles once
+        carry = _prime_window(params, jnp.asarray(body[None, s : s + PRIME_WINDOW]), carry, cfg)
+    return carry
+
+
+def generate(
+    params: dict,
+    model_cfg: ModelConfig,
+    key: jax.Array,
+    *,
+    length: int,
+    num_streams: int = 1,
+    temperature: float = 1.0,
+    prime: np.ndarray | None = None,
+    greedy: bool = False,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    chunk: int = DEFAULT_CHUNK,
+    start_token: int = SILENCE,
+) -> Iterator[np.ndarray]:
+    """Yield uint8 chunks [num_streams, n] adding up to `length` symbols per stream (n = chunk but the last).
+
+    `prime` (uint8, 1-D, shared by all streams) sets the state; its last symbol is the first input. Without
+    it the state is zero and the first input is `start_token`. `temperature` scales the logits (ignored when
+    `greedy`, which takes the argmax); `top_k` keeps the k most probable symbols, `top_p` the nucleus.
+    The same key gives the same symbols for any `chunk`.
+    """
+    top_k = None if top_k == 0 else top_k  # 0 = off, as in the config
+    check_settings(
+        length=length, num_streams=num_streams, temperature=temperature, top_k=top_k, top_p=top_p, chunk=chunk
+    )
+    top_k = None if top_k == V else top_k
+    top_p = None if top_p == 1.0 else top_p
+    if prime is not None:
+        prime = np.asarray(prime)
+        if prime.ndim != 1 or prime.size == 0 or prime.dtype != np.uint8:
+            raise UserError("a prime must be a non-empty 1-D array of uint8 symbols")
+    if not 0 <= start_token < V:
+        raise UserError(f"start token must be a symbol 0..{V - 1}, got {start_token}")
+    return _generate(
+        params, model_cfg, key, length, num_streams, float(temperature), prime,
+        Sampler(greedy=bool(greedy), top_k=0 if greedy else (top_k or 0),
+                use_top_p=top_p is not None and not greedy),
+        1.0 if top_p is None else float(top_p), chunk, start_token,
+    )  # fmt: skip
+
+
+def _generate(params, cfg, key, length, B, temperature, prime, sampler, top_p, chunk, start_token):
+    if prime is None or prime.size == 1:
+        carry = model.init_carry(cfg, B)
+        first = start_token if prime is None else int(prime[0])
+    else:
+        carry_1 = primed_carry(params, cfg, prime)
+        carry = jnp.broadcast_to(carry_1, (*carry_1.shape[:2], B, carry_1.shape[3]))
+        first = int(prime[-1])
+    token_B = jnp.full((B,), first, jnp.int32)
+    sp = _prepare(params, cfg)
+    temperature = jnp.float32(temperature)
+    top_p = jnp.float32(top_p)
+    pending, done = None, 0
+    while done < length:
+        carry, token_B, tokens_BxC = _run_chunk(
+            sp, carry, token_B, key, jnp.int32(done), temperature, top_p,
+            cfg=cfg, chunk=chunk, sampler=sampler,
+        )  # fmt: skip
+        if pending is not None:  # converted while the chunk just dispatched computes
+            yield np.asarray(pending[0])[:, : pending[1]]
+        pending = (tokens_BxC, min(chunk, length - done))
+        done += chunk
+    yield np.asarray(pending[0])[:, : pending[1]]
+
+
+# --- writing streams to files ---------------------------------------------------------------------------
+
+
+def output_paths(out: str | Path, num_streams: int) -> list[Path]:
+    """One path per stream: `out` itself for one stream, else out's stem plus _0 ... _N-1 (out.wav -> out_0.wav)."""
+    out = Path(out)
+    if num_streams == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(num_streams)]
+
+
+def extension(codec_name: str) -> str:
+    return ".bin" if codec_name == "bytes" else ".wav"
+
+
+class SymbolWriter:
+    """Appends uint8 symbols to a file that is complete after every write: a WAV at the corpus rate (linear:
+    the symbols are the PCM_U8 bytes; mulaw: decoded and written as PCM_16) or, for a bytes corpus, raw bytes.
+    An existing file is replaced: callers check first (see `check_outputs`)."""
+
+    def __init__(self, path: str | Path, codec_name: str, rate: int | None):
+        self.path = Path(path)
+        self.codec = codec_lib.check_codec(codec_name)
+        self.samples = 0
+        if self.codec == "bytes":
+            try:
+                self._raw = open(self.path, "wb")  # noqa: SIM115 (closed in close())
+            except OSError as e:
+                raise UserError(f"cannot write {self.path}: {e.strerror}") from None
+            self._wav = None
+        else:
+            self._raw = None
+            subtype = "PCM_U8" if self.codec == "linear" else "PCM_16"
+            self._wav = audio.WavStreamWriter(self.path, rate, subtype)
+
+    def write(self, symbols: np.ndarray) -> None:
+        symbols = np.asarray(symbols, np.uint8).reshape(-1)
+        try:
+            if self._raw is not None:
+                self._raw.write(symbols.tobytes())
+                self._raw.flush()
+            elif self.codec == "linear":
+                self._wav.write(symbols)
+            else:
+                self._wav.write(codec_lib.decode(self.codec, symbols))
+        except OSError as e:
+            raise UserError(f"cannot write {self.path}: {e.strerror or e}") from None
+        self.samples += symbols.size
+
+    def close(self) -> None:
+        (self._raw or self._wav).close()
+
+    def __enter__(self) -> SymbolWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def check_outputs(paths: list[Path], force: bool) -> None:
+    """UserError before any work if an output exists (without `force`), is a folder, or has no folder."""
+    for path in paths:
+        if path.is_dir():
+            raise UserError(f"{path} is a folder: give a file name for the output")
+        if path.exists() and not force:
+            raise UserError(f"{path} already exists: choose another output name or add --force to replace it")
+        if not path.parent.is_dir():
+            raise UserError(f"folder {path.parent} does not exist: create it first or choose another output")

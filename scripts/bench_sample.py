@@ -1,0 +1,210 @@
+"""Sampling speed: `python scripts/bench.py sample [--models tiny,small,voice_2016] [--streams 1,16] ...`.
+
+For each model (random init params) and stream count: samples/s and real-time factor (seconds of 11025 Hz
+audio per second of wall time) of `jaxvoice.sample.generate`, timed after compilation, median of
+--repeats runs of at least --samples samples. Beside it, in the same process:
+- gemv: the bare cost of one step's matrix-vector products (layer 0's recurrent GEMV, each higher layer's
+  [x, h] GEMV, the output GEMV) in a jitted scan of only those products, and the sampler's step time over it;
+- torch (when it imports): the loop users write, one `nn.LSTM` step per sample with
+  `torch.multinomial(softmax(logits / T))`, at 1 stream, and jaxvoice's speed-up over it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+MODELS = {  # cell, rnn_size, num_layers, wordvec_size
+    "tiny": (128, 1, 32),
+    "small": (256, 2, 64),
+    "voice_2016": (680, 3, 110),
+}
+RATE = 11025
+
+
+def _median_run(fn, repeats: int) -> tuple[float, list[float]]:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def bench_generate(cfg, streams: int, samples: int, repeats: int, chunk: int) -> dict:
+    import jax
+
+    from jaxvoice import model, sample
+
+    params = model.init_params(jax.random.key(0), cfg)
+    steps = -(-samples // streams)
+    steps = -(-steps // chunk) * chunk  # whole chunks: what is timed is what runs
+    key = jax.random.key(1)
+
+    def run():
+        for _ in sample.generate(params, cfg, key, length=steps, num_streams=streams, chunk=chunk):
+            pass
+
+    t0 = time.perf_counter()
+    for _ in sample.generate(params, cfg, key, length=chunk, num_streams=streams, chunk=chunk):
+        pass  # compile
+    first_chunk = time.perf_counter() - t0
+    seconds, times = _median_run(run, repeats)
+    rate = steps * streams / seconds
+    return {
+        "streams": streams,
+        "samples": steps * streams,
+        "seconds": round(seconds, 3),
+        "seconds_all": [round(t, 3) for t in times],
+        "samples_per_s": round(rate),
+        "real_time_factor": round(rate / RATE, 3),
+        "us_per_step": round(seconds / steps * 1e6, 2),
+        "first_chunk_s": round(first_chunk, 2),  # compilation included
+    }
+
+
+def bench_gemv(cfg, streams: int, steps: int, repeats: int) -> dict:
+    """One step's matrix-vector products only, chained through a tanh of H values so none is hoisted and the
+    values stay normal floats."""
+    import jax
+    import jax.numpy as jnp
+
+    H, G, L = cfg.rnn_size, 4 * cfg.rnn_size, cfg.num_layers
+    keys = jax.random.split(jax.random.key(0), L + 1)
+    mats = [jax.random.normal(keys[0], (H, G), jnp.float32) / H]
+    mats += [jax.random.normal(keys[i], (2 * H, G), jnp.float32) / H for i in range(1, L)]
+    out = jax.random.normal(keys[L], (H, 256), jnp.float32) / H
+
+    @jax.jit
+    def run(mats, out, h_BxH):
+        def body(h_BxH, _):
+            x_BxH = h_BxH
+            for i, w in enumerate(mats):
+                inp = h_BxH if i == 0 else jnp.concatenate([x_BxH, h_BxH], axis=-1)
+                # every output of the product is used (else XLA computes only the used columns)
+                x_BxH = jnp.tanh((inp @ w).reshape(-1, 4, H).sum(axis=1))
+            logits_BxV = x_BxH @ out
+            return jnp.tanh(x_BxH + logits_BxV.sum(axis=-1, keepdims=True)), None
+
+        return jax.lax.scan(body, h_BxH, None, length=steps)[0]
+
+    h = jnp.ones((streams, H), jnp.float32)
+    run(mats, out, h).block_until_ready()
+    seconds, _ = _median_run(lambda: run(mats, out, h).block_until_ready(), repeats)
+    weights = sum(m.size for m in mats) + out.size
+    flops = 2 * streams * weights
+    return {
+        "streams": streams,
+        "us_per_step": round(seconds / steps * 1e6, 2),
+        "weight_mb": round(4 * weights / 1e6, 1),
+        "gflop_per_s": round(flops * steps / seconds / 1e9, 1),
+    }
+
+
+def torch_loop(cfg, samples: int, max_seconds: float, threads: int, temperature: float = 1.0) -> dict:
+    """The loop users write: one `nn.LSTM` call per sample, `torch.multinomial(softmax(logits / T))`."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    embed = torch.nn.Embedding(256, cfg.wordvec_size)
+    lstm = torch.nn.LSTM(cfg.wordvec_size, cfg.rnn_size, cfg.num_layers, batch_first=True)
+    out = torch.nn.Linear(cfg.rnn_size, 256)
+    token = torch.tensor([[128]])
+    state = None
+    done = 0
+    with torch.no_grad():
+        for _ in range(20):  # warm-up
+            y, state = lstm(embed(token), state)
+            token = torch.multinomial(torch.softmax(out(y[:, -1]) / temperature, -1), 1)
+        t0 = time.perf_counter()
+        while done < samples and (done % 50 or time.perf_counter() - t0 < max_seconds):
+            y, state = lstm(embed(token), state)
+            token = torch.multinomial(torch.softmax(out(y[:, -1]) / temperature, -1), 1)
+            done += 1
+        seconds = time.perf_counter() - t0
+    return {
+        "streams": 1,
+        "samples": done,
+        "seconds": round(seconds, 3),
+        "samples_per_s": round(done / seconds),
+        "real_time_factor": round(done / seconds / RATE, 3),
+        "threads": torch.get_num_threads(),
+        "version": torch.__version__,
+    }
+
+
+def bench_torch(name: str, samples: int, max_seconds: float, threads: int = 0) -> dict | None:
+    """torch_loop in a fresh process (no JAX thread pool beside it); None when torch is not installed.
+    threads 0: torch's default (what users get); 1: one thread, often faster for one small step."""
+    if importlib.util.find_spec("torch") is None:
+        return None
+    proc = subprocess.run(
+        [sys.executable, __file__, "--torch-child", name, str(samples), str(max_seconds), str(threads)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(proc.stdout)
+
+
+def main(argv: list[str]) -> dict:
+    parser = argparse.ArgumentParser(prog="bench.py sample")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--streams", default="1,16")
+    parser.add_argument("--samples", type=int, default=20_000, help="at least this many per measurement")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--chunk", type=int, default=None, help="steps per chunk (default: sample's)")
+    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--torch-seconds", type=float, default=30.0, help="time cap of one torch loop")
+    args = parser.parse_args(argv)
+
+    import jax
+
+    from jaxvoice import sample
+    from jaxvoice.config import ModelConfig
+
+    chunk = args.chunk or sample.DEFAULT_CHUNK
+    result = {
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "cpus": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "chunk": chunk,
+        "models": {},
+    }
+    for name in args.models.split(","):
+        H, L, E = MODELS[name]
+        cfg = ModelConfig(cell="lstm", rnn_size=H, num_layers=L, wordvec_size=E)
+        entry = {"config": f"LSTM {L}x{H}, wordvec {E}", "jaxvoice": [], "gemv": []}
+        for streams in map(int, args.streams.split(",")):
+            gen = bench_generate(cfg, streams, args.samples, args.repeats, chunk)
+            bare = bench_gemv(cfg, streams, 4096, args.repeats)
+            gen["step_over_gemv"] = round(gen["us_per_step"] / bare["us_per_step"], 2)
+            entry["jaxvoice"].append(gen)
+            entry["gemv"].append(bare)
+        result["models"][name] = entry
+    for name, entry in result["models"].items() if not args.no_torch else ():
+        torch_result = bench_torch(name, args.samples, args.torch_seconds)
+        if torch_result is None:
+            break
+        entry["torch_loop"] = torch_result
+        entry["torch_loop_1_thread"] = bench_torch(name, args.samples, args.torch_seconds, threads=1)
+        best = max(torch_result["samples_per_s"], entry["torch_loop_1_thread"]["samples_per_s"])
+        one = next((g for g in entry["jaxvoice"] if g["streams"] == 1), None)
+        if one is not None:  # against the faster of the two torch loops
+            entry["speedup_vs_torch_1_stream"] = round(one["samples_per_s"] / best, 1)
+    return result
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--torch-child"]:
+    H, L, E = MODELS[sys.argv[2]]
+    shape = SimpleNamespace(rnn_size=H, num_layers=L, wordvec_size=E)
+    print(json.dumps(torch_loop(shape, int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]))))
