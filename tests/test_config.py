@@ -20,7 +20,7 @@ def test_defaults_are_torch_rnns():
     assert (cfg.sample.length, cfg.sample.temperature) == (2000, 1.0)
 
 
-@pytest.mark.parametrize("name", ["tiny", "small", "voice_2016"])
+@pytest.mark.parametrize("name", ["tiny", "small", "voice_2016", "voice_cpu"])
 def test_presets_load_and_say_how_to_launch(name):
     cfg = config.load(name)
     text = config.resolve_preset(name).read_text()
