@@ -4,6 +4,13 @@ Shape letters: B batch (parallel streams), T time steps, V vocabulary (256), E w
 H rnn_size, G gate width (4H lstm, 3H gru, H rnn), L layers, S states per layer (2 lstm: h, c; else 1: h).
 
 The carry of the whole stack is one array `carry_LxSxBxH`: one buffer to scan, shard over B and save.
+
+Speed (see ../shared/PERF_NOTES.md and scripts/bench_train.py): the stack runs layer by layer, so each
+layer's input projection for all T steps is one GEMM outside the scan (layer 0's is a row lookup of
+embed @ W_x, the input being one-hot) and only `h @ W_h` and the gate math stay inside. The LSTM layer has a
+hand-written backward (`_lstm_layer`): its reverse scan does only `dpre @ W_h.T` per step, and dW_h is one
+GEMM over all steps afterwards. Its gates take one tanh over the whole gate row: sigmoid(x) =
+(1 + tanh(x / 2)) / 2, the halving folded into the i, f, o columns of the weights outside the scan.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from jaxvoice.config import ModelConfig
 V = 256
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 STATES = {"lstm": 2, "gru": 1, "rnn": 1}
+BITS_PER_NAT = 1.0 / math.log(2.0)
 
 
 def init_params(key: jax.Array, cfg: ModelConfig) -> dict:
@@ -52,15 +60,32 @@ def init_carry(cfg: ModelConfig, batch_size: int) -> jax.Array:
     return jnp.zeros((cfg.num_layers, STATES[cfg.cell], batch_size, cfg.rnn_size), jnp.float32)
 
 
+def _mm(x, w):
+    """x @ w in w's dtype (the compute dtype), accumulated and returned in at least float32."""
+    return jnp.matmul(x.astype(w.dtype), w, preferred_element_type=jnp.promote_types(w.dtype, jnp.float32))
+
+
+def _lstm_gate_scale(H: int, dtype=jnp.float32) -> jax.Array:
+    """0.5 on the i, f, o columns, 1 on g: tanh of the scaled row gives every gate from one tanh."""
+    return jnp.concatenate([jnp.full((3 * H,), 0.5, dtype), jnp.ones((H,), dtype)])
+
+
 # --- cells: (w_h, carry_SxBxH, xproj_BxG) -> carry_SxBxH; the input projection is done by the caller ---
 
 
+def _lstm_from_scaled(c_BxH, pre_BxG):
+    """The LSTM update from a gate row whose i, f, o columns are already halved; returns (h, c)."""
+    H = c_BxH.shape[-1]
+    a_BxG = jnp.tanh(pre_BxG)
+    i, f, o = (0.5 + 0.5 * a_BxG[:, k * H : (k + 1) * H] for k in range(3))
+    c_BxH = f * c_BxH + i * a_BxG[:, 3 * H :]
+    return o * jnp.tanh(c_BxH), c_BxH
+
+
 def _lstm_from_proj(wh_HxG, carry_SxBxH, xproj_BxG):
-    h_BxH, c_BxH = carry_SxBxH[0], carry_SxBxH[1]
-    pre_BxG = xproj_BxG + h_BxH.astype(wh_HxG.dtype) @ wh_HxG
-    i, f, o, g = jnp.split(pre_BxG.astype(jnp.float32), 4, axis=-1)
-    c_BxH = jax.nn.sigmoid(f) * c_BxH + jax.nn.sigmoid(i) * jnp.tanh(g)
-    h_BxH = jax.nn.sigmoid(o) * jnp.tanh(c_BxH)
+    pre_BxG = xproj_BxG + _mm(carry_SxBxH[0], wh_HxG)
+    scale = _lstm_gate_scale(carry_SxBxH.shape[-1], pre_BxG.dtype)
+    h_BxH, c_BxH = _lstm_from_scaled(carry_SxBxH[1].astype(pre_BxG.dtype), pre_BxG * scale)
     return jnp.stack([h_BxH, c_BxH])
 
 
@@ -68,8 +93,8 @@ def _gru_from_proj(wh_HxG, carry_SxBxH, xproj_BxG):
     # The cuDNN/PyTorch GRU: the reset gate multiplies (W_hn h + b_hn), so one fused recurrent GEMM serves
     # all three gates. The recurrent bias b_hn is folded into xproj for r and z only; for n it is 0 here.
     h_BxH = carry_SxBxH[0]
-    hproj_BxG = (h_BxH.astype(wh_HxG.dtype) @ wh_HxG).astype(jnp.float32)
-    xr, xz, xn = jnp.split(xproj_BxG.astype(jnp.float32), 3, axis=-1)
+    hproj_BxG = _mm(h_BxH, wh_HxG)
+    xr, xz, xn = jnp.split(xproj_BxG.astype(hproj_BxG.dtype), 3, axis=-1)
     hr, hz, hn = jnp.split(hproj_BxG, 3, axis=-1)
     r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
     n = jnp.tanh(xn + r * hn)
@@ -77,8 +102,7 @@ def _gru_from_proj(wh_HxG, carry_SxBxH, xproj_BxG):
 
 
 def _rnn_from_proj(wh_HxG, carry_SxBxH, xproj_BxG):
-    h_BxH = carry_SxBxH[0]
-    return jnp.tanh((xproj_BxG + h_BxH.astype(wh_HxG.dtype) @ wh_HxG).astype(jnp.float32))[None]
+    return jnp.tanh(xproj_BxG + _mm(carry_SxBxH[0], wh_HxG))[None]
 
 
 CELLS: dict[str, Callable] = {"lstm": _lstm_from_proj, "gru": _gru_from_proj, "rnn": _rnn_from_proj}
@@ -102,12 +126,152 @@ def rnn(layer_params, carry_SxBxH, x_BxI):
     return cell("rnn", layer_params, carry_SxBxH, x_BxI)
 
 
+# --- one LSTM layer over T steps, with a hand-written backward ---
+
+
+def _lstm_scan(pre_TxBxG, wh_HxG, h_BxH, c_BxH, keep):
+    """The forward recurrence. `pre` and `wh` have the i, f, o columns halved. With `keep`, also returns
+    what the backward needs: every step's cell state and tanh'd gate row."""
+    H = h_BxH.shape[-1]
+
+    def step(hc, pre_BxG):
+        a_BxG = jnp.tanh(pre_BxG + _mm(hc[0], wh_HxG))
+        i, f, o = (0.5 + 0.5 * a_BxG[:, k * H : (k + 1) * H] for k in range(3))
+        c_BxH = f * hc[1] + i * a_BxG[:, 3 * H :]
+        h_BxH = o * jnp.tanh(c_BxH)
+        return (h_BxH, c_BxH), ((h_BxH, c_BxH, a_BxG) if keep else h_BxH)
+
+    return jax.lax.scan(step, (h_BxH, c_BxH), pre_TxBxG)
+
+
+@jax.custom_vjp
+def _lstm_layer(pre_TxBxG, wh_HxG, h_BxH, c_BxH):
+    """hs_TxBxH, h_T, c_T of one LSTM layer; `pre` (input projection + bias) and `wh` with i, f, o halved."""
+    (h_BxH, c_BxH), hs_TxBxH = _lstm_scan(pre_TxBxG, wh_HxG, h_BxH, c_BxH, keep=False)
+    return hs_TxBxH, h_BxH, c_BxH
+
+
+def _lstm_layer_fwd(pre_TxBxG, wh_HxG, h0_BxH, c0_BxH):
+    (hT, cT), (hs_TxBxH, cs_TxBxH, a_TxBxG) = _lstm_scan(pre_TxBxG, wh_HxG, h0_BxH, c0_BxH, keep=True)
+    return (hs_TxBxH, hT, cT), (wh_HxG, h0_BxH, c0_BxH, hs_TxBxH, cs_TxBxH, a_TxBxG)
+
+
+def _lstm_layer_bwd(res, cotangents):
+    wh_HxG, h0_BxH, c0_BxH, hs_TxBxH, cs_TxBxH, a_TxBxG = res
+    dhs_TxBxH, dhT_BxH, dcT_BxH = cotangents
+    H = h0_BxH.shape[-1]
+    f32 = dhs_TxBxH.dtype
+    h_prev_TxBxH = jnp.concatenate([h0_BxH[None].astype(hs_TxBxH.dtype), hs_TxBxH[:-1]])
+    c_prev_TxBxH = jnp.concatenate([c0_BxH[None].astype(cs_TxBxH.dtype), cs_TxBxH[:-1]])
+    # Everything that depends only on the forward pass, for all steps at once (one wide fusion, outside
+    # the scan): dpre = [dc, dc, dh, dc] * k and dc += dh * p, with dc flowing back through f.
+    ai, af, ao, g = (a_TxBxG[..., k * H : (k + 1) * H] for k in range(4))
+    tc_TxBxH = jnp.tanh(cs_TxBxH)
+    k_TxBxG = jnp.concatenate(
+        [
+            g * 0.5 * (1.0 - ai * ai),
+            c_prev_TxBxH * 0.5 * (1.0 - af * af),
+            tc_TxBxH * 0.5 * (1.0 - ao * ao),
+            (0.5 + 0.5 * ai) * (1.0 - g * g),
+        ],
+        axis=-1,
+    )
+    p_TxBxH = (0.5 + 0.5 * ao) * (1.0 - tc_TxBxH * tc_TxBxH)
+    f_TxBxH = 0.5 + 0.5 * af
+    whT_GxH = wh_HxG.T
+
+    def step(carry, xs):
+        dh_BxH, dc_BxH = carry
+        k_BxG, p_BxH, f_BxH, dh_out_BxH = xs
+        dh_BxH = dh_BxH + dh_out_BxH
+        dc_BxH = dc_BxH + dh_BxH * p_BxH
+        dpre_BxG = jnp.concatenate([dc_BxH, dc_BxH, dh_BxH, dc_BxH], axis=-1) * k_BxG
+        return (_mm(dpre_BxG, whT_GxH).astype(f32), dc_BxH * f_BxH), dpre_BxG
+
+    xs = (k_TxBxG, p_TxBxH, f_TxBxH, dhs_TxBxH)
+    (dh0, dc0), dpre_TxBxG = jax.lax.scan(step, (dhT_BxH.astype(f32), dcT_BxH.astype(f32)), xs, reverse=True)
+    dwh_HxG = jnp.einsum(
+        "tbh,tbg->hg", h_prev_TxBxH.astype(wh_HxG.dtype), dpre_TxBxG.astype(wh_HxG.dtype),
+        preferred_element_type=f32,
+    )  # fmt: skip
+    return (
+        dpre_TxBxG.astype(a_TxBxG.dtype),
+        dwh_HxG.astype(wh_HxG.dtype),
+        dh0.astype(h0_BxH.dtype),
+        dc0.astype(c0_BxH.dtype),
+    )
+
+
+_lstm_layer.defvjp(_lstm_layer_fwd, _lstm_layer_bwd)
+
+
+def _generic_layer(kind, pre_TxBxG, wh_HxG, carry_SxBxH):
+    """GRU/RNN layer over T steps: plain scan, plain autodiff."""
+
+    def step(carry_SxBxH, pre_BxG):
+        carry_SxBxH = CELLS[kind](wh_HxG, carry_SxBxH, pre_BxG)
+        return carry_SxBxH, carry_SxBxH[0]
+
+    last_SxBxH, hs_TxBxH = jax.lax.scan(step, carry_SxBxH, pre_TxBxG)
+    return hs_TxBxH, last_SxBxH
+
+
 # --- the stack ---
 
 
-def _dropout(key, x, rate):
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+def dropout_masks(key: jax.Array, cfg: ModelConfig, shape: tuple) -> list[jax.Array]:
+    """Per layer l, the multiplier (0 or 1/(1-p)) for the input of layer l (l > 0) and, at l = 0, for the
+    output of the last layer (torch-rnn puts dropout after every recurrent layer)."""
+    keys = jax.random.split(key, cfg.num_layers)
+    keep = 1.0 - cfg.dropout
+    return [jax.random.bernoulli(k, keep, shape).astype(jnp.float32) / keep for k in keys]
+
+
+def _compute_dtype(cfg: ModelConfig):
+    return jnp.dtype(cfg.dtype)
+
+
+def _hidden(params, tokens_BxT, carry_LxSxBxH, cfg, dropout_key):
+    """The last layer's outputs hs_TxBxH (time-major; dropout applied) and the new carry."""
+    dtype = _compute_dtype(cfg)
+    acc = jnp.promote_types(dtype, jnp.float32)  # accumulation / elementwise dtype
+    B, T = tokens_BxT.shape
+    H = cfg.rnn_size
+    tokens_TxB = tokens_BxT.T.astype(jnp.int32)
+    masks = None
+    if dropout_key is not None and cfg.dropout > 0:
+        masks = dropout_masks(dropout_key, cfg, (T, B, H))
+    scale = _lstm_gate_scale(H, acc) if cfg.cell == "lstm" else None
+    new_carry = []
+    hs_TxBxH = None
+    for layer, lp in enumerate(params["layers"]):
+        wx_IxG, b_G, wh_HxG = lp["wx_IxG"].astype(acc), lp["b_G"].astype(acc), lp["wh_HxG"].astype(acc)
+        if scale is not None:  # fold sigmoid's halving into the weights, outside the scan
+            wx_IxG, b_G, wh_HxG = wx_IxG * scale, b_G * scale, wh_HxG * scale
+        if layer == 0:
+            table_VxG = _mm(params["embed_VxE"].astype(acc), wx_IxG.astype(dtype)) + b_G
+            pre_TxBxG = table_VxG[tokens_TxB]
+        else:
+            if masks is not None:
+                hs_TxBxH = hs_TxBxH * masks[layer].astype(acc)
+            pre_TxBxG = _mm(hs_TxBxH, wx_IxG.astype(dtype)) + b_G
+        carry_SxBxH = carry_LxSxBxH[layer].astype(acc)
+        if cfg.cell == "lstm":
+            hs_TxBxH, h_BxH, c_BxH = _lstm_layer(
+                pre_TxBxG, wh_HxG.astype(dtype), carry_SxBxH[0], carry_SxBxH[1]
+            )
+            new_carry.append(jnp.stack([h_BxH, c_BxH]))
+        else:
+            hs_TxBxH, last_SxBxH = _generic_layer(cfg.cell, pre_TxBxG, wh_HxG.astype(dtype), carry_SxBxH)
+            new_carry.append(last_SxBxH)
+    if masks is not None:
+        hs_TxBxH = hs_TxBxH * masks[0].astype(acc)
+    return hs_TxBxH, jnp.stack(new_carry).astype(carry_LxSxBxH.dtype)
+
+
+def _logits(params, hs_TxBxH, cfg):
+    dtype = _compute_dtype(cfg)
+    return _mm(hs_TxBxH, params["out_HxV"].astype(dtype)) + params["out_b_V"]
 
 
 def forward(
@@ -117,41 +281,9 @@ def forward(
     cfg: ModelConfig,
     dropout_key: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Logits [B, T, V] (float32) and the carry after the last step. Dropout only when a key is given.
-
-    Layer by layer: each layer's input projection for all T steps is one GEMM (for layer 0 a row lookup of
-    embed @ W_x, since the input is one-hot), and only the recurrent product stays inside `lax.scan`.
-    """
-    dtype = jnp.dtype(cfg.dtype)
-    step_fn = CELLS[cfg.cell]
-    tokens_TxB = tokens_BxT.T.astype(jnp.int32)
-    use_dropout = dropout_key is not None and cfg.dropout > 0
-    layer_keys = jax.random.split(dropout_key, cfg.num_layers) if use_dropout else None
-    new_carry = []
-    seq_TxBxH = None
-    for layer, lp in enumerate(params["layers"]):
-        if layer == 0:
-            table_VxG = params["embed_VxE"] @ lp["wx_IxG"] + lp["b_G"]
-            xproj_TxBxG = table_VxG.astype(dtype)[tokens_TxB]
-        else:
-            if use_dropout:
-                seq_TxBxH = _dropout(layer_keys[layer], seq_TxBxH, cfg.dropout)
-            xproj_TxBxG = seq_TxBxH @ lp["wx_IxG"].astype(dtype) + lp["b_G"].astype(dtype)
-        wh_HxG = lp["wh_HxG"].astype(dtype)
-
-        def scan_step(carry_SxBxH, xproj_BxG, wh_HxG=wh_HxG):
-            carry_SxBxH = step_fn(wh_HxG, carry_SxBxH, xproj_BxG)
-            return carry_SxBxH, carry_SxBxH[0].astype(dtype)
-
-        last_SxBxH, seq_TxBxH = jax.lax.scan(scan_step, carry_LxSxBxH[layer], xproj_TxBxG)
-        new_carry.append(last_SxBxH)
-    if use_dropout:
-        seq_TxBxH = _dropout(layer_keys[0], seq_TxBxH, cfg.dropout)
-    logits_BxTxV = (
-        jnp.einsum("tbh,hv->btv", seq_TxBxH, params["out_HxV"].astype(dtype)).astype(jnp.float32)
-        + params["out_b_V"]
-    )
-    return logits_BxTxV, jnp.stack(new_carry)
+    """Logits [B, T, V] (float32) and the carry after the last step. Dropout only when a key is given."""
+    hs_TxBxH, carry = _hidden(params, tokens_BxT, carry_LxSxBxH, cfg, dropout_key)
+    return _logits(params, hs_TxBxH, cfg).transpose(1, 0, 2), carry
 
 
 def loss(
@@ -163,24 +295,25 @@ def loss(
     dropout_key: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Mean cross-entropy in nats over all B*T targets, and the new carry (for the next window)."""
-    logits_BxTxV, carry = forward(params, tokens_BxT, carry_LxSxBxH, cfg, dropout_key)
-    logp_BxTxV = jax.nn.log_softmax(logits_BxTxV)
-    nll_BxT = -jnp.take_along_axis(logp_BxTxV, targets_BxT.astype(jnp.int32)[..., None], axis=-1)[..., 0]
-    return nll_BxT.mean(), carry
+    hs_TxBxH, carry = _hidden(params, tokens_BxT, carry_LxSxBxH, cfg, dropout_key)
+    logits_TxBxV = _logits(params, hs_TxBxH, cfg)
+    targets_TxB = targets_BxT.T.astype(jnp.int32)
+    # log-softmax and the target's logit in one pass over the logits; no one-hot array
+    picked_TxB = jnp.sum(jnp.where(jnp.arange(V) == targets_TxB[..., None], logits_TxBxV, 0.0), axis=-1)
+    nll_TxB = jax.nn.logsumexp(logits_TxBxV, axis=-1) - picked_TxB
+    return nll_TxB.mean(), carry
 
 
 def step(params: dict, carry_LxSxBxH: jax.Array, token_B: jax.Array, cfg: ModelConfig):
     """One generation step: logits_BxV for the next symbol after token_B, and the new carry."""
-    dtype = jnp.dtype(cfg.dtype)
+    dtype = _compute_dtype(cfg)
+    acc = jnp.promote_types(dtype, jnp.float32)
     new_carry = []
     x_BxI = params["embed_VxE"][token_B.astype(jnp.int32)]
     for layer, lp in enumerate(params["layers"]):
-        xproj_BxG = (x_BxI @ lp["wx_IxG"] + lp["b_G"]).astype(dtype)
-        c = CELLS[cfg.cell](lp["wh_HxG"].astype(dtype), carry_LxSxBxH[layer], xproj_BxG)
+        xproj_BxG = _mm(x_BxI, lp["wx_IxG"].astype(dtype)) + lp["b_G"].astype(acc)
+        c = CELLS[cfg.cell](lp["wh_HxG"].astype(dtype), carry_LxSxBxH[layer].astype(acc), xproj_BxG)
         new_carry.append(c)
         x_BxI = c[0]
-    logits_BxV = x_BxI @ params["out_HxV"] + params["out_b_V"]
-    return logits_BxV, jnp.stack(new_carry)
-
-
-BITS_PER_NAT = 1.0 / math.log(2.0)
+    logits_BxV = _mm(x_BxI, params["out_HxV"].astype(dtype)) + params["out_b_V"]
+    return logits_BxV, jnp.stack(new_carry).astype(carry_LxSxBxH.dtype)

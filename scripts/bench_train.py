@@ -1,0 +1,395 @@
+"""Training speed: `python scripts/bench.py train [--presets tiny,small,voice_2016] [--processes 3] ...`.
+
+What is timed, per preset, in --processes fresh subprocesses (timings here are bimodal from one process to
+the next, and the machine may be shared: see ../shared/PERF_NOTES.md). Inside each process the sides take
+turns, one timed window of about --seconds each, for --rounds rounds, so every side sees the same machine
+state; ratios are taken window pair by window pair, and we quote medians and ranges:
+- jax: the training step users run, `jaxvoice.train.make_train_step` (value_and_grad of model.loss,
+  elementwise clip 5, Adam 2e-3, jitted once with the state donated, the hidden state carried from step to
+  step) over random byte batches; metrics are fetched only at the end of each window. Also: compile
+  seconds (trace + lower + compile, before anything else runs) and peak RSS.
+- gemm: one jitted function doing only the GEMMs of a training step, with the model's shapes, forward and
+  backward: the B*T x I by I x G input projections, the output layer, dW_h as one GEMM over all steps, and
+  the T recurrent B x H by H x G products and their transposes in a scan. `fraction_of_gemm_rate` =
+  (model FLOPs / step time) / (the same FLOPs / GEMM-only time) = GEMM-only time / step time.
+- torch (if it imports): the idiomatic char-rnn, nn.Embedding -> nn.LSTM(batch_first) -> nn.Linear, Adam,
+  cross-entropy, grad clamp 5, the hidden state detached and carried; eager (oneDNN's fused LSTM).
+
+Children get GLIBC_TUNABLES=glibc.malloc.hugetlb=1 unless --hugetlb off (both sides alike): it removes
+most page faults from the big per-step buffers of XLA and torch (PERF_NOTES: +14-24%). `--hugetlb both`
+runs every process both ways and reports each.
+Development: `--variant NAME=DIR` also times DIR/jaxvoice/model.py (another checkout's model) under the
+bench's own train step, and `--own` the installed model under that same step, for side-by-side A/B runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PRESETS = ["tiny", "small", "voice_2016"]
+HUGETLB = "glibc.malloc.hugetlb=1"
+V = 256
+
+
+def _batches(B: int, T: int, count: int, seed: int = 0):
+    import numpy as np
+
+    data = np.random.default_rng(seed).integers(0, V, size=(count, B, T + 1), dtype=np.uint8)
+    return [(d[:, :-1], d[:, 1:]) for d in data]
+
+
+def gemm_shapes(cfg) -> list[tuple[str, int, int, int, int]]:
+    """(name, count, m, k, n) of every GEMM of one LSTM training step, forward and backward."""
+    m, t = cfg.model, cfg.train
+    H, G, B, T = m.rnn_size, 4 * m.rnn_size, t.batch_size, t.seq_length
+    BT = B * T
+    shapes = []
+    for layer in range(m.num_layers):
+        ins = m.wordvec_size if layer == 0 else H
+        shapes += [
+            (f"l{layer}_x_fwd", 1, BT, ins, G),  # X @ Wx
+            (f"l{layer}_x_dX", 1, BT, G, ins),  # dPre @ Wx.T
+            (f"l{layer}_x_dW", 1, ins, BT, G),  # X.T @ dPre
+            (f"l{layer}_h_fwd", T, B, H, G),  # h @ Wh, per step
+            (f"l{layer}_h_dX", T, B, G, H),  # dPre @ Wh.T, per step
+            (f"l{layer}_h_dW", 1, H, BT, G),  # H_prev.T @ dPre over all steps
+        ]
+    shapes += [("out_fwd", 1, BT, H, V), ("out_dX", 1, BT, V, H), ("out_dW", 1, H, BT, V)]
+    return shapes
+
+
+def model_flops(cfg) -> float:
+    return float(sum(2.0 * c * m * k * n for _, c, m, k, n in gemm_shapes(cfg)))
+
+
+# --- the sides: each is (name, run(n_steps) -> None that blocks at the end, tokens per step) ------------
+
+
+def _jax_train_side(cfg, model_module=None):
+    """The user's step (jaxvoice.train) when model_module is None and train has it; else the bench's own
+    equivalent step over `model_module` (or the installed model)."""
+    import jax
+    import optax
+
+    from jaxvoice import model as installed_model
+    from jaxvoice import train
+
+    B, T = cfg.train.batch_size, cfg.train.seq_length
+    steps_per_epoch = 100_000  # the carry is reset at step 0 only; lr decays after 5 epochs
+    if model_module is None and hasattr(train, "make_train_step") and hasattr(train, "init_state"):
+        step_fn = train.make_train_step(cfg, steps_per_epoch)
+        state = train.init_state(cfg, steps_per_epoch, B)
+    else:
+        mdl = model_module or installed_model
+        optimizer = optax.chain(optax.clip(cfg.train.grad_clip), optax.adam(cfg.train.learning_rate))
+
+        def step(state, inputs_BxT, targets_BxT):
+            params, opt_state, carry = state
+            (nats, carry), grads = jax.value_and_grad(mdl.loss, has_aux=True)(
+                params, inputs_BxT, targets_BxT, carry, cfg.model
+            )
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state, carry), {"loss": nats}
+
+        params = mdl.init_params(jax.random.key(0), cfg.model)
+        state = (params, optimizer.init(params), mdl.init_carry(cfg.model, B))
+        step_fn = jax.jit(step, donate_argnums=0)
+    batches = [tuple(jax.device_put(a) for a in b) for b in _batches(B, T, 8)]
+    t0 = time.perf_counter()
+    step_fn.lower(state, *batches[0]).compile()
+    compile_s = time.perf_counter() - t0
+    box = {"state": state, "metrics": None, "cursor": 0}
+
+    def run(n):
+        for _ in range(n):
+            box["state"], box["metrics"] = step_fn(box["state"], *batches[box["cursor"] % len(batches)])
+            box["cursor"] += 1
+        jax.block_until_ready((box["state"], box["metrics"]))
+
+    run(2)
+    return run, B * T, {"compile_s": compile_s, "loss": lambda: float(box["metrics"]["loss"])}
+
+
+def _gemm_side(cfg):
+    """Only the GEMMs of one training step, jitted as one function (see the module docstring)."""
+    import jax
+    import jax.numpy as jnp
+
+    m, t = cfg.model, cfg.train
+    H, G, B, T = m.rnn_size, 4 * m.rnn_size, t.batch_size, t.seq_length
+    key = jax.random.key(0)
+    flat = [
+        (name, mm, k, n)
+        for name, c, mm, k, n in gemm_shapes(cfg)
+        if "_h_fwd" not in name and "_h_dX" not in name
+    ]
+    args = [(jax.random.normal(key, (mm, k)), jax.random.normal(key, (k, n))) for _, mm, k, n in flat]
+    wh = jax.random.normal(key, (H, G), jnp.float32) * (H * G) ** -0.25  # keeps h @ Wh @ Wh.T's scale
+    h0 = jax.random.normal(key, (B, H), jnp.float32)
+
+    @jax.jit
+    def gemms(args, wh, h0):
+        outs = [a @ b for a, b in args]
+
+        def body(h, _):
+            return (h @ wh) @ wh.T, None
+
+        for _ in range(m.num_layers):  # h @ Wh then dPre @ Wh.T, T times, per layer
+            outs.append(jax.lax.scan(body, h0, None, length=T)[0])
+        return outs
+
+    run_once = lambda: jax.block_until_ready(gemms(args, wh, h0))
+    run_once()
+
+    def run(n):
+        for _ in range(n):
+            run_once()
+
+    return run, B * T, {}
+
+
+def _torch_side(cfg):
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    m, t = cfg.model, cfg.train
+    B, T = t.batch_size, t.seq_length
+    torch.manual_seed(0)
+
+    class CharRNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(V, m.wordvec_size)
+            self.rnn = nn.LSTM(m.wordvec_size, m.rnn_size, num_layers=m.num_layers, batch_first=True)
+            self.out = nn.Linear(m.rnn_size, V)
+
+        def forward(self, x, state):
+            y, state = self.rnn(self.embed(x), state)
+            return self.out(y), state
+
+    net = CharRNN()
+    opt = torch.optim.Adam(net.parameters(), lr=t.learning_rate)
+    zeros = torch.zeros(m.num_layers, B, m.rnn_size)
+    box = {"state": (zeros, zeros.clone()), "cursor": 0, "loss": None}
+    batches = [
+        (torch.from_numpy(x.astype("int64")), torch.from_numpy(y.astype("int64")))
+        for x, y in _batches(B, T, 8)
+    ]
+
+    def run(n):
+        for _ in range(n):
+            x, y = batches[box["cursor"] % len(batches)]
+            box["cursor"] += 1
+            state = tuple(s.detach() for s in box["state"])
+            logits, box["state"] = net(x, state)
+            loss = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for p in net.parameters():
+                p.grad.clamp_(-t.grad_clip, t.grad_clip)
+            opt.step()
+            box["loss"] = loss
+
+    run(2)
+    return run, B * T, {"threads": torch.get_num_threads(), "version": torch.__version__,
+                        "loss": lambda: float(box["loss"])}  # fmt: skip
+
+
+def _load_model_file(name: str, directory: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        f"bench_model_{name}", Path(directory) / "jaxvoice" / "model.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def child(preset: str, sides: list[str], variants: dict[str, str], seconds: float, rounds: int) -> dict:
+    """One process: build every side (jax first: its compile time is measured on a fresh process), then
+    time them in turns."""
+    import resource
+
+    from jaxvoice import config
+
+    cfg = config.load(preset)
+    built = {}
+    for side in sides:
+        if side == "jax":
+            built[side] = _jax_train_side(cfg)
+        elif side == "own":
+            from jaxvoice import model
+
+            built[side] = _jax_train_side(cfg, model)
+        elif side == "gemm":
+            built[side] = _gemm_side(cfg)
+        elif side == "torch":
+            built[side] = _torch_side(cfg)
+        else:
+            built[side] = _jax_train_side(cfg, _load_model_file(side, variants[side]))
+    # steps per window from one timed step each
+    steps = {}
+    for side, (run, _, _) in built.items():
+        t0 = time.perf_counter()
+        run(1)
+        steps[side] = max(2, round(seconds / max(time.perf_counter() - t0, 1e-6)))
+    rates = {side: [] for side in built}
+    cpu_rates = {side: [] for side in built}
+    for _ in range(rounds):
+        for side, (run, tokens, _) in built.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            run(steps[side])
+            rates[side].append(steps[side] * tokens / (time.perf_counter() - t0))
+            cpu_rates[side].append(steps[side] * tokens / (time.process_time() - c0))
+    out = {
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "load": os.getloadavg(),
+    }
+    for side, (_, _, info) in built.items():
+        info = {k: (v() if callable(v) else v) for k, v in info.items()}
+        out[side] = {"rates": rates[side], "cpu_rates": cpu_rates[side], **info}
+    return out
+
+
+# --- the parent: fresh subprocesses ---------------------------------------------------------------------
+
+
+def _run_child(preset: str, sides: list[str], args, hugetlb: bool) -> dict:
+    env = dict(os.environ)
+    env.pop("GLIBC_TUNABLES", None)
+    if hugetlb:
+        env["GLIBC_TUNABLES"] = HUGETLB
+    me = str(Path(__file__).resolve())
+    cmd = [sys.executable, me, "--child", "--presets", preset, "--sides", ",".join(sides),
+           "--seconds", str(args.seconds), "--rounds", str(args.rounds)]  # fmt: skip
+    for v in args.variant:
+        cmd += ["--variant", v]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-4:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _stats(values: list[float], digits: int = 0) -> dict | None:
+    if not values:
+        return None
+    return {
+        "median": round(statistics.median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+    }
+
+
+def _paired(a: list[float], b: list[float]) -> float:
+    """Median over rounds of a[i] / b[i]: both timed back to back, under the same machine state."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+
+def _summarize(preset: str, runs: list[dict], sides: list[str]) -> dict:
+    from jaxvoice import config
+
+    cfg = config.load(preset)
+    ok = [r for r in runs if "error" not in r]
+    out: dict = {"errors": [r["error"] for r in runs if "error" in r]} if len(ok) < len(runs) else {}
+    if not ok:
+        return out
+    flops = model_flops(cfg) if cfg.model.cell == "lstm" else None
+    for side in sides:
+        if side == "gemm":
+            continue
+        per_process = [statistics.median(r[side]["rates"]) for r in ok]
+        best = max(max(r[side]["rates"]) for r in ok)
+        entry = {
+            "tokens_per_s": _stats(per_process),
+            "tokens_per_s_per_process": [round(x) for x in per_process],
+            "best_window_tokens_per_s": round(best),
+            "tokens_per_cpu_s": _stats([statistics.median(r[side]["cpu_rates"]) for r in ok]),
+        }
+        if "compile_s" in ok[0][side]:
+            entry["compile_s"] = _stats([r[side]["compile_s"] for r in ok], 2)
+        tokens = cfg.train.batch_size * cfg.train.seq_length
+        if side != "torch" and "torch" in sides:
+            entry["ratio_vs_torch"] = _stats([_paired(r[side]["rates"], r["torch"]["rates"]) for r in ok], 3)
+            best_torch = max(max(r["torch"]["rates"]) for r in ok)
+            entry["ratio_vs_torch_best_windows"] = round(best / best_torch, 3)
+        if side != "torch" and "gemm" in sides and flops:
+            entry["model_gflop_per_s"] = _stats([flops * x / tokens / 1e9 for x in per_process], 1)
+            fractions = [_paired(r[side]["rates"], r["gemm"]["rates"]) for r in ok]
+            entry["fraction_of_gemm_rate"] = _stats(fractions, 3)
+            best_gemm = max(max(r["gemm"]["rates"]) for r in ok)
+            entry["fraction_of_gemm_rate_best_windows"] = round(best / best_gemm, 3)
+        entry["final_loss"] = round(statistics.median(r[side]["loss"] for r in ok), 4)
+        out[side] = entry
+    if "gemm" in sides and flops:
+        tokens = cfg.train.batch_size * cfg.train.seq_length
+        out["gemm_gflop_per_s"] = _stats(
+            [flops * statistics.median(r["gemm"]["rates"]) / tokens / 1e9 for r in ok], 1
+        )
+        out["model_gflop_per_step"] = round(flops / 1e9, 2)
+    out["peak_rss_mb_process"] = _stats([r["peak_rss_mb"] for r in ok])
+    out["load_avg_1min"] = [round(r["load"][0], 2) for r in ok]
+    return out
+
+
+def _torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def main(argv: list[str]) -> dict:
+    parser = argparse.ArgumentParser(prog="bench.py train", description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", default=",".join(PRESETS))
+    parser.add_argument("--processes", type=int, default=3, help="fresh processes per preset")
+    parser.add_argument("--rounds", type=int, default=5, help="timed windows per side and process")
+    parser.add_argument("--seconds", type=float, default=2.0, help="length of one timed window")
+    parser.add_argument("--hugetlb", choices=["on", "off", "both"], default="on")
+    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--own", action="store_true", help="also the installed model under the bench's step")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=DIR")
+    parser.add_argument("--sides", help=argparse.SUPPRESS)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    presets = [p for p in args.presets.split(",") if p]
+    variants = dict(v.split("=", 1) for v in args.variant)
+
+    if args.child:
+        print(json.dumps(child(presets[0], args.sides.split(","), variants, args.seconds, args.rounds)))
+        return {}
+
+    sides = ["jax"] + (["own"] if args.own else []) + list(variants) + ["gemm"]
+    if not args.no_torch and _torch_available():
+        sides.append("torch")
+    modes = {"on": [True], "off": [False], "both": [True, False]}[args.hugetlb]
+    report: dict = {
+        "what": "tokens/s of a full training step; medians over fresh processes (range = min..max)",
+        "hugetlb": {"on": HUGETLB, "off": "unset", "both": "both"}[args.hugetlb],
+        "processes": args.processes,
+        "rounds": args.rounds,
+        "seconds_per_window": args.seconds,
+        "cpu_count": os.cpu_count(),
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+    for preset in presets:
+        for hugetlb in modes:
+            runs = [_run_child(preset, sides, args, hugetlb) for _ in range(args.processes)]
+            key = preset if len(modes) == 1 else f"{preset}_{'hugetlb' if hugetlb else 'plain'}"
+            report[key] = _summarize(preset, runs, sides)
+    report["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return report
+
+
+if __name__ == "__main__":  # a child process (the parent runs through scripts/bench.py)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    main(sys.argv[1:])
