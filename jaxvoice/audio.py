@@ -167,13 +167,9 @@ def read_mono(path: str | os.PathLike, rate: int) -> np.ndarray:
 # ---- writing -----------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, *, force: bool = False) -> Iterator[Path]:
-    """Yield a fresh temporary path next to `path`; on success it replaces `path`, on any error it is removed.
-
-    So an output is either complete or absent, and an existing file survives a failed run. Without `force`
-    an existing `path` is a UserError. The temporary file is created by the caller (so it gets the umask).
-    """
+def check_output(path: str | os.PathLike, *, force: bool = False) -> Path:
+    """`path` as a Path if a file may be written there; else a UserError (a folder, an existing file without
+    `force`, a missing parent folder). Called before any work, so a refusal costs nothing."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path} is a folder: give a file name for the output")
@@ -181,6 +177,17 @@ def atomic_output(path: str | os.PathLike, *, force: bool = False) -> Iterator[P
         raise UserError(f"{path} already exists: choose another output name or add --force to replace it")
     if not path.parent.is_dir():
         raise UserError(f"folder {path.parent} does not exist: create it first or choose another output")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, *, force: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary path next to `path`; on success it replaces `path`, on any error it is removed.
+
+    So an output is either complete or absent, and an existing file survives a failed run. Without `force`
+    an existing `path` is a UserError. The temporary file is created by the caller (so it gets the umask).
+    """
+    path = check_output(path, force=force)
     tmp = path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
     try:
         yield tmp

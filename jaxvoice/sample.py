@@ -341,9 +341,4 @@ class SymbolWriter:
 def check_outputs(paths: list[Path], force: bool) -> None:
     """UserError before any work if an output exists (without `force`), is a folder, or has no folder."""
     for path in paths:
-        if path.is_dir():
-            raise UserError(f"{path} is a folder: give a file name for the output")
-        if path.exists() and not force:
-            raise UserError(f"{path} already exists: choose another output name or add --force to replace it")
-        if not path.parent.is_dir():
-            raise UserError(f"folder {path.parent} does not exist: create it first or choose another output")
+        audio.check_output(path, force=force)
