@@ -382,10 +382,13 @@ def main(argv: list[str]) -> dict:
         "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
     }
     for preset in presets:
-        for hugetlb in modes:
-            runs = [_run_child(preset, sides, args, hugetlb) for _ in range(args.processes)]
-            key = preset if len(modes) == 1 else f"{preset}_{'hugetlb' if hugetlb else 'plain'}"
-            report[key] = _summarize(preset, runs, sides)
+        runs: dict[bool, list[dict]] = {mode: [] for mode in modes}
+        for _ in range(args.processes):  # with --hugetlb both, the two modes alternate process by process
+            for mode in modes:
+                runs[mode].append(_run_child(preset, sides, args, mode))
+        for mode in modes:
+            key = preset if len(modes) == 1 else f"{preset}_{'hugetlb' if mode else 'plain'}"
+            report[key] = _summarize(preset, runs[mode], sides)
     report["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return report
 
