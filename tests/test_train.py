@@ -115,7 +115,7 @@ def test_a_run_killed_with_sigkill_resumes_and_matches(saw_corpus, tmp_path):
     run_jaxvoice(*train_cmd(saw_corpus, straight, *extra), check=True)
     proc = _popen_train(saw_corpus, killed, *extra)
     _wait_for_checkpoint(killed, proc)
-    time.sleep(0.3)
+    time.sleep(0.05)  # a few steps past the save, on any machine speed
     proc.kill()
     proc.wait()
     assert len(read_csv(killed / "train.csv")) < 150
