@@ -33,6 +33,7 @@ from jaxvoice import audio, model
 from jaxvoice import codec as codec_lib
 from jaxvoice.config import ModelConfig
 from jaxvoice.errors import UserError
+from jaxvoice.parallel import DataParallel
 
 V = model.V
 DEFAULT_CHUNK = 2048
@@ -226,6 +227,7 @@ def generate(
     top_p: float | None = None,
     chunk: int = DEFAULT_CHUNK,
     start_token: int = SILENCE,
+    dp: DataParallel | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield uint8 chunks [num_streams, n] adding up to `length` symbols per stream (n = chunk but the last).
 
@@ -233,6 +235,10 @@ def generate(
     it the state is zero and the first input is `start_token`. `temperature` scales the logits (ignored when
     `greedy`, which takes the argmax); `top_k` keeps the k most probable symbols, `top_p` the nucleus.
     The same key gives the same symbols for any `chunk`.
+
+    With `dp`, the streams (and their state) are split over its devices and the params replicated; the
+    streams are padded up to a multiple of the device count, so any `num_streams` uses every device. Stream
+    b gets the same symbols on any number of devices (its randomness depends only on b and the step).
     """
     top_k = None if top_k == 0 else top_k  # 0 = off, as in the config
     check_settings(
@@ -250,20 +256,25 @@ def generate(
         params, model_cfg, key, length, num_streams, float(temperature), prime,
         Sampler(greedy=bool(greedy), top_k=0 if greedy else (top_k or 0),
                 use_top_p=top_p is not None and not greedy),
-        1.0 if top_p is None else float(top_p), chunk, start_token,
+        1.0 if top_p is None else float(top_p), chunk, start_token, dp,
     )  # fmt: skip
 
 
-def _generate(params, cfg, key, length, B, temperature, prime, sampler, top_p, chunk, start_token):
+def _generate(params, cfg, key, length, B, temperature, prime, sampler, top_p, chunk, start_token, dp):
+    num_devices = 1 if dp is None else dp.num_devices
+    B_run = -(-B // num_devices) * num_devices  # the padding streams are computed and dropped
     if prime is None or prime.size == 1:
-        carry = model.init_carry(cfg, B)
+        carry = model.init_carry(cfg, B_run)
         first = start_token if prime is None else int(prime[0])
     else:
         carry_1 = primed_carry(params, cfg, prime)
-        carry = jnp.broadcast_to(carry_1, (*carry_1.shape[:2], B, carry_1.shape[3]))
+        carry = jnp.broadcast_to(carry_1, (*carry_1.shape[:2], B_run, carry_1.shape[3]))
         first = int(prime[-1])
-    token_B = jnp.full((B,), first, jnp.int32)
+    token_B = jnp.full((B_run,), first, jnp.int32)
     sp = _prepare(params, cfg)
+    if num_devices > 1:  # jit follows the placement: each device steps its own streams, no collectives
+        carry, token_B = jax.device_put(carry, dp.carry), jax.device_put(token_B, dp.batch)
+        sp = jax.device_put(sp, dp.replicated)
     temperature = jnp.float32(temperature)
     top_p = jnp.float32(top_p)
     pending, done = None, 0
@@ -273,10 +284,10 @@ def _generate(params, cfg, key, length, B, temperature, prime, sampler, top_p, c
             cfg=cfg, chunk=chunk, sampler=sampler,
         )  # fmt: skip
         if pending is not None:  # converted while the chunk just dispatched computes
-            yield np.asarray(pending[0])[:, : pending[1]]
+            yield np.asarray(pending[0])[:B, : pending[1]]
         pending = (tokens_BxC, min(chunk, length - done))
         done += chunk
-    yield np.asarray(pending[0])[:, : pending[1]]
+    yield np.asarray(pending[0])[:B, : pending[1]]
 
 
 # --- writing streams to files ---------------------------------------------------------------------------

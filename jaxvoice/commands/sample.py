@@ -114,7 +114,7 @@ def _describe(samples, meta):
     return f"{samples:,} samples ({samples / meta['rate']:.2f} s at {meta['rate']} Hz, {meta['codec']})"
 
 
-def _sample_one(args, restored, length, paths, prime, key):
+def _sample_one(args, restored, length, paths, prime, key, dp):
     """Sample one checkpoint into `paths`; returns the exit code (130 when interrupted)."""
     import contextlib
     import sys
@@ -132,7 +132,7 @@ def _sample_one(args, restored, length, paths, prime, key):
     chunks = sample.generate(
         restored.params, cfg.model, key, length=length, num_streams=len(paths), temperature=temperature,
         prime=prime, greedy=args.greedy, top_k=top_k, top_p=top_p, chunk=args.chunk or cfg.sample.chunk,
-        start_token=sample.SILENCE if rate else sample.BYTES_START,
+        start_token=sample.SILENCE if rate else sample.BYTES_START, dp=dp,
     )  # fmt: skip
     total = length * len(paths)
     bar = tqdm(
@@ -184,7 +184,7 @@ def run(args):
 
     import jax
 
-    from jaxvoice import checkpoint, sample
+    from jaxvoice import checkpoint, parallel, sample
 
     run_dir = Path(args.run)
     if args.checkpoint == "all":
@@ -206,9 +206,10 @@ def run(args):
         sample.check_outputs(paths, args.force)
     prime = _load_prime(args.prime, meta) if args.prime is not None else None
     key = jax.random.key(args.seed if args.seed is not None else cfg.sample.seed)
+    dp = parallel.data_parallel()  # the streams split over every device (padded to a multiple of them)
     for step in steps:
         restored = first if step == first.step else checkpoint.restore_for_inference(run_dir, step)
-        code = _sample_one(args, restored, length, outputs[step], prime, key)
+        code = _sample_one(args, restored, length, outputs[step], prime, key, dp)
         if code:
             return code
     return 0
