@@ -55,6 +55,7 @@ class SampleConfig:
     top_p: float = 1.0  # 1 = off
     chunk: int = 2048  # steps per compiled scan
     seed: int = 0
+    weights: str = "float32"  # float32 | bfloat16 (rounded weights: faster with many streams, see sample.py)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.dtype": ("float32", "bfloat16"),
     "train.clip": ("value", "norm"),
     "train.lr_schedule": ("step", "constant", "cosine"),
+    "sample.weights": ("float32", "bfloat16"),
 }
 
 

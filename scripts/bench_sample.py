@@ -1,10 +1,12 @@
 """Sampling speed: `python scripts/bench.py sample [--models tiny,small,voice_2016] [--streams 1,16] ...`.
 
-For each model (random init params) and stream count: samples/s and real-time factor (seconds of 11025 Hz
+For each model (random init params), weight dtype (--weights: float32, and bfloat16 as `jaxvoice sample
+--weights bfloat16` runs it) and stream count: samples/s and real-time factor (seconds of 11025 Hz
 audio per second of wall time) of `jaxvoice.sample.generate`, timed after compilation, median of
 --repeats runs of at least --samples samples. Beside it, in the same process:
 - gemv: the bare cost of one step's matrix-vector products (layer 0's recurrent GEMV, each higher layer's
-  [x, h] GEMV, the output GEMV) in a jitted scan of only those products, and the sampler's step time over it;
+  [x, h] GEMV, the output GEMV) in a jitted scan of only those products, in the faster of the two weight
+  layouts and the same weight dtype, and the sampler's step time over it;
 - torch (when it imports): the loop users write, one `nn.LSTM` step per sample with
   `torch.multinomial(softmax(logits / T))`, at 1 stream, and jaxvoice's speed-up over it.
 """
@@ -39,7 +41,7 @@ def _median_run(fn, repeats: int) -> tuple[float, list[float]]:
     return statistics.median(times), times
 
 
-def bench_generate(cfg, streams: int, samples: int, repeats: int, chunk: int) -> dict:
+def bench_generate(cfg, streams: int, samples: int, repeats: int, chunk: int, weights: str) -> dict:
     import jax
 
     from jaxvoice import model, sample
@@ -50,17 +52,22 @@ def bench_generate(cfg, streams: int, samples: int, repeats: int, chunk: int) ->
     key = jax.random.key(1)
 
     def run():
-        for _ in sample.generate(params, cfg, key, length=steps, num_streams=streams, chunk=chunk):
+        for _ in sample.generate(
+            params, cfg, key, length=steps, num_streams=streams, chunk=chunk, weights=weights
+        ):
             pass
 
     t0 = time.perf_counter()
-    for _ in sample.generate(params, cfg, key, length=chunk, num_streams=streams, chunk=chunk):
+    for _ in sample.generate(
+        params, cfg, key, length=chunk, num_streams=streams, chunk=chunk, weights=weights
+    ):
         pass  # compile
     first_chunk = time.perf_counter() - t0
     seconds, times = _median_run(run, repeats)
     rate = steps * streams / seconds
     return {
         "streams": streams,
+        "weights": weights,
         "samples": steps * streams,
         "seconds": round(seconds, 3),
         "seconds_all": [round(t, 3) for t in times],
@@ -71,9 +78,14 @@ def bench_generate(cfg, streams: int, samples: int, repeats: int, chunk: int) ->
     }
 
 
-def bench_gemv(cfg, streams: int, steps: int, repeats: int) -> dict:
+def bench_gemv(cfg, streams: int, steps: int, repeats: int, weights: str = "float32") -> dict:
     """One step's matrix-vector products only, chained through a tanh of H values so none is hoisted and the
-    values stay normal floats."""
+    values stay normal floats; in the faster of the two weight layouts ([in, out] or [out, in])."""
+    both = [_bench_gemv(cfg, streams, steps, repeats, weights, transposed) for transposed in (False, True)]
+    return min(both, key=lambda r: r["us_per_step"])
+
+
+def _bench_gemv(cfg, streams: int, steps: int, repeats: int, weights: str, transposed: bool) -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -82,6 +94,14 @@ def bench_gemv(cfg, streams: int, steps: int, repeats: int) -> dict:
     mats = [jax.random.normal(keys[0], (H, G), jnp.float32) / H]
     mats += [jax.random.normal(keys[i], (2 * H, G), jnp.float32) / H for i in range(1, L)]
     out = jax.random.normal(keys[L], (H, 256), jnp.float32) / H
+    contract = ((1,), (1,)) if transposed else ((1,), (0,))
+    mats = [(m.T if transposed else m).astype(weights) for m in mats]
+    out = (out.T if transposed else out).astype(weights)
+
+    def dot(x, w):
+        return jax.lax.dot_general(
+            x.astype(w.dtype), w, (contract, ((), ())), preferred_element_type=jnp.float32
+        )
 
     @jax.jit
     def run(mats, out, h_BxH):
@@ -90,8 +110,8 @@ def bench_gemv(cfg, streams: int, steps: int, repeats: int) -> dict:
             for i, w in enumerate(mats):
                 inp = h_BxH if i == 0 else jnp.concatenate([x_BxH, h_BxH], axis=-1)
                 # every output of the product is used (else XLA computes only the used columns)
-                x_BxH = jnp.tanh((inp @ w).reshape(-1, 4, H).sum(axis=1))
-            logits_BxV = x_BxH @ out
+                x_BxH = jnp.tanh(dot(inp, w).reshape(-1, 4, H).sum(axis=1))
+            logits_BxV = dot(x_BxH, out)
             return jnp.tanh(x_BxH + logits_BxV.sum(axis=-1, keepdims=True)), None
 
         return jax.lax.scan(body, h_BxH, None, length=steps)[0]
@@ -99,12 +119,14 @@ def bench_gemv(cfg, streams: int, steps: int, repeats: int) -> dict:
     h = jnp.ones((streams, H), jnp.float32)
     run(mats, out, h).block_until_ready()
     seconds, _ = _median_run(lambda: run(mats, out, h).block_until_ready(), repeats)
-    weights = sum(m.size for m in mats) + out.size
-    flops = 2 * streams * weights
+    count = sum(m.size for m in mats) + out.size
+    flops = 2 * streams * count
     return {
         "streams": streams,
+        "weights": weights,
+        "layout": "[out, in]" if transposed else "[in, out]",
         "us_per_step": round(seconds / steps * 1e6, 2),
-        "weight_mb": round(4 * weights / 1e6, 1),
+        "weight_mb": round(count * jnp.dtype(weights).itemsize / 1e6, 1),
         "gflop_per_s": round(flops * steps / seconds / 1e9, 1),
     }
 
@@ -162,6 +184,9 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--samples", type=int, default=20_000, help="at least this many per measurement")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--chunk", type=int, default=None, help="steps per chunk (default: sample's)")
+    parser.add_argument(
+        "--weights", default="float32,bfloat16", help="sampling weight dtypes (jaxvoice sample --weights)"
+    )
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--torch-seconds", type=float, default=30.0, help="time cap of one torch loop")
     args = parser.parse_args(argv)
@@ -184,12 +209,13 @@ def main(argv: list[str]) -> dict:
         H, L, E = MODELS[name]
         cfg = ModelConfig(cell="lstm", rnn_size=H, num_layers=L, wordvec_size=E)
         entry = {"config": f"LSTM {L}x{H}, wordvec {E}", "jaxvoice": [], "gemv": []}
-        for streams in map(int, args.streams.split(",")):
-            gen = bench_generate(cfg, streams, args.samples, args.repeats, chunk)
-            bare = bench_gemv(cfg, streams, 4096, args.repeats)
-            gen["step_over_gemv"] = round(gen["us_per_step"] / bare["us_per_step"], 2)
-            entry["jaxvoice"].append(gen)
-            entry["gemv"].append(bare)
+        for weights in args.weights.split(","):
+            for streams in map(int, args.streams.split(",")):
+                gen = bench_generate(cfg, streams, args.samples, args.repeats, chunk, weights)
+                bare = bench_gemv(cfg, streams, 4096, args.repeats, weights)
+                gen["step_over_gemv"] = round(gen["us_per_step"] / bare["us_per_step"], 2)
+                entry["jaxvoice"].append(gen)
+                entry["gemv"].append(bare)
         result["models"][name] = entry
     for name, entry in result["models"].items() if not args.no_torch else ():
         torch_result = bench_torch(name, args.samples, args.torch_seconds)
@@ -198,7 +224,7 @@ def main(argv: list[str]) -> dict:
         entry["torch_loop"] = torch_result
         entry["torch_loop_1_thread"] = bench_torch(name, args.samples, args.torch_seconds, threads=1)
         best = max(torch_result["samples_per_s"], entry["torch_loop_1_thread"]["samples_per_s"])
-        one = next((g for g in entry["jaxvoice"] if g["streams"] == 1), None)
+        one = next((g for g in entry["jaxvoice"] if g["streams"] == 1 and g["weights"] == "float32"), None)
         if one is not None:  # against the faster of the two torch loops
             entry["speedup_vs_torch_1_stream"] = round(one["samples_per_s"] / best, 1)
     return result

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import time
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -133,20 +134,49 @@ def test_top_k_and_top_p_together():
 # --- the step, chunks, seeds ------------------------------------------------------------------------------
 
 
-def test_fast_step_matches_model_step():
+@pytest.mark.parametrize("transposed", [False, True])
+def test_fast_step_matches_model_step(transposed):
     cfg = ModelConfig(cell="lstm", rnn_size=24, num_layers=3, wordvec_size=8)
     params = model.init_params(jax.random.key(3), cfg)
     params["layers"][1]["b_G"] = jax.random.normal(jax.random.key(4), params["layers"][1]["b_G"].shape)
-    sp = sample.sampling_params(params, cfg)
+    layout = sample.Layout(transposed=transposed)
+    sp = sample.sampling_params(params, cfg, layout)
     tokens = jax.random.randint(jax.random.key(5), (20, 3), 0, 256)
     ref = fast = model.init_carry(cfg, 3)
-    ref_step, fast_step = jax.jit(model.step, static_argnums=3), jax.jit(sample.fast_step)
+    ref_step = jax.jit(model.step, static_argnums=3)
+    fast_step = jax.jit(partial(sample.fast_step, layout=layout))
     for token_B in tokens:
         logits_ref, ref = ref_step(params, ref, token_B, cfg)
         logits_fast, fast = fast_step(sp, fast, token_B)
         np.testing.assert_allclose(logits_fast, logits_ref, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=1e-5)
     assert np.abs(np.asarray(ref)).max() > 0.1  # the state moved: the comparison is not of zeros
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_bfloat16_weights_step_close_to_float32(transposed):
+    """Rounded weights: a slightly different model, within bf16's rounding of the float32 one."""
+    cfg = ModelConfig(cell="lstm", rnn_size=64, num_layers=2, wordvec_size=16)
+    params = model.init_params(jax.random.key(3), cfg)
+    layout = sample.Layout(transposed=transposed, weights="bfloat16")
+    sp = sample.sampling_params(params, cfg, layout)
+    assert sp["layers"][1]["w_2H"].dtype == jnp.bfloat16 and sp["out"].dtype == jnp.bfloat16
+    fast_step = jax.jit(partial(sample.fast_step, layout=layout))
+    ref = fast = model.init_carry(cfg, 2)
+    worst = 0.0
+    for token_B in jax.random.randint(jax.random.key(5), (30, 2), 0, 256):
+        logits_ref, ref = model.step(params, ref, token_B, cfg)
+        logits_fast, fast = fast_step(sp, fast, token_B)
+        worst = max(worst, float(np.abs(np.asarray(logits_fast) - np.asarray(logits_ref)).max()))
+    assert 0 < worst < 0.02, worst  # rounded (not equal), and close
+    np.testing.assert_allclose(fast, ref, atol=0.02)
+
+
+def test_bfloat16_weights_sample_deterministically():
+    params = model.init_params(jax.random.key(8), SMALL)
+    a = draw(params, length=300, streams=2, weights="bfloat16")
+    np.testing.assert_array_equal(a, draw(params, length=300, streams=2, weights="bfloat16"))
+    assert a.shape == (2, 300) and (a != draw(params, length=300, streams=2)).any()
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
@@ -221,7 +251,7 @@ def test_bad_settings_are_user_errors():
     bad = [
         {"length": 0}, {"length": -3}, {"temperature": 0.0}, {"temperature": -1.0},
         {"temperature": float("nan")}, {"top_p": 0.0}, {"top_p": 1.5}, {"top_k": 300}, {"top_k": -1},
-        {"num_streams": 0}, {"chunk": 0}, {"prime": np.zeros(0, np.uint8)},
+        {"num_streams": 0}, {"chunk": 0}, {"prime": np.zeros(0, np.uint8)}, {"weights": "float16"},
     ]  # fmt: skip
     for kw in bad:
         settings = {"length": 10, **kw}
@@ -371,6 +401,13 @@ def test_cli_every_checkpoint_then_one_again(run_copy):
     assert path.read_bytes() == first  # --force replaced it, with the same bytes for the same seed
 
 
+def test_cli_bfloat16_weights_write_a_sample(trained_run, tmp_path):
+    out = tmp_path / "bf16.wav"
+    proc = run_jaxvoice("sample", "--run", trained_run, "--length", 700, "--weights", "bfloat16", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    assert sf.info(str(out)).frames == 700
+
+
 def test_cli_refuses_to_overwrite(run_copy, tmp_path):
     out = tmp_path / "keep_1.wav"
     out.write_bytes(b"precious")
@@ -397,6 +434,7 @@ def test_cli_refuses_to_overwrite(run_copy, tmp_path):
         (["--checkpoint", "newest"], ["best", "latest"]),
         (["--prime", "no_such.wav"], ["no_such.wav"]),
         (["--length", 10, "--seconds", 1], ["--seconds"]),
+        (["--weights", "float16"], ["--weights", "bfloat16"]),
     ],
 )
 def test_cli_user_errors(trained_run, tmp_path, args, words):

@@ -31,6 +31,10 @@ def add_arguments(parser):
     )  # fmt: skip
     parser.add_argument("--force", action="store_true", help="replace output files that exist")
     parser.add_argument("--chunk", type=int, help="steps per compiled scan (default: sample.chunk)")
+    parser.add_argument(
+        "--weights", choices=["float32", "bfloat16"], help="bfloat16: the weights rounded, faster with many "
+        "streams on CPUs with bf16 instructions, a slightly different model (default: sample.weights)",
+    )  # fmt: skip
 
 
 def _check_args(args):
@@ -133,6 +137,7 @@ def _sample_one(args, restored, length, paths, prime, key, dp):
         restored.params, cfg.model, key, length=length, num_streams=len(paths), temperature=temperature,
         prime=prime, greedy=args.greedy, top_k=top_k, top_p=top_p, chunk=args.chunk or cfg.sample.chunk,
         start_token=sample.SILENCE if rate else sample.BYTES_START, dp=dp,
+        weights=args.weights or cfg.sample.weights,
     )  # fmt: skip
     total = length * len(paths)
     bar = tqdm(
