@@ -124,26 +124,35 @@ def _gemm_side(cfg):
 
     m, t = cfg.model, cfg.train
     H, G, B, T = m.rnn_size, 4 * m.rnn_size, t.batch_size, t.seq_length
-    key = jax.random.key(0)
+    keys = iter(jax.random.split(jax.random.key(0), 64))
     flat = [
         (name, mm, k, n)
         for name, c, mm, k, n in gemm_shapes(cfg)
         if "_h_fwd" not in name and "_h_dX" not in name
     ]
-    args = [(jax.random.normal(key, (mm, k)), jax.random.normal(key, (k, n))) for _, mm, k, n in flat]
-    wh = jax.random.normal(key, (H, G), jnp.float32) * (H * G) ** -0.25  # keeps h @ Wh @ Wh.T's scale
-    h0 = jax.random.normal(key, (B, H), jnp.float32)
+    args = [
+        (jax.random.normal(next(keys), (mm, k)), jax.random.normal(next(keys), (k, n)))
+        for _, mm, k, n in flat
+    ]
+    # One Wh and h0 per layer: identical scans would be merged into one by XLA's CSE (it did, when they were
+    # shared: the reference then did one layer's recurrent products instead of num_layers').
+    wh = [jax.random.normal(next(keys), (H, G), jnp.float32) * (H * G) ** -0.25 for _ in range(m.num_layers)]
+    h0 = [jax.random.normal(next(keys), (B, H), jnp.float32) for _ in range(m.num_layers)]
 
-    @jax.jit
     def gemms(args, wh, h0):
         outs = [a @ b for a, b in args]
+        for wh_HxG, h_BxH in zip(wh, h0, strict=True):  # h @ Wh then dPre @ Wh.T, T times, per layer
 
-        def body(h, _):
-            return (h @ wh) @ wh.T, None
+            def body(h, _, wh_HxG=wh_HxG):
+                return (h @ wh_HxG) @ wh_HxG.T, None  # keeps the scale: Wh is scaled by (H * G) ** -0.25
 
-        for _ in range(m.num_layers):  # h @ Wh then dPre @ Wh.T, T times, per layer
-            outs.append(jax.lax.scan(body, h0, None, length=T)[0])
+            outs.append(jax.lax.scan(body, h_BxH, None, length=T)[0])
         return outs
+
+    compiled = jax.jit(gemms).lower(args, wh, h0).compile()
+    loops = compiled.as_text().count(" while(")
+    assert loops == m.num_layers, f"the GEMM reference has {loops} recurrent loops, not {m.num_layers}"
+    gemms = compiled
 
     run_once = lambda: jax.block_until_ready(gemms(args, wh, h0))
     run_once()
