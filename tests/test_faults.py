@@ -176,22 +176,25 @@ def test_a_full_disk_stops_cleanly_and_the_run_resumes(corpus_dir, small_disk, t
 # --- ten kills at random moments ---------------------------------------------------------------------------
 
 
-def newest_step_seen(run: Path) -> int:
-    """The highest step of any checkpoint folder, finished or still being written (orbax's tmp names)."""
+def checkpoint_seen(run: Path, step: int, finished: bool) -> bool:
+    """Whether a checkpoint of `step` or later exists (with `finished`, only completed ones; else also
+    orbax's temporary folders of a save in progress)."""
     try:
         names = os.listdir(run / "checkpoints")
     except FileNotFoundError:
-        return 0
-    return max((int(n.split(".")[0]) for n in names if n.split(".")[0].isdigit()), default=0)
+        return False
+    head = (n.split(".")[0] for n in names if not finished or n.isdigit())
+    return any(h.isdigit() and int(h) >= step for h in head)
 
 
 @pytest.mark.slow
 def test_ten_sigkills_at_random_moments_lose_nothing(corpus_dir, tmp_path):
     """Killed during steps, evaluations and saves, resumed each time: the same CSV rows and params.
 
-    Each kill waits for the run to reach a seeded checkpoint step, then a seeded delay: no delay lands in the
-    save itself, longer ones in the steps and evaluations after it. Keyed to progress, not to wall-clock
-    time, so a faster machine cannot finish the run before the kills."""
+    Each kill waits for the run to reach a seeded checkpoint step: half the kills land as that save starts
+    (its temporary folder appears), half a seeded few steps after it has finished (steps and evaluations;
+    saves take most of this small run's time). Keyed to progress, not to wall-clock time, so a faster
+    machine cannot finish the run before the kills."""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     every = 15
     extra = ["--set", f"train.checkpoint_every={every}", "--set", "train.eval_every=10", "--steps", "300"]
@@ -204,9 +207,11 @@ def test_ten_sigkills_at_random_moments_lose_nothing(corpus_dir, tmp_path):
         if killed.exists():
             args.append("--resume")
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        while newest_step_seen(killed) < target and proc.poll() is None:
-            time.sleep(0.005)
-        time.sleep(rng.choice([0.0, rng.uniform(0.0, 0.5)]))
+        in_save = rng.random() < 0.5
+        while not checkpoint_seen(killed, target, finished=not in_save) and proc.poll() is None:
+            time.sleep(0.002)
+        if not in_save:
+            time.sleep(rng.uniform(0.0, 0.05))
         if proc.poll() is not None:
             assert proc.returncode == 0, proc.stderr.read()
             break  # finished before this kill: nothing left to interrupt
