@@ -29,6 +29,9 @@ V = 256
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 STATES = {"lstm": 2, "gru": 1, "rnn": 1}
 BITS_PER_NAT = 1.0 / math.log(2.0)
+# Two time steps per loop iteration in the LSTM layer's scans: halves the loop's fixed per-step costs
+# (measured +7% tokens/s on `small`, no change on voice_2016; 4 was no better than 2).
+SCAN_UNROLL = 2
 
 
 def init_params(key: jax.Array, cfg: ModelConfig) -> dict:
@@ -153,7 +156,7 @@ def _lstm_scan(pre_TxBxG, wh_HxG, h_BxH, c_BxH, keep):
         h_BxH = o * jnp.tanh(c_BxH)
         return (h_BxH, c_BxH), ((h_BxH, c_BxH, a_BxG) if keep else h_BxH)
 
-    return jax.lax.scan(step, (h_BxH, c_BxH), pre_TxBxG)
+    return jax.lax.scan(step, (h_BxH, c_BxH), pre_TxBxG, unroll=SCAN_UNROLL)
 
 
 @jax.custom_vjp
@@ -202,7 +205,9 @@ def _lstm_layer_bwd(res, cotangents):
         return (_mm(dpre_BxG, whT_GxH).astype(f32), dc_BxH * f_BxH), dpre_BxG
 
     xs = (k_TxBxG, p_TxBxH, f_TxBxH, dhs_TxBxH)
-    (dh0, dc0), dpre_TxBxG = jax.lax.scan(step, (dhT_BxH.astype(f32), dcT_BxH.astype(f32)), xs, reverse=True)
+    (dh0, dc0), dpre_TxBxG = jax.lax.scan(
+        step, (dhT_BxH.astype(f32), dcT_BxH.astype(f32)), xs, reverse=True, unroll=SCAN_UNROLL
+    )
     dwh_HxG = jnp.einsum(
         "tbh,tbg->hg", h_prev_TxBxH.astype(wh_HxG.dtype), dpre_TxBxG.astype(wh_HxG.dtype),
         preferred_element_type=f32,
