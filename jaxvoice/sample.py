@@ -80,7 +80,7 @@ class Layout(NamedTuple):
     `transposed` keeps each product's weights as [out, in] rows, which XLA's CPU matrix-vector product
     streams ~30% faster at one stream (measured; at 4+ streams [in, out] is faster in float32).
     `weights` "bfloat16" rounds the weights (not the state, sums or sampling) to bfloat16: half the bytes to
-    read per step and bf16 dot instructions where the CPU has them, ~1.2-1.4x faster at 16 streams on the
+    read per step and bf16 dot instructions where the CPU has them, ~1.5x faster at 16 streams on the
     2-core CPU (no faster at 1 stream); a slightly different model."""
 
     transposed: bool = False
