@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -120,9 +122,6 @@ print("ok")
 
 
 def test_sampling_steps_each_devices_own_streams_without_collectives():
-    import os
-    import sys
-
     env = {**os.environ, **FOUR_DEVICES}
     proc = subprocess.run([sys.executable, "-c", _PLACEMENT_CHECK], capture_output=True, text=True, env=env)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
