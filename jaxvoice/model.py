@@ -8,11 +8,13 @@ The carry of the whole stack is one array `carry_LxSxBxH`: one buffer to scan, s
 Speed (see ../shared/PERF_NOTES.md and scripts/bench_train.py): the stack runs layer by layer, so each
 layer's input projection for all T steps is one GEMM outside the scan (layer 0's is a row lookup of
 embed @ W_x, the input being one-hot) and only `h @ W_h` and the gate math stay inside. The LSTM layer has a
-hand-written backward (`_lstm_layer`): its reverse scan does only `dpre @ W_h.T` per step, and dW_h is one
-GEMM over all steps afterwards; everything in its backward that depends only on the forward pass is
-computed for all steps at once, outside the reverse scan. Its gates take one tanh over the whole gate row:
-sigmoid(x) = (1 + tanh(x / 2)) / 2, the halving a constant row multiplied in the tanh's own fusion (scaling
-the weights instead cost a pass over them and their gradients every step, measured 1-4% slower).
+hand-written backward (`_lstm_layer`; `_lstm_layer_x`, for deeper layers, also owns the input projection):
+its reverse scan does only `dpre @ W_h.T` per step, and the weight gradients are one GEMM over all steps
+afterwards (a deeper layer's dW_x and dW_h together, over [x, h_prev]: +8% tokens/s on `small`);
+everything in its backward that depends only on the forward pass is computed for all steps at once,
+outside the reverse scan. Its gates take one tanh over the whole gate row: sigmoid(x) = (1 + tanh(x / 2)) / 2,
+the halving a constant row multiplied in the tanh's own fusion (scaling the weights instead cost a pass over
+them and their gradients every step, measured 1-4% slower).
 """
 
 from __future__ import annotations
@@ -159,19 +161,9 @@ def _lstm_scan(pre_TxBxG, wh_HxG, h_BxH, c_BxH, keep):
     return jax.lax.scan(step, (h_BxH, c_BxH), pre_TxBxG, unroll=SCAN_UNROLL)
 
 
-@jax.custom_vjp
-def _lstm_layer(pre_TxBxG, wh_HxG, h_BxH, c_BxH):
-    """hs_TxBxH, h_T, c_T of one LSTM layer from `pre` = its input projection + bias, for all T steps."""
-    (h_BxH, c_BxH), hs_TxBxH = _lstm_scan(pre_TxBxG, wh_HxG, h_BxH, c_BxH, keep=False)
-    return hs_TxBxH, h_BxH, c_BxH
-
-
-def _lstm_layer_fwd(pre_TxBxG, wh_HxG, h0_BxH, c0_BxH):
-    (hT, cT), (hs_TxBxH, cs_TxBxH, a_TxBxG) = _lstm_scan(pre_TxBxG, wh_HxG, h0_BxH, c0_BxH, keep=True)
-    return (hs_TxBxH, hT, cT), (wh_HxG, h0_BxH, c0_BxH, hs_TxBxH, cs_TxBxH, a_TxBxG)
-
-
-def _lstm_layer_bwd(res, cotangents):
+def _lstm_backward(res, cotangents):
+    """The reverse recurrence shared by both LSTM layer forms: dpre_TxBxG, dh0, dc0 and h_prev_TxBxH (the
+    h each step's gates saw), from the forward's residuals."""
     wh_HxG, h0_BxH, c0_BxH, hs_TxBxH, cs_TxBxH, a_TxBxG = res
     dhs_TxBxH, dhT_BxH, dcT_BxH = cotangents
     H = h0_BxH.shape[-1]
@@ -208,19 +200,76 @@ def _lstm_layer_bwd(res, cotangents):
     (dh0, dc0), dpre_TxBxG = jax.lax.scan(
         step, (dhT_BxH.astype(f32), dcT_BxH.astype(f32)), xs, reverse=True, unroll=SCAN_UNROLL
     )
-    dwh_HxG = jnp.einsum(
-        "tbh,tbg->hg", h_prev_TxBxH.astype(wh_HxG.dtype), dpre_TxBxG.astype(wh_HxG.dtype),
-        preferred_element_type=f32,
-    )  # fmt: skip
-    return (
-        dpre_TxBxG.astype(a_TxBxG.dtype),
-        dwh_HxG.astype(wh_HxG.dtype),
-        dh0.astype(h0_BxH.dtype),
-        dc0.astype(c0_BxH.dtype),
-    )
+    return dpre_TxBxG, dh0.astype(h0_BxH.dtype), dc0.astype(c0_BxH.dtype), h_prev_TxBxH
+
+
+def _weight_grad(x_TxBxK, dpre_TxBxG, dtype):
+    """sum over t, b of x^T dpre: one GEMM over all T * B rows, x (the narrower operand) transposed."""
+    T, B, K = x_TxBxK.shape
+    x_KxN = x_TxBxK.reshape(T * B, K).T.astype(dtype)
+    dpre_NxG = dpre_TxBxG.reshape(T * B, -1).astype(dtype)
+    return jnp.matmul(x_KxN, dpre_NxG, preferred_element_type=jnp.promote_types(dtype, jnp.float32))
+
+
+@jax.custom_vjp
+def _lstm_layer(pre_TxBxG, wh_HxG, h_BxH, c_BxH):
+    """hs_TxBxH, h_T, c_T of one LSTM layer from `pre` = its input projection + bias, for all T steps."""
+    (h_BxH, c_BxH), hs_TxBxH = _lstm_scan(pre_TxBxG, wh_HxG, h_BxH, c_BxH, keep=False)
+    return hs_TxBxH, h_BxH, c_BxH
+
+
+def _lstm_layer_fwd(pre_TxBxG, wh_HxG, h0_BxH, c0_BxH):
+    (hT, cT), (hs_TxBxH, cs_TxBxH, a_TxBxG) = _lstm_scan(pre_TxBxG, wh_HxG, h0_BxH, c0_BxH, keep=True)
+    return (hs_TxBxH, hT, cT), (wh_HxG, h0_BxH, c0_BxH, hs_TxBxH, cs_TxBxH, a_TxBxG)
+
+
+def _lstm_layer_bwd(res, cotangents):
+    wh_HxG = res[0]
+    dpre_TxBxG, dh0, dc0, h_prev_TxBxH = _lstm_backward(res, cotangents)
+    dwh_HxG = _weight_grad(h_prev_TxBxH, dpre_TxBxG, wh_HxG.dtype)
+    return dpre_TxBxG.astype(res[5].dtype), dwh_HxG.astype(wh_HxG.dtype), dh0, dc0
 
 
 _lstm_layer.defvjp(_lstm_layer_fwd, _lstm_layer_bwd)
+
+
+@jax.custom_vjp
+def _lstm_layer_x(x_TxBxI, wx_IxG, b_G, wh_HxG, h_BxH, c_BxH):
+    """hs_TxBxH, h_T, c_T of one LSTM layer from its input x: the input projection is one GEMM over all T
+    steps, and in the backward dW_x and dW_h are one GEMM over [x, h_prev]."""
+    pre_TxBxG = _mm(x_TxBxI, wx_IxG) + b_G
+    (h_BxH, c_BxH), hs_TxBxH = _lstm_scan(pre_TxBxG, wh_HxG, h_BxH, c_BxH, keep=False)
+    return hs_TxBxH, h_BxH, c_BxH
+
+
+def _lstm_layer_x_fwd(x_TxBxI, wx_IxG, b_G, wh_HxG, h0_BxH, c0_BxH):
+    pre_TxBxG = _mm(x_TxBxI, wx_IxG) + b_G
+    (hT, cT), (hs_TxBxH, cs_TxBxH, a_TxBxG) = _lstm_scan(pre_TxBxG, wh_HxG, h0_BxH, c0_BxH, keep=True)
+    return (hs_TxBxH, hT, cT), ((wh_HxG, h0_BxH, c0_BxH, hs_TxBxH, cs_TxBxH, a_TxBxG), x_TxBxI, wx_IxG, b_G)
+
+
+def _lstm_layer_x_bwd(res, cotangents):
+    res, x_TxBxI, wx_IxG, b_G = res
+    wh_HxG = res[0]
+    I = x_TxBxI.shape[-1]
+    dpre_TxBxG, dh0, dc0, h_prev_TxBxH = _lstm_backward(res, cotangents)
+    xh_TxBxK = jnp.concatenate([x_TxBxI.astype(h_prev_TxBxH.dtype), h_prev_TxBxH], axis=-1)
+    dw_KxG = _weight_grad(xh_TxBxK, dpre_TxBxG, wh_HxG.dtype)
+    dx_TxBxI = jax.lax.dot_general(
+        dpre_TxBxG.astype(wx_IxG.dtype), wx_IxG, (((2,), (1,)), ((), ())),
+        preferred_element_type=jnp.promote_types(wx_IxG.dtype, jnp.float32),
+    )  # fmt: skip
+    return (
+        dx_TxBxI.astype(x_TxBxI.dtype),
+        dw_KxG[:I].astype(wx_IxG.dtype),
+        dpre_TxBxG.sum((0, 1)).astype(b_G.dtype),
+        dw_KxG[I:].astype(wh_HxG.dtype),
+        dh0,
+        dc0,
+    )
+
+
+_lstm_layer_x.defvjp(_lstm_layer_x_fwd, _lstm_layer_x_bwd)
 
 
 def _generic_layer(kind, pre_TxBxG, wh_HxG, carry_SxBxH):
@@ -262,26 +311,25 @@ def _hidden(params, tokens_BxT, carry_LxSxBxH, cfg, dropout_key):
     new_carry = []
     hs_TxBxH = None
     for layer, lp in enumerate(params["layers"]):
-        wx_IxG, b_G, wh_HxG = (
-            lp["wx_IxG"].astype(acc),
-            lp["b_G"].astype(acc),
-            lp["wh_HxG"].astype(acc),
-        )
-        if layer == 0:
-            table_VxG = _mm(params["embed_VxE"].astype(acc), wx_IxG.astype(dtype)) + b_G
-            pre_TxBxG = table_VxG[tokens_TxB]
-        else:
-            if masks is not None:
-                hs_TxBxH = hs_TxBxH * masks[layer].astype(acc)
-            pre_TxBxG = _mm(hs_TxBxH, wx_IxG.astype(dtype)) + b_G
+        wx_IxG, b_G, wh_HxG = lp["wx_IxG"].astype(dtype), lp["b_G"].astype(acc), lp["wh_HxG"].astype(dtype)
         carry_SxBxH = carry_LxSxBxH[layer].astype(acc)
+        if layer == 0:
+            table_VxG = _mm(params["embed_VxE"].astype(acc), wx_IxG) + b_G
+            pre_TxBxG = table_VxG[tokens_TxB]
+        elif masks is not None:
+            hs_TxBxH = hs_TxBxH * masks[layer].astype(acc)
         if cfg.cell == "lstm":
-            hs_TxBxH, h_BxH, c_BxH = _lstm_layer(
-                pre_TxBxG, wh_HxG.astype(dtype), carry_SxBxH[0], carry_SxBxH[1]
-            )
+            if layer == 0:
+                hs_TxBxH, h_BxH, c_BxH = _lstm_layer(pre_TxBxG, wh_HxG, carry_SxBxH[0], carry_SxBxH[1])
+            else:
+                hs_TxBxH, h_BxH, c_BxH = _lstm_layer_x(
+                    hs_TxBxH, wx_IxG, b_G, wh_HxG, carry_SxBxH[0], carry_SxBxH[1]
+                )
             new_carry.append(jnp.stack([h_BxH, c_BxH]))
         else:
-            hs_TxBxH, last_SxBxH = _generic_layer(cfg.cell, pre_TxBxG, wh_HxG.astype(dtype), carry_SxBxH)
+            if layer > 0:
+                pre_TxBxG = _mm(hs_TxBxH, wx_IxG) + b_G
+            hs_TxBxH, last_SxBxH = _generic_layer(cfg.cell, pre_TxBxG, wh_HxG, carry_SxBxH)
             new_carry.append(last_SxBxH)
     if masks is not None:
         hs_TxBxH = hs_TxBxH * masks[0].astype(acc)

@@ -3,7 +3,8 @@
 What is timed, per preset, in --processes fresh subprocesses (timings here are bimodal from one process to
 the next, and the machine may be shared: see ../shared/PERF_NOTES.md). Inside each process the sides take
 turns, one timed window of about --seconds each, for --rounds rounds, so every side sees the same machine
-state; ratios are taken window pair by window pair, and we quote medians and ranges:
+state (each window after one untimed step: the first step after a switch of sides is slow, and a training
+loop never switches); ratios are taken window pair by window pair, and we quote medians and ranges:
 - jax: the training step users run, `jaxvoice.train.make_train_step` (value_and_grad of model.loss,
   elementwise clip 5, Adam 2e-3, jitted once with the state donated, the hidden state carried from step to
   step) over random byte batches; metrics are fetched only at the end of each window. Also: compile
@@ -255,6 +256,10 @@ def child(preset: str, sides: list[str], variants: dict[str, str], seconds: floa
     cpu_rates = {side: [] for side in built}
     for _ in range(rounds):
         for side, (run, tokens, _) in built.items():
+            # One untimed step first: the first step after another side ran pays for that switch (its
+            # buffers re-faulted, caches refilled; measured ~5% of a 2-step voice_2016 window, charged to
+            # whichever side followed the GEMM-only one). A training loop never switches; time steady state.
+            run(1)
             t0, c0 = time.perf_counter(), time.process_time()
             run(steps[side])
             rates[side].append(steps[side] * tokens / (time.perf_counter() - t0))
