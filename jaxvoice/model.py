@@ -251,7 +251,7 @@ def _lstm_layer_x_fwd(x_TxBxI, wx_IxG, b_G, wh_HxG, h0_BxH, c0_BxH):
 def _lstm_layer_x_bwd(res, cotangents):
     res, x_TxBxI, wx_IxG, b_G = res
     wh_HxG = res[0]
-    I = x_TxBxI.shape[-1]
+    n_in = x_TxBxI.shape[-1]
     dpre_TxBxG, dh0, dc0, h_prev_TxBxH = _lstm_backward(res, cotangents)
     xh_TxBxK = jnp.concatenate([x_TxBxI.astype(h_prev_TxBxH.dtype), h_prev_TxBxH], axis=-1)
     dw_KxG = _weight_grad(xh_TxBxK, dpre_TxBxG, wh_HxG.dtype)
@@ -261,9 +261,9 @@ def _lstm_layer_x_bwd(res, cotangents):
     )  # fmt: skip
     return (
         dx_TxBxI.astype(x_TxBxI.dtype),
-        dw_KxG[:I].astype(wx_IxG.dtype),
+        dw_KxG[:n_in].astype(wx_IxG.dtype),
         dpre_TxBxG.sum((0, 1)).astype(b_G.dtype),
-        dw_KxG[I:].astype(wh_HxG.dtype),
+        dw_KxG[n_in:].astype(wh_HxG.dtype),
         dh0,
         dc0,
     )

@@ -80,25 +80,39 @@ def bench_generate(cfg, streams: int, samples: int, repeats: int, chunk: int, we
 
 def bench_gemv(cfg, streams: int, steps: int, repeats: int, weights: str = "float32") -> dict:
     """One step's matrix-vector products only, chained through a tanh of H values so none is hoisted and the
-    values stay normal floats; in the faster of the two weight layouts ([in, out] or [out, in])."""
-    both = [_bench_gemv(cfg, streams, steps, repeats, weights, transposed) for transposed in (False, True)]
-    return min(both, key=lambda r: r["us_per_step"])
+    values stay normal floats; in the fastest weight layout: [in, out], [out, in], or packed for jaxvoice's
+    CPU kernel where it is built (the sampler picks among the same three)."""
+    from jaxvoice import packed_matmul
+
+    layouts = ["[in, out]", "[out, in]"] + (["packed"] if packed_matmul.available() else [])
+    every = [_bench_gemv(cfg, streams, steps, repeats, weights, layout) for layout in layouts]
+    return min(every, key=lambda r: r["us_per_step"])
 
 
-def _bench_gemv(cfg, streams: int, steps: int, repeats: int, weights: str, transposed: bool) -> dict:
+def _bench_gemv(cfg, streams: int, steps: int, repeats: int, weights: str, layout: str) -> dict:
     import jax
     import jax.numpy as jnp
+
+    from jaxvoice import packed_matmul
 
     H, G, L = cfg.rnn_size, 4 * cfg.rnn_size, cfg.num_layers
     keys = jax.random.split(jax.random.key(0), L + 1)
     mats = [jax.random.normal(keys[0], (H, G), jnp.float32) / H]
     mats += [jax.random.normal(keys[i], (2 * H, G), jnp.float32) / H for i in range(1, L)]
     out = jax.random.normal(keys[L], (H, 256), jnp.float32) / H
+    count = sum(m.size for m in mats) + out.size
+    transposed = layout == "[out, in]"
     contract = ((1,), (1,)) if transposed else ((1,), (0,))
-    mats = [(m.T if transposed else m).astype(weights) for m in mats]
-    out = (out.T if transposed else out).astype(weights)
+    if layout == "packed":
+        mats = [packed_matmul.pack(m, weights) for m in mats]
+        out = packed_matmul.pack(out, weights)
+    else:
+        mats = [(m.T if transposed else m).astype(weights) for m in mats]
+        out = (out.T if transposed else out).astype(weights)
 
-    def dot(x, w):
+    def dot(x, w, n_out):
+        if layout == "packed":
+            return packed_matmul.matmul(x, w, n_out)
         return jax.lax.dot_general(
             x.astype(w.dtype), w, (contract, ((), ())), preferred_element_type=jnp.float32
         )
@@ -110,8 +124,8 @@ def _bench_gemv(cfg, streams: int, steps: int, repeats: int, weights: str, trans
             for i, w in enumerate(mats):
                 inp = h_BxH if i == 0 else jnp.concatenate([x_BxH, h_BxH], axis=-1)
                 # every output of the product is used (else XLA computes only the used columns)
-                x_BxH = jnp.tanh(dot(inp, w).reshape(-1, 4, H).sum(axis=1))
-            logits_BxV = dot(x_BxH, out)
+                x_BxH = jnp.tanh(dot(inp, w, G).reshape(-1, 4, H).sum(axis=1))
+            logits_BxV = dot(x_BxH, out, 256)
             return jnp.tanh(x_BxH + logits_BxV.sum(axis=-1, keepdims=True)), None
 
         return jax.lax.scan(body, h_BxH, None, length=steps)[0]
@@ -119,12 +133,11 @@ def _bench_gemv(cfg, streams: int, steps: int, repeats: int, weights: str, trans
     h = jnp.ones((streams, H), jnp.float32)
     run(mats, out, h).block_until_ready()
     seconds, _ = _median_run(lambda: run(mats, out, h).block_until_ready(), repeats)
-    count = sum(m.size for m in mats) + out.size
     flops = 2 * streams * count
     return {
         "streams": streams,
         "weights": weights,
-        "layout": "[out, in]" if transposed else "[in, out]",
+        "layout": layout,
         "us_per_step": round(seconds / steps * 1e6, 2),
         "weight_mb": round(count * jnp.dtype(weights).itemsize / 1e6, 1),
         "gflop_per_s": round(flops * steps / seconds / 1e9, 1),

@@ -19,7 +19,7 @@ import soundfile as sf
 from conftest import assert_user_error, jaxvoice_cmd, run_jaxvoice, sawtooth, write_audio
 from scipy import stats
 
-from jaxvoice import model, sample
+from jaxvoice import model, packed_matmul, sample
 from jaxvoice.config import ModelConfig
 from jaxvoice.errors import UserError
 
@@ -134,12 +134,20 @@ def test_top_k_and_top_p_together():
 # --- the step, chunks, seeds ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("transposed", [False, True])
-def test_fast_step_matches_model_step(transposed):
+LAYOUTS = [
+    pytest.param(False, False, id="in_out"),
+    pytest.param(True, False, id="out_in"),
+    pytest.param(False, True, id="packed", marks=pytest.mark.skipif(
+        not packed_matmul.available(), reason="the kernel is not built here")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("transposed,packed", LAYOUTS)
+def test_fast_step_matches_model_step(transposed, packed):
     cfg = ModelConfig(cell="lstm", rnn_size=24, num_layers=3, wordvec_size=8)
     params = model.init_params(jax.random.key(3), cfg)
     params["layers"][1]["b_G"] = jax.random.normal(jax.random.key(4), params["layers"][1]["b_G"].shape)
-    layout = sample.Layout(transposed=transposed)
+    layout = sample.Layout(transposed=transposed, packed=packed)
     sp = sample.sampling_params(params, cfg, layout)
     tokens = jax.random.randint(jax.random.key(5), (20, 3), 0, 256)
     ref = fast = model.init_carry(cfg, 3)
@@ -153,12 +161,12 @@ def test_fast_step_matches_model_step(transposed):
     assert np.abs(np.asarray(ref)).max() > 0.1  # the state moved: the comparison is not of zeros
 
 
-@pytest.mark.parametrize("transposed", [False, True])
-def test_bfloat16_weights_step_close_to_float32(transposed):
+@pytest.mark.parametrize("transposed,packed", LAYOUTS)
+def test_bfloat16_weights_step_close_to_float32(transposed, packed):
     """Rounded weights: a slightly different model, within bf16's rounding of the float32 one."""
     cfg = ModelConfig(cell="lstm", rnn_size=64, num_layers=2, wordvec_size=16)
     params = model.init_params(jax.random.key(3), cfg)
-    layout = sample.Layout(transposed=transposed, weights="bfloat16")
+    layout = sample.Layout(transposed=transposed, weights="bfloat16", packed=packed)
     sp = sample.sampling_params(params, cfg, layout)
     assert sp["layers"][1]["w_2H"].dtype == jnp.bfloat16 and sp["out"].dtype == jnp.bfloat16
     fast_step = jax.jit(partial(sample.fast_step, layout=layout))
@@ -172,11 +180,25 @@ def test_bfloat16_weights_step_close_to_float32(transposed):
     np.testing.assert_allclose(fast, ref, atol=0.02)
 
 
-def test_bfloat16_weights_sample_deterministically():
-    params = model.init_params(jax.random.key(8), SMALL)
-    a = draw(params, length=300, streams=2, weights="bfloat16")
-    np.testing.assert_array_equal(a, draw(params, length=300, streams=2, weights="bfloat16"))
-    assert a.shape == (2, 300) and (a != draw(params, length=300, streams=2)).any()
+@pytest.mark.parametrize("streams", [2, 8])  # the packed kernel's stream counts (where built) and XLA's dot
+def test_bfloat16_weights_sample_deterministically(streams):
+    # 64 units: with 16, rounding the weights moves the logits too little to change 300 draws.
+    cfg = ModelConfig(cell="lstm", rnn_size=64, num_layers=2, wordvec_size=16)
+    params = model.init_params(jax.random.key(8), cfg)
+    a = draw(params, cfg, length=300, streams=streams, weights="bfloat16")
+    np.testing.assert_array_equal(a, draw(params, cfg, length=300, streams=streams, weights="bfloat16"))
+    assert a.shape == (streams, 300) and (a != draw(params, cfg, length=300, streams=streams)).any()
+
+
+def test_layout_for_uses_the_kernel_only_where_it_can():
+    kernel = packed_matmul.available()
+    assert sample.layout_for(1).packed == kernel
+    assert sample.layout_for(1, "bfloat16") == sample.Layout(
+        weights="bfloat16", packed=kernel, transposed=not kernel
+    )
+    assert not sample.layout_for(16).packed  # XLA's GEMM is faster at many streams
+    assert not sample.layout_for(1, platform="gpu").packed
+    assert not sample.layout_for(1, num_devices=4).packed  # XLA cannot split a custom call over devices
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
