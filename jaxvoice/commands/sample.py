@@ -32,8 +32,8 @@ def add_arguments(parser):
     parser.add_argument("--force", action="store_true", help="replace output files that exist")
     parser.add_argument("--chunk", type=int, help="steps per compiled scan (default: sample.chunk)")
     parser.add_argument(
-        "--weights", choices=["float32", "bfloat16"], help="bfloat16: the weights rounded, faster with many "
-        "streams on CPUs with bf16 instructions, a slightly different model (default: sample.weights)",
+        "--weights", choices=["float32", "bfloat16"], help="bfloat16: the weights rounded, half the "
+        "bytes to read: ~2x faster at 1 stream on a CPU, a slightly different model (default: sample.weights)",
     )  # fmt: skip
 
 
