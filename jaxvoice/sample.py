@@ -80,7 +80,7 @@ class Layout(NamedTuple):
     """How the fast step stores its weights. Static: each distinct value compiles its own chunk function.
 
     `packed` stores each product's weights in 16-column panels for jaxvoice's own CPU kernel
-    (`packed_matmul`), which streams them 1.6x (float32) to 3x (bfloat16) faster than XLA's CPU dot at one
+    (`packed_matmul`), which streams them 1.4x (float32) to 2.6x (bfloat16) faster than XLA's CPU dot at one
     stream; used on one CPU device at up to `PACKED_MAX_STREAMS` streams where the kernel is built.
     Otherwise `transposed` keeps each product's weights as [out, in] rows, which XLA's CPU matrix-vector
     product streams ~30% faster at one stream (at 4+ streams [in, out] is faster in float32).
@@ -93,7 +93,9 @@ class Layout(NamedTuple):
 
 
 DEFAULT_LAYOUT = Layout()
-PACKED_MAX_STREAMS = 2  # measured: from 4 streams on, XLA's GEMM beats the kernel (it is tuned for M = 1)
+# Measured (bench_sample's products): at 4 streams the kernel wins on voice_2016 and loses on small; from 8
+# on XLA's GEMM wins everywhere (the kernel is tuned for reading weights, not for reuse across many rows).
+PACKED_MAX_STREAMS = 2
 
 
 def layout_for(
