@@ -30,19 +30,24 @@ HUGE_PAGE_COMMANDS = {"demo", "train", "eval", "sample"}
 HUGE_PAGE_TUNABLE = "glibc.malloc.hugetlb=1"
 
 
-def reexec_with_huge_pages() -> None:
-    """Run this same command again (same pid, argv and exit code) with glibc's malloc on transparent huge
-    pages, where that exists: Linux with glibc >= 2.35 and THP not "never". A GLIBC_TUNABLES already set,
-    by the user or by this, is left as it is."""
-    if "GLIBC_TUNABLES" in os.environ or sys.platform != "linux" or not sys.executable:
-        return
+def huge_pages_supported() -> bool:
+    """Linux with glibc >= 2.35 (the hugetlb tunable) and transparent huge pages not "never"."""
+    if sys.platform != "linux":
+        return False
     libc, version = platform.libc_ver()
     if libc != "glibc" or tuple(int(p) for p in version.split(".")[:2] if p.isdigit()) < (2, 35):
-        return
+        return False
     try:
-        if "[never]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text():
-            return
+        return "[never]" not in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
     except OSError:
+        return False
+
+
+def reexec_with_huge_pages() -> None:
+    """Run this same command again (same pid, argv and exit code) with glibc's malloc on transparent huge
+    pages, where `huge_pages_supported`. A GLIBC_TUNABLES already set, by the user or by this, is left as
+    it is."""
+    if "GLIBC_TUNABLES" in os.environ or not sys.executable or not huge_pages_supported():
         return
     sys.stdout.flush()
     sys.stderr.flush()

@@ -127,22 +127,24 @@ def sampling_params(params: dict, cfg: ModelConfig, layout: Layout = DEFAULT_LAY
     H = cfg.rnn_size
     scale_G = jnp.concatenate([jnp.full((3 * H,), 0.5, jnp.float32), jnp.ones((H,), jnp.float32)])
 
-    def weight(w_IxO):
-        if layout.packed:
-            return packed_matmul.pack(w_IxO, layout.weights)
-        return (w_IxO.T if layout.transposed else w_IxO).astype(layout.weights)
-
     layers = []
     for i, lp in enumerate(params["layers"]):
         wx, wh, b = lp["wx_IxG"] * scale_G, lp["wh_HxG"] * scale_G, lp["b_G"] * scale_G
         if i == 0:  # a row lookup per step: stays float32
-            layers.append({"table_VxG": params["embed_VxE"] @ wx + b, "wh": weight(wh)})
+            layers.append({"table_VxG": params["embed_VxE"] @ wx + b, "wh": stored_weight(wh, layout)})
         else:
-            layers.append({"w_2H": weight(jnp.concatenate([wx, wh])), "b_G": b})
-    return {"layers": layers, "out": weight(params["out_HxV"]), "out_b_V": params["out_b_V"]}
+            layers.append({"w_2H": stored_weight(jnp.concatenate([wx, wh]), layout), "b_G": b})
+    return {"layers": layers, "out": stored_weight(params["out_HxV"], layout), "out_b_V": params["out_b_V"]}
 
 
-def _dot(x_BxI: jax.Array, w: jax.Array, layout: Layout, out_features: int) -> jax.Array:
+def stored_weight(w_IxO: jax.Array, layout: Layout) -> jax.Array:
+    """A product's [in, out] weights as `layout` stores them (for `stored_dot`)."""
+    if layout.packed:
+        return packed_matmul.pack(w_IxO, layout.weights)
+    return (w_IxO.T if layout.transposed else w_IxO).astype(layout.weights)
+
+
+def stored_dot(x_BxI: jax.Array, w: jax.Array, layout: Layout, out_features: int) -> jax.Array:
     """x @ w for w stored as `layout` says ([I, O], [O, I] or packed), in w's dtype with float32 sums."""
     if layout.packed:
         return packed_matmul.matmul(x_BxI, w, out_features)
@@ -162,17 +164,17 @@ def fast_step(
     for i, lp in enumerate(sp["layers"]):
         h_BxH, c_BxH = carry_LxSxBxH[i, 0], carry_LxSxBxH[i, 1]
         if i == 0:
-            pre_BxG = lp["table_VxG"][token_B] + _dot(h_BxH, lp["wh"], layout, 4 * H)
+            pre_BxG = lp["table_VxG"][token_B] + stored_dot(h_BxH, lp["wh"], layout, 4 * H)
         else:
             xh_Bx2H = jnp.concatenate([x_BxH, h_BxH], axis=-1)
-            pre_BxG = _dot(xh_Bx2H, lp["w_2H"], layout, 4 * H) + lp["b_G"]
+            pre_BxG = stored_dot(xh_Bx2H, lp["w_2H"], layout, 4 * H) + lp["b_G"]
         t_BxG = jnp.tanh(pre_BxG)
         sig_Bx3H = 0.5 + 0.5 * t_BxG[:, : 3 * H]
         i_g, f_g, o_g = sig_Bx3H[:, :H], sig_Bx3H[:, H : 2 * H], sig_Bx3H[:, 2 * H :]
         c_BxH = f_g * c_BxH + i_g * t_BxG[:, 3 * H :]
         x_BxH = o_g * jnp.tanh(c_BxH)
         new_carry.append(jnp.stack([x_BxH, c_BxH]))
-    logits_BxV = _dot(x_BxH, sp["out"], layout, V) + sp["out_b_V"]
+    logits_BxV = stored_dot(x_BxH, sp["out"], layout, V) + sp["out_b_V"]
     return logits_BxV, jnp.stack(new_carry)
 
 

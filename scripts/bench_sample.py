@@ -89,33 +89,24 @@ def bench_gemv(cfg, streams: int, steps: int, repeats: int, weights: str = "floa
     return min(every, key=lambda r: r["us_per_step"])
 
 
-def _bench_gemv(cfg, streams: int, steps: int, repeats: int, weights: str, layout: str) -> dict:
+def _bench_gemv(cfg, streams: int, steps: int, repeats: int, weights: str, layout_name: str) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from jaxvoice import packed_matmul
+    from jaxvoice import sample
 
+    # stored and multiplied exactly as the sampler does it
+    layout = sample.Layout(
+        transposed=layout_name == "[out, in]", weights=weights, packed=layout_name == "packed"
+    )
     H, G, L = cfg.rnn_size, 4 * cfg.rnn_size, cfg.num_layers
     keys = jax.random.split(jax.random.key(0), L + 1)
     mats = [jax.random.normal(keys[0], (H, G), jnp.float32) / H]
     mats += [jax.random.normal(keys[i], (2 * H, G), jnp.float32) / H for i in range(1, L)]
     out = jax.random.normal(keys[L], (H, 256), jnp.float32) / H
     count = sum(m.size for m in mats) + out.size
-    transposed = layout == "[out, in]"
-    contract = ((1,), (1,)) if transposed else ((1,), (0,))
-    if layout == "packed":
-        mats = [packed_matmul.pack(m, weights) for m in mats]
-        out = packed_matmul.pack(out, weights)
-    else:
-        mats = [(m.T if transposed else m).astype(weights) for m in mats]
-        out = (out.T if transposed else out).astype(weights)
-
-    def dot(x, w, n_out):
-        if layout == "packed":
-            return packed_matmul.matmul(x, w, n_out)
-        return jax.lax.dot_general(
-            x.astype(w.dtype), w, (contract, ((), ())), preferred_element_type=jnp.float32
-        )
+    mats = [sample.stored_weight(m, layout) for m in mats]
+    out = sample.stored_weight(out, layout)
 
     @jax.jit
     def run(mats, out, h_BxH):
@@ -124,8 +115,8 @@ def _bench_gemv(cfg, streams: int, steps: int, repeats: int, weights: str, layou
             for i, w in enumerate(mats):
                 inp = h_BxH if i == 0 else jnp.concatenate([x_BxH, h_BxH], axis=-1)
                 # every output of the product is used (else XLA computes only the used columns)
-                x_BxH = jnp.tanh(dot(inp, w, G).reshape(-1, 4, H).sum(axis=1))
-            logits_BxV = dot(x_BxH, out, 256)
+                x_BxH = jnp.tanh(sample.stored_dot(inp, w, layout, G).reshape(-1, 4, H).sum(axis=1))
+            logits_BxV = sample.stored_dot(x_BxH, out, layout, 256)
             return jnp.tanh(x_BxH + logits_BxV.sum(axis=-1, keepdims=True)), None
 
         return jax.lax.scan(body, h_BxH, None, length=steps)[0]
@@ -137,7 +128,7 @@ def _bench_gemv(cfg, streams: int, steps: int, repeats: int, weights: str, layou
     return {
         "streams": streams,
         "weights": weights,
-        "layout": layout,
+        "layout": layout_name,
         "us_per_step": round(seconds / steps * 1e6, 2),
         "weight_mb": round(count * jnp.dtype(weights).itemsize / 1e6, 1),
         "gflop_per_s": round(flops * steps / seconds / 1e9, 1),

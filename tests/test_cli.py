@@ -1,10 +1,8 @@
 """The command's own machinery: re-running XLA commands with glibc's huge-page malloc."""
 
 import os
-import platform
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from conftest import run_jaxvoice
@@ -17,24 +15,12 @@ PRINT_ENV = (
 )
 
 
-def huge_pages_possible() -> bool:
-    libc, version = platform.libc_ver()
-    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-    return (
-        sys.platform == "linux"
-        and libc == "glibc"
-        and tuple(map(int, version.split(".")[:2])) >= (2, 35)
-        and thp.exists()
-        and "[never]" not in thp.read_text()
-    )
-
-
 def env_without_tunables(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     return {**env, **extra}
 
 
-@pytest.mark.skipif(not huge_pages_possible(), reason="no glibc huge-page malloc here")
+@pytest.mark.skipif(not cli.huge_pages_supported(), reason="no glibc huge-page malloc here")
 def test_reexec_keeps_the_process_and_its_arguments():
     proc = subprocess.Popen(
         [sys.executable, "-c", PRINT_ENV, "a b", "--x"],
