@@ -1,6 +1,7 @@
-"""The one compiled piece: the sampler's CPU matrix-vector kernel (jaxvoice/native/packed_matmul.cc), an XLA
-FFI custom call loaded with ctypes. Everything else is in pyproject.toml. The extension is optional: where it
-does not build (no C++ compiler), jaxvoice installs without it and samples with XLA's own dot."""
+"""The compiled pieces, XLA FFI custom calls for the CPU loaded with ctypes (jaxvoice/native.py): the sampler's
+matrix-vector kernel (jaxvoice/native/packed_matmul.cc) and the LSTM's time loops for training
+(jaxvoice/native/lstm_recurrence.cc). Everything else is in pyproject.toml. Both are optional: where they do
+not build (no C++ compiler), jaxvoice installs without them and uses XLA's own ops."""
 
 from pathlib import Path
 
@@ -11,12 +12,13 @@ include = str(Path(jaxlib.__file__).parent / "include")
 setup(
     ext_modules=[
         Extension(
-            "jaxvoice._packed_matmul",
-            sources=["jaxvoice/native/packed_matmul.cc"],
+            f"jaxvoice._{name}",
+            sources=[f"jaxvoice/native/{name}.cc"],
             include_dirs=[include],
             language="c++",
             extra_compile_args=["-std=c++17", "-O3"],
             optional=True,
         )
+        for name in ("packed_matmul", "lstm_recurrence")
     ]
 )

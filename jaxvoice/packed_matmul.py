@@ -9,36 +9,22 @@ Only `sample.py` uses it, and only on CPU devices; training never does (no gradi
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import importlib.machinery
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxvoice import native
 
 PANEL = 16  # output columns per panel (the kernel's kPanel)
 _TARGETS = {"float32": "JaxvoicePackedMatmulF32", "bfloat16": "JaxvoicePackedMatmulBF16"}
 
 
 @functools.cache
-def _library() -> ctypes.CDLL | None:
-    here = Path(__file__).parent
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = here / f"_packed_matmul{suffix}"
-        if path.exists():
-            try:
-                return ctypes.CDLL(str(path))
-            except OSError:
-                return None
-    return None
-
-
-@functools.cache
 def available() -> bool:
     """True where the kernel is built, loads, runs on this CPU, and is registered with XLA."""
-    lib = _library()
+    lib = native.load("packed_matmul")
     if lib is None or lib.jaxvoice_packed_matmul_isa() != 1:
         return False
     for name in _TARGETS.values():

@@ -1,0 +1,122 @@
+"""The LSTM's time loops for training on a CPU: jaxvoice's own kernels (native/lstm_recurrence.cc).
+
+`model.py` keeps everything that is a whole-sequence GEMM (input projections, weight gradients) in XLA and
+hands only the step-after-step part of a layer to these XLA FFI custom calls: the forward recurrence (the
+gates' product, tanh and cell update fused per 16 hidden units) and the backward one (dh, dc and dpre).
+Both give what `model._lstm_scan` / `model._lstm_backward`'s scans give, to float32 rounding.
+
+`usable(...)` decides at trace time: the kernels run on one CPU device with float32 weights where the
+extension is built and the CPU has AVX-512; anywhere else (GPU, TPU, several devices, bfloat16, another CPU)
+model.py scans in XLA as before. (XLA cannot split a custom call over devices, so under data parallelism it
+would gather the whole batch onto every device.)
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxvoice import native
+
+LANES = 16  # hidden units per panel (the kernel's kLanes)
+_FORWARD, _BACKWARD = "JaxvoiceLstmForward", "JaxvoiceLstmBackward"
+
+
+@functools.cache
+def available() -> bool:
+    """True where the kernels are built, load, run on this CPU and agree with a numpy LSTM step."""
+    lib = native.load("lstm_recurrence")
+    if lib is None or lib.jaxvoice_lstm_recurrence_isa() != 1:
+        return False
+    for name in (_FORWARD, _BACKWARD):
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
+    # One small step, now (even when the first caller is tracing): a kernel built against other XLA FFI
+    # headers than this jaxlib's may refuse to run, and then the scan is the answer, not a failed training.
+    rng = np.random.default_rng(0)
+    B, H = 3, 5
+    pre_BxG, wh_HxG = (
+        rng.normal(size=(B, 4 * H)).astype(np.float32),
+        rng.normal(size=(H, 4 * H)).astype(np.float32),
+    )
+    h_BxH, c_BxH = rng.normal(size=(B, H)).astype(np.float32), rng.normal(size=(B, H)).astype(np.float32)
+    gates_BxG = np.tanh((pre_BxG + h_BxH @ wh_HxG) * np.repeat([0.5, 0.5, 0.5, 1.0], H).astype(np.float32))
+    i, f, o = (0.5 + 0.5 * gates_BxG[:, k * H : (k + 1) * H] for k in range(3))
+    c_expected = f * c_BxH + i * gates_BxG[:, 3 * H :]
+    try:
+        with jax.ensure_compile_time_eval(), jax.default_device(jax.devices("cpu")[0]):
+            _, cs_TxBxH, _ = _forward(
+                jnp.asarray(pre_BxG[None]), jnp.asarray(wh_HxG), jnp.asarray(h_BxH), jnp.asarray(c_BxH)
+            )
+            return bool(np.allclose(np.asarray(cs_TxBxH[0]), c_expected, rtol=1e-4, atol=1e-5))
+    except Exception:  # noqa: BLE001 (any failure means: do not use it)
+        return False
+
+
+def usable(wh_HxG: jax.Array, seq_length: int) -> bool:
+    """Whether model.py runs this layer's loops in the kernels (decided when tracing)."""
+    return (
+        jnp.dtype(wh_HxG.dtype) == jnp.float32
+        and seq_length > 0
+        and jax.default_backend() == "cpu"
+        and jax.device_count() == 1
+        and available()
+    )
+
+
+def _pad_units(w_KxH: jax.Array) -> jax.Array:
+    """[..., H] -> [..., ceil(H / 16) * 16], the new units zero."""
+    H = w_KxH.shape[-1]
+    pad = [(0, 0)] * (w_KxH.ndim - 1) + [(0, -H % LANES)]
+    return jnp.pad(w_KxH, pad)
+
+
+def pack_forward(wh_HxG: jax.Array) -> jax.Array:
+    """Wh [H, 4H] -> [ceil(H/16), 4, H, 16]: per 16 units, the four gates' columns, row after row."""
+    H = wh_HxG.shape[0]
+    w_Hx4xHp = _pad_units(wh_HxG.reshape(H, 4, H))
+    return w_Hx4xHp.reshape(H, 4, -1, LANES).transpose(2, 1, 0, 3)
+
+
+def pack_backward(wh_HxG: jax.Array) -> jax.Array:
+    """Wh^T [4H, H] -> [ceil(H/16), 4H, 16]: per 16 units, their rows of Wh as columns."""
+    whT_GxHp = _pad_units(wh_HxG.T)
+    return whT_GxHp.reshape(whT_GxHp.shape[0], -1, LANES).transpose(1, 0, 2)
+
+
+def _forward(pre_TxBxG, wh_HxG, h0_BxH, c0_BxH):
+    T, B, G = pre_TxBxG.shape
+    H = G // 4
+    results = (
+        jax.ShapeDtypeStruct((T, B, H), jnp.float32),
+        jax.ShapeDtypeStruct((T, B, H), jnp.float32),
+        jax.ShapeDtypeStruct((T, B, G), jnp.float32),
+    )
+    f32 = lambda x: x.astype(jnp.float32)
+    return jax.ffi.ffi_call(_FORWARD, results)(
+        f32(pre_TxBxG), pack_forward(f32(wh_HxG)), f32(h0_BxH), f32(c0_BxH)
+    )
+
+
+def forward(pre_TxBxG, wh_HxG, h0_BxH, c0_BxH):
+    """hs_TxBxH, cs_TxBxH, a_TxBxG of `model._lstm_scan(..., keep=True)`: each step's h, c and tanh'd gate row."""
+    if not available():
+        raise RuntimeError("jaxvoice's LSTM recurrence kernels are not built for this machine")
+    return _forward(pre_TxBxG, wh_HxG, h0_BxH, c0_BxH)
+
+
+def backward(k_TxBxG, p_TxBxH, f_TxBxH, dhs_TxBxH, wh_HxG, dhT_BxH, dcT_BxH):
+    """dpre_TxBxG, dh0_BxH, dc0_BxH of the reverse recurrence in `model._lstm_backward`, from its factors."""
+    if not available():
+        raise RuntimeError("jaxvoice's LSTM recurrence kernels are not built for this machine")
+    T, B, G = k_TxBxG.shape
+    H = G // 4
+    results = (
+        jax.ShapeDtypeStruct((T, B, G), jnp.float32),
+        jax.ShapeDtypeStruct((B, H), jnp.float32),
+        jax.ShapeDtypeStruct((B, H), jnp.float32),
+    )
+    args = (k_TxBxG, p_TxBxH, f_TxBxH, dhs_TxBxH, pack_backward(wh_HxG), dhT_BxH, dcT_BxH)
+    return jax.ffi.ffi_call(_BACKWARD, results)(*(x.astype(jnp.float32) for x in args))

@@ -1,0 +1,336 @@
+// The time loops of an LSTM layer's forward and backward on the CPU, as XLA FFI custom calls: everything
+// of the training step that must run step after step. The input projections and the weight gradients stay
+// whole-sequence GEMMs in XLA (model.py).
+//
+// Why: in a `lax.scan` every step is a small GEMM ([B, H] x [H, 4H]) plus a few elementwise fusions, each a
+// separate XLA op with its own dispatch and its own pass over memory; on `small` (2 x 256, B 32) the two scans
+// of a layer ran at 54-72 GFLOP/s, a third of the machine. Here a step is one pass per 16 hidden units: the
+// four gates' sums stay in registers from the product to the cell update (forward), or from dh to dpre
+// (backward), and each thread keeps its units' weight panels in its own L2 from step to step.
+//
+// AVX-512 (x86-64-v4) only; elsewhere `jaxvoice_lstm_recurrence_isa` returns 0 and model.py scans in XLA.
+// Results do not depend on the number of threads: each output element is computed by one thread, in a
+// fixed order, so training stays bitwise reproducible on one machine.
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <thread>
+
+#include "xla/ffi/api/ffi.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define JV_X86 1
+#define JV_TARGET __attribute__((target("avx512f")))
+#else
+#define JV_X86 0
+#endif
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int64_t kLanes = 16;  // hidden units per panel: one 512-bit vector
+
+#if JV_X86
+
+// tanh as Eigen (and XLA's CPU backend) computes it: a 13/6-degree rational function on [-9, 9], accurate to a
+// couple of ulp there; outside it tanh is +-1 in float32.
+JV_TARGET inline __m512 tanh16(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-9.f)), _mm512_set1_ps(9.f));
+  const __m512 x2 = _mm512_mul_ps(x, x);
+  __m512 p = _mm512_set1_ps(-2.76076847742355e-16f);
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(2.00018790482477e-13f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-8.60467152213735e-11f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(5.12229709037114e-08f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(1.48572235717979e-05f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(6.37261928875436e-04f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(4.89352455891786e-03f));
+  p = _mm512_mul_ps(p, x);
+  __m512 q = _mm512_set1_ps(1.19825839466702e-06f);
+  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(1.18534705686654e-04f));
+  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(2.26843463243900e-03f));
+  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(4.89352518554385e-03f));
+  return _mm512_div_ps(p, q);
+}
+
+JV_TARGET inline __m512 load(__mmask16 mask, const float* p) { return _mm512_maskz_loadu_ps(mask, p); }
+JV_TARGET inline void store(__mmask16 mask, float* p, __m512 v) { _mm512_mask_storeu_ps(p, mask, v); }
+JV_TARGET inline __m512 half_plus_half(__m512 a) {  // sigmoid(x) = 0.5 + 0.5 tanh(x / 2)
+  return _mm512_fmadd_ps(a, _mm512_set1_ps(0.5f), _mm512_set1_ps(0.5f));
+}
+
+// Forward, rows row0 .. row0+R of one step, hidden units col .. col+16 (`mask` drops units past H):
+// pre-activations = pre + h_prev @ Wh for the four gates, then a = tanh(pre * [.5, .5, .5, 1]) and the cell
+// update, all in registers. `w` is the units' panel [4, H, 16]; rows are [B, H] or [B, 4H] arrays.
+template <int R>
+JV_TARGET void forward_tile(const float* h_prev, const float* c_prev, const float* w, const float* pre, float* h,
+                            float* c, float* a, int64_t H, int64_t row0, int64_t col, __mmask16 mask) {
+  const int64_t G = 4 * H;
+  __m512 acc[4][R];
+  for (int q = 0; q < 4; ++q)
+    for (int r = 0; r < R; ++r) acc[q][r] = _mm512_setzero_ps();
+  const float* x = h_prev + row0 * H;
+  for (int64_t k = 0; k < H; ++k) {
+    const __m512 w0 = _mm512_loadu_ps(w + k * kLanes), w1 = _mm512_loadu_ps(w + (H + k) * kLanes),
+                 w2 = _mm512_loadu_ps(w + (2 * H + k) * kLanes), w3 = _mm512_loadu_ps(w + (3 * H + k) * kLanes);
+    for (int r = 0; r < R; ++r) {
+      const __m512 xv = _mm512_set1_ps(x[r * H + k]);
+      acc[0][r] = _mm512_fmadd_ps(xv, w0, acc[0][r]);
+      acc[1][r] = _mm512_fmadd_ps(xv, w1, acc[1][r]);
+      acc[2][r] = _mm512_fmadd_ps(xv, w2, acc[2][r]);
+      acc[3][r] = _mm512_fmadd_ps(xv, w3, acc[3][r]);
+    }
+  }
+  const __m512 half = _mm512_set1_ps(0.5f);
+  for (int r = 0; r < R; ++r) {
+    const int64_t g = (row0 + r) * G + col, u = (row0 + r) * H + col;
+    __m512 gate[4];
+    for (int q = 0; q < 4; ++q) {
+      const __m512 s = _mm512_add_ps(load(mask, pre + g + q * H), acc[q][r]);
+      gate[q] = tanh16(q < 3 ? _mm512_mul_ps(s, half) : s);
+      store(mask, a + g + q * H, gate[q]);
+    }
+    const __m512 cn = _mm512_fmadd_ps(half_plus_half(gate[1]), load(mask, c_prev + u),
+                                      _mm512_mul_ps(half_plus_half(gate[0]), gate[3]));
+    store(mask, c + u, cn);
+    store(mask, h + u, _mm512_mul_ps(half_plus_half(gate[2]), tanh16(cn)));
+  }
+}
+
+// Backward, rows row0 .. row0+R of step t, units col .. col+16. dh = dpre[t+1] @ Wh^T (or dh_T at the last
+// step) + the output's gradient; dc = dc carried (or dc_T) + dh * p; dpre[t] = [dc, dc, dh, dc] * k; the carried
+// dc becomes dc * f. With `dpre` null only the product is stored, into `dh_out` (dh_0 after the first step).
+// `w` is the units' panel of Wh^T, [4H, 16]; k, p and f are the forward-only factors model.py computes.
+template <int R>
+JV_TARGET void backward_tile(const float* dpre_next, const float* w, const float* dh_last, const float* dc_last,
+                             const float* dh_out_grad, const float* k, const float* p, const float* f, float* dc_carry,
+                             float* dpre, float* dh_out, int64_t H, int64_t row0, int64_t col, __mmask16 mask) {
+  const int64_t G = 4 * H;
+  __m512 acc[R];
+  if (dpre_next != nullptr) {
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+    const float* x = dpre_next + row0 * G;
+    for (int64_t i = 0; i < G; ++i) {
+      const __m512 wv = _mm512_loadu_ps(w + i * kLanes);
+      for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(x[r * G + i]), wv, acc[r]);
+    }
+  } else {
+    for (int r = 0; r < R; ++r) acc[r] = load(mask, dh_last + (row0 + r) * H + col);
+  }
+  for (int r = 0; r < R; ++r) {
+    const int64_t g = (row0 + r) * G + col, u = (row0 + r) * H + col;
+    if (dpre == nullptr) {
+      store(mask, dh_out + u, acc[r]);
+      continue;
+    }
+    const __m512 dh = _mm512_add_ps(acc[r], load(mask, dh_out_grad + u));
+    const __m512 dc_in = load(mask, (dpre_next != nullptr ? dc_carry : dc_last) + u);
+    const __m512 dc = _mm512_fmadd_ps(dh, load(mask, p + u), dc_in);
+    for (int q = 0; q < 4; ++q) store(mask, dpre + g + q * H, _mm512_mul_ps(q == 2 ? dh : dc, load(mask, k + g + q * H)));
+    store(mask, dc_carry + u, _mm512_mul_ps(dc, load(mask, f + u)));
+  }
+}
+
+// Rows in tiles of up to R_MAX (the forward's 4 x 6 sums, the backward's 12, fit in the 32 registers).
+template <template <int> class Tile, int R_MAX, typename... Args>
+JV_TARGET void rows(int64_t B, Args... args) {
+  int64_t row0 = 0;
+  for (; row0 + R_MAX <= B; row0 += R_MAX) Tile<R_MAX>::run(row0, args...);
+  switch (B - row0) {
+#define JV_CASE(n) \
+  case n:          \
+    if constexpr (n < R_MAX) Tile<n>::run(row0, args...); \
+    break;
+    JV_CASE(1) JV_CASE(2) JV_CASE(3) JV_CASE(4) JV_CASE(5) JV_CASE(6)
+    JV_CASE(7) JV_CASE(8) JV_CASE(9) JV_CASE(10) JV_CASE(11)
+#undef JV_CASE
+    default:
+      break;
+  }
+}
+
+template <int R>
+struct ForwardTile {
+  JV_TARGET static void run(int64_t row0, const float* h_prev, const float* c_prev, const float* w, const float* pre,
+                            float* h, float* c, float* a, int64_t H, int64_t col, __mmask16 mask) {
+    forward_tile<R>(h_prev, c_prev, w, pre, h, c, a, H, row0, col, mask);
+  }
+};
+
+template <int R>
+struct BackwardTile {
+  JV_TARGET static void run(int64_t row0, const float* dpre_next, const float* w, const float* dh_last,
+                            const float* dc_last, const float* dh_out_grad, const float* k, const float* p,
+                            const float* f, float* dc_carry, float* dpre, float* dh_out, int64_t H, int64_t col,
+                            __mmask16 mask) {
+    backward_tile<R>(dpre_next, w, dh_last, dc_last, dh_out_grad, k, p, f, dc_carry, dpre, dh_out, H, row0, col,
+                     mask);
+  }
+};
+
+bool has_avx512() { return __builtin_cpu_supports("avx512f"); }
+
+inline __mmask16 lanes_mask(int64_t H, int64_t col) {
+  const int64_t n = std::min<int64_t>(kLanes, H - col);
+  return static_cast<__mmask16>((1u << n) - 1u);
+}
+
+#else
+
+bool has_avx512() { return false; }
+
+#endif
+
+// Steps run one after the other; within a step the units are split in `pieces` (one per thread), and a step
+// starts only when every piece of the step before has finished. Each participant first claims its own
+// piece, then any piece nobody has claimed: a pool thread that starts late (or never) only means the caller
+// does more, never that anyone waits for work that has not begun. The claims live in `Steps`, owned by a
+// shared_ptr, so a pool task that runs after the call returned only sees finished claims and leaves.
+struct Steps {
+  explicit Steps(int64_t pieces) : claimed(new std::atomic<int64_t>[pieces]) {
+    for (int64_t q = 0; q < pieces; ++q) claimed[q].store(0);
+  }
+  std::unique_ptr<std::atomic<int64_t>[]> claimed;  // the next step of each piece not yet claimed
+  std::atomic<int64_t> done{0};                     // pieces finished, over all steps
+};
+
+inline void wait_until(const std::atomic<int64_t>& counter, int64_t value) {
+  for (int spins = 0; counter.load(std::memory_order_acquire) < value; ++spins) {
+#if JV_X86
+    _mm_pause();
+#endif
+    if (spins > 4096) std::this_thread::yield();  // a descheduled peer: let it run
+  }
+}
+
+template <typename Body>
+void run_steps(ffi::ThreadPool& pool, int64_t steps, int64_t pieces, Body body) {
+  auto state = std::make_shared<Steps>(pieces);
+  auto participate = [state, steps, pieces, body](int64_t first) {
+    for (int64_t s = state->done.load(std::memory_order_acquire) / pieces; s < steps; ++s) {
+      wait_until(state->done, s * pieces);
+      for (int64_t n = 0; n < pieces; ++n) {
+        const int64_t q = (first + n) % pieces;
+        int64_t expected = s;
+        if (state->claimed[q].compare_exchange_strong(expected, s + 1)) {
+          body(s, q);
+          state->done.fetch_add(1, std::memory_order_release);
+        }
+      }
+    }
+  };
+  for (int64_t t = 1; t < pieces; ++t) pool.Schedule([participate, t] { participate(t); });
+  participate(0);
+  wait_until(state->done, steps * pieces);
+}
+
+// Units are split in whole panels of 16, as evenly as the panels allow, one piece per pool thread.
+struct Split {
+  int64_t panels, pieces;
+  int64_t begin(int64_t q) const { return q * panels / pieces; }
+};
+
+Split split_units(ffi::ThreadPool& pool, int64_t H) {
+  const int64_t panels = (H + kLanes - 1) / kLanes;
+  return {panels, std::clamp<int64_t>(pool.num_threads(), 1, panels)};
+}
+
+ffi::Error LstmForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> pre, ffi::Buffer<ffi::F32> w,
+                       ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0, ffi::ResultBuffer<ffi::F32> hs,
+                       ffi::ResultBuffer<ffi::F32> cs, ffi::ResultBuffer<ffi::F32> a) {
+#if JV_X86
+  auto pd = pre.dimensions(), wd = w.dimensions(), hd = h0.dimensions();
+  if (pd.size() != 3 || wd.size() != 4 || hd.size() != 2)
+    return ffi::Error::InvalidArgument("lstm_forward: expected pre[T, B, 4H], w[ceil(H/16), 4, H, 16], h0[B, H]");
+  const int64_t T = pd[0], B = pd[1], H = hd[1];
+  const int64_t G = 4 * H;
+  if (pd[2] != G || hd[0] != B || wd[0] != (H + kLanes - 1) / kLanes || wd[1] != 4 || wd[2] != H ||
+      wd[3] != kLanes || c0.dimensions()[0] != B || c0.dimensions()[1] != H)
+    return ffi::Error::InvalidArgument("lstm_forward: shapes do not agree");
+  const float *pre_p = pre.typed_data(), *w_p = w.typed_data(), *h0_p = h0.typed_data(), *c0_p = c0.typed_data();
+  float *hs_p = hs->typed_data(), *cs_p = cs->typed_data(), *a_p = a->typed_data();
+  const Split units = split_units(pool, H);
+  run_steps(pool, T, units.pieces, [=](int64_t t, int64_t q) {
+    const float* h_prev = t == 0 ? h0_p : hs_p + (t - 1) * B * H;
+    const float* c_prev = t == 0 ? c0_p : cs_p + (t - 1) * B * H;
+    for (int64_t panel = units.begin(q); panel < units.begin(q + 1); ++panel) {
+      const int64_t col = panel * kLanes;
+      rows<ForwardTile, 6>(B, h_prev, c_prev, w_p + panel * 4 * H * kLanes, pre_p + t * B * G, hs_p + t * B * H,
+                           cs_p + t * B * H, a_p + t * B * G, H, col, lanes_mask(H, col));
+    }
+  });
+  return ffi::Error::Success();
+#else
+  return ffi::Error::Unimplemented("lstm_forward needs an x86-64 CPU with AVX-512");
+#endif
+}
+
+ffi::Error LstmBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> p,
+                        ffi::Buffer<ffi::F32> f, ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> w,
+                        ffi::Buffer<ffi::F32> dh_last, ffi::Buffer<ffi::F32> dc_last, ffi::ResultBuffer<ffi::F32> dpre,
+                        ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0) {
+#if JV_X86
+  auto kd = k.dimensions(), wd = w.dimensions(), hd = dh_last.dimensions();
+  if (kd.size() != 3 || wd.size() != 3 || hd.size() != 2)
+    return ffi::Error::InvalidArgument("lstm_backward: expected k[T, B, 4H], w[ceil(H/16), 4H, 16], dh[B, H]");
+  const int64_t T = kd[0], B = kd[1], H = hd[1];
+  const int64_t G = 4 * H;
+  if (kd[2] != G || hd[0] != B || wd[0] != (H + kLanes - 1) / kLanes || wd[1] != G || wd[2] != kLanes ||
+      p.element_count() != T * B * H || f.element_count() != T * B * H || dhs.element_count() != T * B * H ||
+      dc_last.element_count() != B * H)
+    return ffi::Error::InvalidArgument("lstm_backward: shapes do not agree");
+  const float *k_p = k.typed_data(), *p_p = p.typed_data(), *f_p = f.typed_data(), *dhs_p = dhs.typed_data(),
+              *w_p = w.typed_data(), *dh_last_p = dh_last.typed_data(), *dc_last_p = dc_last.typed_data();
+  float *dpre_p = dpre->typed_data(), *dh0_p = dh0->typed_data(), *dc0_p = dc0->typed_data();
+  // Step s handles time T-1-s; the extra step s = T only multiplies dpre[0] by Wh^T for dh_0. dc0 is the
+  // carried dc throughout, so that its final value needs no copy.
+  const Split units = split_units(pool, H);
+  run_steps(pool, T + 1, units.pieces, [=](int64_t s, int64_t q) {
+    const int64_t t = T - 1 - s;
+    const bool last = s == 0, first = s == T;
+    for (int64_t panel = units.begin(q); panel < units.begin(q + 1); ++panel) {
+      const int64_t col = panel * kLanes;
+      const size_t step = first ? 0 : t * B * H, gstep = first ? 0 : t * B * G;
+      rows<BackwardTile, 12>(B, last ? nullptr : dpre_p + (t + 1) * B * G, w_p + panel * G * kLanes, dh_last_p,
+                             dc_last_p, dhs_p + step, k_p + gstep, p_p + step, f_p + step, dc0_p,
+                             first ? nullptr : dpre_p + gstep, dh0_p, H, col, lanes_mask(H, col));
+    }
+  });
+  return ffi::Error::Success();
+#else
+  return ffi::Error::Unimplemented("lstm_backward needs an x86-64 CPU with AVX-512");
+#endif
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvoiceLstmForward, LstmForward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // pre [T, B, 4H]: input projection + bias
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // Wh packed [ceil(H/16), 4, H, 16]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0 [B, H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0 [B, H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // hs [T, B, H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // cs [T, B, H]
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // a [T, B, 4H]: tanh of the halved i, f, o and g
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvoiceLstmBackward, LstmBackward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // k [T, B, 4H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // p [T, B, H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // f [T, B, H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // dhs [T, B, H]: gradient of the outputs
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // Wh^T packed [ceil(H/16), 4H, 16]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // dh_T [B, H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // dc_T [B, H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dpre [T, B, 4H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dh0 [B, H]
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // dc0 [B, H]
+
+// 1 where this CPU runs the kernels (AVX-512F), 0 where Python must scan in XLA.
+extern "C" int jaxvoice_lstm_recurrence_isa() { return has_avx512() ? 1 : 0; }
