@@ -134,21 +134,26 @@ JV_TARGET void backward_tile(const float* dpre_next, const float* w, const float
   }
 }
 
-// Rows in tiles of up to R_MAX (the forward's 4 x 6 sums, the backward's 12, fit in the 32 registers).
+// Rows in tiles of up to R_MAX (the forward's 4 x 6 sums, the backward's 12, fit in the 32 registers), as
+// even as possible: 50 rows as 12+12+12+12+2 would leave the last tile's few FMA chains waiting on their own
+// latency for a whole pass over the weights; 10+10+10+10+10 keeps every pass busy.
 template <template <int> class Tile, int R_MAX, typename... Args>
 JV_TARGET void rows(int64_t B, Args... args) {
-  int64_t row0 = 0;
-  for (; row0 + R_MAX <= B; row0 += R_MAX) Tile<R_MAX>::run(row0, args...);
-  switch (B - row0) {
-#define JV_CASE(n) \
-  case n:          \
-    if constexpr (n < R_MAX) Tile<n>::run(row0, args...); \
+  const int64_t tiles = (B + R_MAX - 1) / R_MAX;
+  for (int64_t i = 0, row0 = 0; i < tiles; ++i) {
+    const int64_t n = B / tiles + (i < B % tiles ? 1 : 0);
+    switch (n) {
+#define JV_CASE(r)                                       \
+  case r:                                                \
+    if constexpr (r <= R_MAX) Tile<r>::run(row0, args...); \
     break;
-    JV_CASE(1) JV_CASE(2) JV_CASE(3) JV_CASE(4) JV_CASE(5) JV_CASE(6)
-    JV_CASE(7) JV_CASE(8) JV_CASE(9) JV_CASE(10) JV_CASE(11)
+      JV_CASE(1) JV_CASE(2) JV_CASE(3) JV_CASE(4) JV_CASE(5) JV_CASE(6)
+      JV_CASE(7) JV_CASE(8) JV_CASE(9) JV_CASE(10) JV_CASE(11) JV_CASE(12)
 #undef JV_CASE
-    default:
-      break;
+      default:
+        break;
+    }
+    row0 += n;
   }
 }
 
