@@ -81,7 +81,9 @@ class Layout(NamedTuple):
 
     `packed` stores each product's weights in 16-column panels for jaxvoice's own CPU kernel
     (`packed_matmul`), which streams them 1.4x (float32) to 2.6x (bfloat16) faster than XLA's CPU dot at one
-    stream; used on one CPU device at up to `PACKED_MAX_STREAMS` streams where the kernel is built.
+    stream, and at 3+ streams (with AVX-512) computes 8 streams x 32 columns per pass over a weight row, 1.4-1.6x
+    the samples/s of XLA's GEMM on voice_2016; used on one CPU device where the kernel is built, at any number of
+    streams with AVX-512 and at up to `PACKED_MAX_STREAMS` without.
     Otherwise `transposed` keeps each product's weights as [out, in] rows, which XLA's CPU matrix-vector
     product streams ~30% faster at one stream (at 4+ streams [in, out] is faster in float32).
     `weights` "bfloat16" rounds the weights (not the state, sums or sampling) to bfloat16: half the bytes to
@@ -93,8 +95,10 @@ class Layout(NamedTuple):
 
 
 DEFAULT_LAYOUT = Layout()
-# Measured (bench_sample's products): at 4 streams the kernel wins on voice_2016 and loses on small; from 8
-# on XLA's GEMM wins everywhere (the kernel is tuned for reading weights, not for reuse across many rows).
+# Without AVX-512 (measured with the kernel's AVX2 tiles, bench_sample's products): at 4 streams the kernel
+# wins on voice_2016 and loses on small; from 8 on XLA's GEMM wins everywhere. With AVX-512 the kernel won at
+# every count measured (4-64 streams; voice_2016 float32 at 16: 4,891 -> 7,038 samples/s, at 64: 6,625 ->
+# 9,925; small float32 at 64: 81,097 -> 83,311).
 PACKED_MAX_STREAMS = 2
 
 
@@ -106,8 +110,8 @@ def layout_for(
     if (
         platform == "cpu"
         and num_devices == 1
-        and num_streams <= PACKED_MAX_STREAMS
         and packed_matmul.available()
+        and (num_streams <= PACKED_MAX_STREAMS or packed_matmul.many_rows())
     ):
         return Layout(weights=weights, packed=True)
     return Layout(transposed=num_streams == 1, weights=weights)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,14 @@ def assert_user_error(proc: subprocess.CompletedProcess, *words: str) -> None:
     assert len(lines) == 1, proc.stderr
     for word in words:
         assert word.lower() in lines[0].lower(), (word, lines[0])
+
+
+def cpu_flags() -> list[str]:
+    """This CPU's feature flags (x86-64 Linux; empty elsewhere): where jaxvoice's kernels must be built."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if platform.machine() not in ("x86_64", "AMD64") or not cpuinfo.exists():
+        return []
+    return next((line.split() for line in cpuinfo.read_text().splitlines() if line.startswith("flags")), [])
 
 
 def sine(freq: float, rate: int, seconds: float, amplitude: float = 0.5) -> np.ndarray:

@@ -5,7 +5,6 @@ reference and finite differences; here the two implementations are checked again
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 import sys
 import textwrap
@@ -15,25 +14,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import cpu_flags
 
 from jaxvoice import lstm_recurrence, model
 from jaxvoice.config import ModelConfig
-
-
-def cpu_has_avx512() -> bool:
-    cpuinfo = Path("/proc/cpuinfo")
-    if platform.machine() not in ("x86_64", "AMD64") or not cpuinfo.exists():
-        return False
-    flags = next((line.split() for line in cpuinfo.read_text().splitlines() if line.startswith("flags")), [])
-    return "avx512f" in flags
-
 
 needs_kernel = pytest.mark.skipif(not lstm_recurrence.available(), reason="the kernels are not built here")
 
 
 def test_kernels_are_built_where_they_can_run():
     """setup.py builds them as an optional extension: a failed build must not pass unnoticed."""
-    if cpu_has_avx512():
+    if "avx512f" in cpu_flags():
         assert lstm_recurrence.available()
 
 

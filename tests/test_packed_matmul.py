@@ -1,37 +1,38 @@
 """The sampler's CPU kernel against XLA's dot, and that it is built where it can run."""
 
-import platform
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import cpu_flags
 
 from jaxvoice import packed_matmul
-
-
-def cpu_has_avx2_fma() -> bool:
-    cpuinfo = Path("/proc/cpuinfo")
-    if platform.machine() not in ("x86_64", "AMD64") or not cpuinfo.exists():
-        return False
-    flags = next((line.split() for line in cpuinfo.read_text().splitlines() if line.startswith("flags")), [])
-    return "avx2" in flags and "fma" in flags
-
 
 needs_kernel = pytest.mark.skipif(not packed_matmul.available(), reason="the kernel is not built here")
 
 
 def test_kernel_is_built_where_it_can_run():
     """setup.py builds it as an optional extension: a failed build must not pass unnoticed."""
-    if cpu_has_avx2_fma():
+    flags = cpu_flags()
+    if "avx2" in flags and "fma" in flags:
         assert packed_matmul.available()
+        assert packed_matmul.many_rows() == ("avx512f" in flags)
 
 
 @needs_kernel
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize(
-    "M,n_in,n_out", [(1, 680, 2720), (1, 9, 70), (2, 33, 16), (3, 100, 37), (5, 7, 256), (17, 64, 200)]
+    "M,n_in,n_out",
+    [
+        (1, 680, 2720),
+        (1, 9, 70),
+        (2, 33, 16),
+        (3, 100, 37),
+        (5, 7, 256),
+        (9, 40, 33),
+        (16, 130, 48),
+        (17, 64, 200),
+    ],
 )
 def test_matmul_equals_dot(M, n_in, n_out, dtype):
     rng = np.random.default_rng(M * 1000 + n_out)

@@ -8,8 +8,10 @@
 // sampler's scan, 1.4x (float32) and 2.6x (bfloat16) less time per step's products than XLA's dot.
 // A panel of weights is loaded once per call and reused from cache for every row of x.
 //
-// AVX2 + FMA only (x86-64-v3): on Zen 4 a 512-bit FMA is two 256-bit ones, and the GEMV is memory bound.
-// Without AVX2 at run time `jaxvoice_packed_matmul_isa` returns 0 and Python uses XLA's dot instead.
+// One or two rows (streams) use AVX2 + FMA (x86-64-v3): on Zen 4 a 512-bit FMA is two 256-bit ones, and the
+// GEMV is memory bound. Three or more rows are compute-bound and use AVX-512 tiles where the CPU has it
+// (32 registers: 8 rows x 32 columns of sums); voice_2016 at 16 streams then samples 1.4x faster than with
+// XLA's GEMM. Without AVX2 at run time `jaxvoice_packed_matmul_isa` returns 0 and Python uses XLA's dot.
 
 #include <algorithm>
 #include <atomic>
@@ -100,11 +102,77 @@ JV_TARGET void panels(const float* x, int64_t M, int64_t I, const W* w, float* y
   }
 }
 
+// Several rows (streams) at once with AVX-512: a product of 16 streams is compute-bound (~50 GFLOP/s per
+// stream-row of voice_2016 per step), and 32 vector registers hold a tile of 8 rows x 2 panels (16 sums)
+// that the 16 AVX2 registers cannot. Each weight row of a panel is loaded once per 8 rows of x; x rows are
+// broadcast straight from memory.
+#define JV_TARGET512 __attribute__((target("avx512f")))
+
+JV_TARGET512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+JV_TARGET512 inline __m512 load16(const uint16_t* p) {
+  __m256i half = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+}
+
+template <int MR, int NP, typename W>
+JV_TARGET512 void tile512(const float* x, int64_t I, const W* w, int64_t p0, float* y, int64_t O, int64_t m0) {
+  __m512 acc[NP][MR];
+  for (int p = 0; p < NP; ++p)
+    for (int r = 0; r < MR; ++r) acc[p][r] = _mm512_setzero_ps();
+  const W* panel[NP];
+  for (int p = 0; p < NP; ++p) panel[p] = w + (p0 + p) * I * kPanel;
+  const float* xr = x + m0 * I;
+  for (int64_t i = 0; i < I; ++i) {
+    __m512 wv[NP];
+    for (int p = 0; p < NP; ++p) wv[p] = load16(panel[p] + i * kPanel);
+    for (int r = 0; r < MR; ++r) {
+      const __m512 xv = _mm512_set1_ps(xr[r * I + i]);
+      for (int p = 0; p < NP; ++p) acc[p][r] = _mm512_fmadd_ps(xv, wv[p], acc[p][r]);
+    }
+  }
+  for (int p = 0; p < NP; ++p) {
+    const int64_t col = (p0 + p) * kPanel;
+    const __mmask16 mask = static_cast<__mmask16>((1u << std::min<int64_t>(kPanel, O - col)) - 1u);
+    for (int r = 0; r < MR; ++r) _mm512_mask_storeu_ps(y + (m0 + r) * O + col, mask, acc[p][r]);
+  }
+}
+
+template <int NP, typename W>
+JV_TARGET512 void rows512(const float* x, int64_t M, int64_t I, const W* w, int64_t p, float* y, int64_t O) {
+  // rows in even tiles of at most 8 (a tile of 1-2 rows would wait on its own FMA latency)
+  const int64_t tiles = (M + 7) / 8;
+  for (int64_t t = 0, m = 0; t < tiles; ++t) {
+    const int64_t n = M / tiles + (t < M % tiles ? 1 : 0);
+    switch (n) {
+#define JV_CASE(r) \
+  case r:          \
+    tile512<r, NP>(x, I, w, p, y, O, m); \
+    break;
+      JV_CASE(1) JV_CASE(2) JV_CASE(3) JV_CASE(4) JV_CASE(5) JV_CASE(6) JV_CASE(7) JV_CASE(8)
+#undef JV_CASE
+      default:
+        break;
+    }
+    m += n;
+  }
+}
+
+template <typename W>
+JV_TARGET512 void panels512(const float* x, int64_t M, int64_t I, const W* w, float* y, int64_t O, int64_t p_begin,
+                            int64_t p_end) {
+  int64_t p = p_begin;
+  for (; p + 2 <= p_end; p += 2) rows512<2>(x, M, I, w, p, y, O);
+  if (p < p_end) rows512<1>(x, M, I, w, p, y, O);
+}
+
+bool has_avx512() { return __builtin_cpu_supports("avx512f"); }
+
 bool has_avx2_fma() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
 
 #else
 
 bool has_avx2_fma() { return false; }
+bool has_avx512() { return false; }
 
 #endif
 
@@ -134,12 +202,20 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyB
 
   // ~8 pieces per thread: balance without much counting; at least 4 panels (64 columns) per piece.
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  const int64_t piece = std::max<int64_t>(4, (P + 8 * threads - 1) / (8 * threads));
+  // Even, so that the AVX-512 tiles' panel pairs do not straddle pieces.
+  int64_t piece = std::max<int64_t>(4, (P + 8 * threads - 1) / (8 * threads));
+  piece += piece & 1;
   const int64_t pieces = (P + piece - 1) / piece;
   auto shared = std::make_shared<Shared>();
+  static const bool avx512 = has_avx512();
+  const bool many_rows = M > 2 && avx512;
   auto work = [=] {
     for (int64_t k; (k = shared->next.fetch_add(1)) < pieces;) {
-      panels<W>(xp, M, I, wp, yp, O, k * piece, std::min(P, (k + 1) * piece));
+      const int64_t begin = k * piece, end = std::min(P, (k + 1) * piece);
+      if (many_rows)
+        panels512<W>(xp, M, I, wp, yp, O, begin, end);
+      else
+        panels<W>(xp, M, I, wp, yp, O, begin, end);
       shared->done.fetch_add(1, std::memory_order_release);
     }
   };
@@ -167,3 +243,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvoicePackedMatmulBF16, PackedMatmul<uint16_t>, 
 
 // 1 where this CPU runs the kernel (AVX2 + FMA), 0 where Python must fall back to XLA's dot.
 extern "C" int jaxvoice_packed_matmul_isa() { return has_avx2_fma() ? 1 : 0; }
+
+// 1 where products of 3+ rows use the AVX-512 tiles (then faster than XLA's dot at many streams too).
+extern "C" int jaxvoice_packed_matmul_many_rows() { return has_avx2_fma() && has_avx512() ? 1 : 0; }
