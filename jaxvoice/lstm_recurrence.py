@@ -107,16 +107,17 @@ def forward(pre_TxBxG, wh_HxG, h0_BxH, c0_BxH):
     return _forward(pre_TxBxG, wh_HxG, h0_BxH, c0_BxH)
 
 
-def backward(k_TxBxG, p_TxBxH, f_TxBxH, dhs_TxBxH, wh_HxG, dhT_BxH, dcT_BxH):
-    """dpre_TxBxG, dh0_BxH, dc0_BxH of the reverse recurrence in `model._lstm_backward`, from its factors."""
+def backward(a_TxBxG, cs_TxBxH, c0_BxH, dhs_TxBxH, wh_HxG, dhT_BxH, dcT_BxH):
+    """dpre_TxBxG, dh0_BxH, dc0_BxH of the reverse recurrence in `model._lstm_backward`, from the forward's
+    gates and cells (the kernel derives the per-step factors itself)."""
     if not available():
         raise RuntimeError("jaxvoice's LSTM recurrence kernels are not built for this machine")
-    T, B, G = k_TxBxG.shape
+    T, B, G = a_TxBxG.shape
     H = G // 4
     results = (
         jax.ShapeDtypeStruct((T, B, G), jnp.float32),
         jax.ShapeDtypeStruct((B, H), jnp.float32),
         jax.ShapeDtypeStruct((B, H), jnp.float32),
     )
-    args = (k_TxBxG, p_TxBxH, f_TxBxH, dhs_TxBxH, pack_backward(wh_HxG), dhT_BxH, dcT_BxH)
+    args = (a_TxBxG, cs_TxBxH, c0_BxH, dhs_TxBxH, pack_backward(wh_HxG), dhT_BxH, dcT_BxH)
     return jax.ffi.ffi_call(_BACKWARD, results)(*(x.astype(jnp.float32) for x in args))

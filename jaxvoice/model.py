@@ -186,6 +186,11 @@ def _lstm_backward(res, cotangents):
     H = h0_BxH.shape[-1]
     f32 = dhs_TxBxH.dtype
     h_prev_TxBxH = jnp.concatenate([h0_BxH[None].astype(hs_TxBxH.dtype), hs_TxBxH[:-1]])
+    if _native(wh_HxG, hs_TxBxH.shape[0]):  # the kernel derives the factors below itself, per step
+        dpre_TxBxG, dh0, dc0 = lstm_recurrence.backward(
+            a_TxBxG, cs_TxBxH, c0_BxH, dhs_TxBxH, wh_HxG, dhT_BxH, dcT_BxH
+        )
+        return dpre_TxBxG, dh0.astype(h0_BxH.dtype), dc0.astype(c0_BxH.dtype), h_prev_TxBxH
     c_prev_TxBxH = jnp.concatenate([c0_BxH[None].astype(cs_TxBxH.dtype), cs_TxBxH[:-1]])
     # Everything that depends only on the forward pass, for all steps at once (one wide fusion, outside
     # the scan): dpre = [dc, dc, dh, dc] * k and dc += dh * p, with dc flowing back through f. The 0.25s:
@@ -203,11 +208,6 @@ def _lstm_backward(res, cotangents):
     )
     p_TxBxH = (0.5 + 0.5 * ao) * (1.0 - tc_TxBxH * tc_TxBxH)
     f_TxBxH = 0.5 + 0.5 * af
-    if _native(wh_HxG, hs_TxBxH.shape[0]):
-        dpre_TxBxG, dh0, dc0 = lstm_recurrence.backward(
-            k_TxBxG, p_TxBxH, f_TxBxH, dhs_TxBxH, wh_HxG, dhT_BxH, dcT_BxH
-        )
-        return dpre_TxBxG, dh0.astype(h0_BxH.dtype), dc0.astype(c0_BxH.dtype), h_prev_TxBxH
     whT_GxH = wh_HxG.T
 
     def step(carry, xs):

@@ -61,6 +61,10 @@ JV_TARGET inline void store(__mmask16 mask, float* p, __m512 v) { _mm512_mask_st
 JV_TARGET inline __m512 half_plus_half(__m512 a) {  // sigmoid(x) = 0.5 + 0.5 tanh(x / 2)
   return _mm512_fmadd_ps(a, _mm512_set1_ps(0.5f), _mm512_set1_ps(0.5f));
 }
+// 0.25 (1 - a^2) for a = tanh(x / 2): d sigmoid(x)/dx = 0.5 (1 - a^2), times the 0.5 of the gate's halving
+JV_TARGET inline __m512 dsigmoid(__m512 a) {
+  return _mm512_mul_ps(_mm512_set1_ps(0.25f), _mm512_fnmadd_ps(a, a, _mm512_set1_ps(1.f)));
+}
 
 // Forward, rows row0 .. row0+R of one step, hidden units col .. col+16 (`mask` drops units past H):
 // pre-activations = pre + h_prev @ Wh for the four gates, then a = tanh(pre * [.5, .5, .5, 1]) and the cell
@@ -102,12 +106,14 @@ JV_TARGET void forward_tile(const float* h_prev, const float* c_prev, const floa
 
 // Backward, rows row0 .. row0+R of step t, units col .. col+16. dh = dpre[t+1] @ Wh^T (or dh_T at the last
 // step) + the output's gradient; dc = dc carried (or dc_T) + dh * p; dpre[t] = [dc, dc, dh, dc] * k; the carried
-// dc becomes dc * f. With `dpre` null only the product is stored, into `dh_out` (dh_0 after the first step).
-// `w` is the units' panel of Wh^T, [4H, 16]; k, p and f are the forward-only factors model.py computes.
+// dc becomes dc * f, where k, p and f come from the forward's gates a[t] and cells c[t], c[t-1] (model.py's
+// scan path computes the same factors for all steps at once). With `dpre` null only the product is stored,
+// into `dh_out` (dh_0 after the first step). `w` is the units' panel of Wh^T, [4H, 16].
 template <int R>
 JV_TARGET void backward_tile(const float* dpre_next, const float* w, const float* dh_last, const float* dc_last,
-                             const float* dh_out_grad, const float* k, const float* p, const float* f, float* dc_carry,
-                             float* dpre, float* dh_out, int64_t H, int64_t row0, int64_t col, __mmask16 mask) {
+                             const float* dh_out_grad, const float* a, const float* c, const float* c_prev,
+                             float* dc_carry, float* dpre, float* dh_out, int64_t H, int64_t row0, int64_t col,
+                             __mmask16 mask) {
   const int64_t G = 4 * H;
   __m512 acc[R];
   if (dpre_next != nullptr) {
@@ -120,17 +126,25 @@ JV_TARGET void backward_tile(const float* dpre_next, const float* w, const float
   } else {
     for (int r = 0; r < R; ++r) acc[r] = load(mask, dh_last + (row0 + r) * H + col);
   }
+  const __m512 one = _mm512_set1_ps(1.f);
   for (int r = 0; r < R; ++r) {
     const int64_t g = (row0 + r) * G + col, u = (row0 + r) * H + col;
     if (dpre == nullptr) {
       store(mask, dh_out + u, acc[r]);
       continue;
     }
+    const __m512 ai = load(mask, a + g), af = load(mask, a + g + H), ao = load(mask, a + g + 2 * H),
+                 ag = load(mask, a + g + 3 * H);
+    const __m512 tc = tanh16(load(mask, c + u));
+    const __m512 p = _mm512_mul_ps(half_plus_half(ao), _mm512_fnmadd_ps(tc, tc, one));
     const __m512 dh = _mm512_add_ps(acc[r], load(mask, dh_out_grad + u));
     const __m512 dc_in = load(mask, (dpre_next != nullptr ? dc_carry : dc_last) + u);
-    const __m512 dc = _mm512_fmadd_ps(dh, load(mask, p + u), dc_in);
-    for (int q = 0; q < 4; ++q) store(mask, dpre + g + q * H, _mm512_mul_ps(q == 2 ? dh : dc, load(mask, k + g + q * H)));
-    store(mask, dc_carry + u, _mm512_mul_ps(dc, load(mask, f + u)));
+    const __m512 dc = _mm512_fmadd_ps(dh, p, dc_in);
+    store(mask, dpre + g, _mm512_mul_ps(dc, _mm512_mul_ps(ag, dsigmoid(ai))));
+    store(mask, dpre + g + H, _mm512_mul_ps(dc, _mm512_mul_ps(load(mask, c_prev + u), dsigmoid(af))));
+    store(mask, dpre + g + 2 * H, _mm512_mul_ps(dh, _mm512_mul_ps(tc, dsigmoid(ao))));
+    store(mask, dpre + g + 3 * H, _mm512_mul_ps(dc, _mm512_mul_ps(half_plus_half(ai), _mm512_fnmadd_ps(ag, ag, one))));
+    store(mask, dc_carry + u, _mm512_mul_ps(dc, half_plus_half(af)));
   }
 }
 
@@ -168,10 +182,10 @@ struct ForwardTile {
 template <int R>
 struct BackwardTile {
   JV_TARGET static void run(int64_t row0, const float* dpre_next, const float* w, const float* dh_last,
-                            const float* dc_last, const float* dh_out_grad, const float* k, const float* p,
-                            const float* f, float* dc_carry, float* dpre, float* dh_out, int64_t H, int64_t col,
+                            const float* dc_last, const float* dh_out_grad, const float* a, const float* c,
+                            const float* c_prev, float* dc_carry, float* dpre, float* dh_out, int64_t H, int64_t col,
                             __mmask16 mask) {
-    backward_tile<R>(dpre_next, w, dh_last, dc_last, dh_out_grad, k, p, f, dc_carry, dpre, dh_out, H, row0, col,
+    backward_tile<R>(dpre_next, w, dh_last, dc_last, dh_out_grad, a, c, c_prev, dc_carry, dpre, dh_out, H, row0, col,
                      mask);
   }
 };
@@ -273,21 +287,21 @@ ffi::Error LstmForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> pre, ffi::Buf
 #endif
 }
 
-ffi::Error LstmBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> p,
-                        ffi::Buffer<ffi::F32> f, ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> w,
+ffi::Error LstmBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> cs,
+                        ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> w,
                         ffi::Buffer<ffi::F32> dh_last, ffi::Buffer<ffi::F32> dc_last, ffi::ResultBuffer<ffi::F32> dpre,
                         ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0) {
 #if JV_X86
-  auto kd = k.dimensions(), wd = w.dimensions(), hd = dh_last.dimensions();
-  if (kd.size() != 3 || wd.size() != 3 || hd.size() != 2)
-    return ffi::Error::InvalidArgument("lstm_backward: expected k[T, B, 4H], w[ceil(H/16), 4H, 16], dh[B, H]");
-  const int64_t T = kd[0], B = kd[1], H = hd[1];
+  auto ad = a.dimensions(), wd = w.dimensions(), hd = dh_last.dimensions();
+  if (ad.size() != 3 || wd.size() != 3 || hd.size() != 2)
+    return ffi::Error::InvalidArgument("lstm_backward: expected a[T, B, 4H], w[ceil(H/16), 4H, 16], dh[B, H]");
+  const int64_t T = ad[0], B = ad[1], H = hd[1];
   const int64_t G = 4 * H;
-  if (kd[2] != G || hd[0] != B || wd[0] != (H + kLanes - 1) / kLanes || wd[1] != G || wd[2] != kLanes ||
-      p.element_count() != T * B * H || f.element_count() != T * B * H || dhs.element_count() != T * B * H ||
+  if (ad[2] != G || hd[0] != B || wd[0] != (H + kLanes - 1) / kLanes || wd[1] != G || wd[2] != kLanes ||
+      cs.element_count() != T * B * H || dhs.element_count() != T * B * H || c0.element_count() != B * H ||
       dc_last.element_count() != B * H)
     return ffi::Error::InvalidArgument("lstm_backward: shapes do not agree");
-  const float *k_p = k.typed_data(), *p_p = p.typed_data(), *f_p = f.typed_data(), *dhs_p = dhs.typed_data(),
+  const float *a_p = a.typed_data(), *cs_p = cs.typed_data(), *c0_p = c0.typed_data(), *dhs_p = dhs.typed_data(),
               *w_p = w.typed_data(), *dh_last_p = dh_last.typed_data(), *dc_last_p = dc_last.typed_data();
   float *dpre_p = dpre->typed_data(), *dh0_p = dh0->typed_data(), *dc0_p = dc0->typed_data();
   // Step s handles time T-1-s; the extra step s = T only multiplies dpre[0] by Wh^T for dh_0. dc0 is the
@@ -296,11 +310,12 @@ ffi::Error LstmBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> k, ffi::Buff
   run_steps(pool, T + 1, units.pieces, [=](int64_t s, int64_t q) {
     const int64_t t = T - 1 - s;
     const bool last = s == 0, first = s == T;
+    const size_t step = first ? 0 : t * B * H, gstep = first ? 0 : t * B * G;
+    const float* c_prev = t > 0 ? cs_p + (t - 1) * B * H : c0_p;
     for (int64_t panel = units.begin(q); panel < units.begin(q + 1); ++panel) {
       const int64_t col = panel * kLanes;
-      const size_t step = first ? 0 : t * B * H, gstep = first ? 0 : t * B * G;
       rows<BackwardTile, 12>(B, last ? nullptr : dpre_p + (t + 1) * B * G, w_p + panel * G * kLanes, dh_last_p,
-                             dc_last_p, dhs_p + step, k_p + gstep, p_p + step, f_p + step, dc0_p,
+                             dc_last_p, dhs_p + step, a_p + gstep, cs_p + step, c_prev, dc0_p,
                              first ? nullptr : dpre_p + gstep, dh0_p, H, col, lanes_mask(H, col));
     }
   });
@@ -326,9 +341,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvoiceLstmForward, LstmForward,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvoiceLstmBackward, LstmBackward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // k [T, B, 4H]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // p [T, B, H]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // f [T, B, H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // a [T, B, 4H]: the forward's gates
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // cs [T, B, H]: the forward's cells
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0 [B, H]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // dhs [T, B, H]: gradient of the outputs
                                   .Arg<ffi::Buffer<ffi::F32>>()  // Wh^T packed [ceil(H/16), 4H, 16]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // dh_T [B, H]
