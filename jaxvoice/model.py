@@ -18,9 +18,10 @@ them and their gradients every step, measured 1-4% slower).
 
 On one CPU device with float32 weights, the LSTM layer's two time loops (the forward and the reverse
 recurrence, nothing else) run in jaxvoice's own kernels (`lstm_recurrence`, XLA FFI custom calls) instead of
-`lax.scan`: per step one pass per 16 hidden units with the gates' sums kept in registers. On `small`'s shapes
-the loops alone take 13 + 15 ms instead of 30 + 40, the whole training step ~15% less; on voice_2016's ~3%
-(its scans were already near the GEMM rate). Everywhere else, and with `NATIVE_LSTM = False`, the scans below.
+`lax.scan`: per step one pass per 16 hidden units with the gates' sums kept in registers (the backward derives
+its per-step factors there too). On `small`'s shapes the loops alone take 12-13 + 14 ms instead of 30 + 40;
+the bench's `small` went from ~23k to ~27-29k tokens/s, voice_2016 ~+5% (its scans were already near the GEMM
+rate). Everywhere else, and with `NATIVE_LSTM = False`, the scans below.
 """
 
 from __future__ import annotations
