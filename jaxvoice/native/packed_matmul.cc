@@ -102,9 +102,9 @@ JV_TARGET void panels(const float* x, int64_t M, int64_t I, const W* w, float* y
   }
 }
 
-// Several rows (streams) at once with AVX-512: a product of 16 streams is compute-bound (~50 GFLOP/s per
-// stream-row of voice_2016 per step), and 32 vector registers hold a tile of 8 rows x 2 panels (16 sums)
-// that the 16 AVX2 registers cannot. Each weight row of a panel is loaded once per 8 rows of x; x rows are
+// Several rows (streams) at once with AVX-512: at 16 streams each weight loaded feeds 16 FMAs, so the product
+// is compute-bound, and 32 vector registers hold a tile of 8 rows x 2 panels (16 sums) that the 16 AVX2
+// registers cannot. (Rows are split in even tiles as in lstm_recurrence.cc's `rows`.) Each weight row of a panel is loaded once per 8 rows of x; x rows are
 // broadcast straight from memory.
 #define JV_TARGET512 __attribute__((target("avx512f")))
 
