@@ -21,7 +21,6 @@ import numpy as np
 
 from jaxvoice import native
 
-LANES = 16  # hidden units per panel (the kernel's kLanes)
 _FORWARD, _BACKWARD = "JaxvoiceLstmForward", "JaxvoiceLstmBackward"
 
 
@@ -47,8 +46,11 @@ def available() -> bool:
     c_expected = f * c_BxH + i * gates_BxG[:, 3 * H :]
     try:
         with jax.ensure_compile_time_eval(), jax.default_device(jax.devices("cpu")[0]):
-            _, cs_TxBxH, _ = _forward(
-                jnp.asarray(pre_BxG[None]), jnp.asarray(wh_HxG), jnp.asarray(h_BxH), jnp.asarray(c_BxH)
+            # the rows in reverse order, half the bias in the table: the kernel's indexing and bias add
+            table_BxG, index_1xB = pre_BxG[::-1] - 0.5, np.arange(B, dtype=np.int32)[None, ::-1]
+            bias_G = np.full(4 * H, 0.5, np.float32)
+            _, _, cs_TxBxH, _ = _forward(
+                *map(jnp.asarray, (table_BxG, index_1xB, bias_G, wh_HxG, h_BxH, c_BxH))
             )
             return bool(np.allclose(np.asarray(cs_TxBxH[0]), c_expected, rtol=1e-4, atol=1e-5))
     except Exception:  # noqa: BLE001 (any failure means: do not use it)
@@ -66,50 +68,35 @@ def usable(wh_HxG: jax.Array, seq_length: int) -> bool:
     )
 
 
-def _pad_units(w_KxH: jax.Array) -> jax.Array:
-    """[..., H] -> [..., ceil(H / 16) * 16], the new units zero."""
-    H = w_KxH.shape[-1]
-    pad = [(0, 0)] * (w_KxH.ndim - 1) + [(0, -H % LANES)]
-    return jnp.pad(w_KxH, pad)
-
-
-def pack_forward(wh_HxG: jax.Array) -> jax.Array:
-    """Wh [H, 4H] -> [ceil(H/16), 4, H, 16]: per 16 units, the four gates' columns, row after row."""
-    H = wh_HxG.shape[0]
-    w_Hx4xHp = _pad_units(wh_HxG.reshape(H, 4, H))
-    return w_Hx4xHp.reshape(H, 4, -1, LANES).transpose(2, 1, 0, 3)
-
-
-def pack_backward(wh_HxG: jax.Array) -> jax.Array:
-    """Wh^T [4H, H] -> [ceil(H/16), 4H, 16]: per 16 units, their rows of Wh as columns."""
-    whT_GxHp = _pad_units(wh_HxG.T)
-    return whT_GxHp.reshape(whT_GxHp.shape[0], -1, LANES).transpose(1, 0, 2)
-
-
-def _forward(pre_TxBxG, wh_HxG, h0_BxH, c0_BxH):
-    T, B, G = pre_TxBxG.shape
+def _forward(table_RxG, index_TxB, b_G, wh_HxG, h0_BxH, c0_BxH):
+    (T, B), G = index_TxB.shape, table_RxG.shape[1]
     H = G // 4
     results = (
+        jax.ShapeDtypeStruct((T, B, H), jnp.float32),
         jax.ShapeDtypeStruct((T, B, H), jnp.float32),
         jax.ShapeDtypeStruct((T, B, H), jnp.float32),
         jax.ShapeDtypeStruct((T, B, G), jnp.float32),
     )
     f32 = lambda x: x.astype(jnp.float32)
     return jax.ffi.ffi_call(_FORWARD, results)(
-        f32(pre_TxBxG), pack_forward(f32(wh_HxG)), f32(h0_BxH), f32(c0_BxH)
+        f32(table_RxG), index_TxB.astype(jnp.int32), f32(b_G), f32(wh_HxG), f32(h0_BxH), f32(c0_BxH)
     )
 
 
-def forward(pre_TxBxG, wh_HxG, h0_BxH, c0_BxH):
-    """hs_TxBxH, cs_TxBxH, a_TxBxG of `model._lstm_scan(..., keep=True)`: each step's h, c and tanh'd gate row."""
+def forward(table_RxG, index_TxB, b_G, wh_HxG, h0_BxH, c0_BxH):
+    """hs_TxBxH, h_prevs_TxBxH, cs_TxBxH, a_TxBxG of `model._lstm_scan(..., keep=True)`: each step's h, the h its
+    gates saw (h0, then hs[:-1]), its c and its tanh'd gate row, where step t, row b has the input projection
+    table_RxG[index_TxB[t, b]] + b_G (an index outside the table is an error)."""
     if not available():
         raise RuntimeError("jaxvoice's LSTM recurrence kernels are not built for this machine")
-    return _forward(pre_TxBxG, wh_HxG, h0_BxH, c0_BxH)
+    return _forward(table_RxG, index_TxB, b_G, wh_HxG, h0_BxH, c0_BxH)
 
 
-def backward(a_TxBxG, cs_TxBxH, c0_BxH, dhs_TxBxH, wh_HxG, dhT_BxH, dcT_BxH):
-    """dpre_TxBxG, dh0_BxH, dc0_BxH of the reverse recurrence in `model._lstm_backward`, from the forward's
-    gates and cells (the kernel derives the per-step factors itself)."""
+def backward(a_TxBxG, cs_TxBxH, c0_BxH, dhs_TxBxH, wh_HxG, dhT_BxH, dcT_BxH, index_TxB=None, table_rows=0):
+    """dpre_TxBxG, dh0_BxH, dc0_BxH, db_G and dtable_RxG of the reverse recurrence in `model._lstm_backward`,
+    from the forward's gates and cells (the kernel derives the per-step factors itself): db is dpre summed over
+    steps and rows, dtable (with `index_TxB` of the forward and its table's row count; else None) dpre summed
+    into the table row each step read."""
     if not available():
         raise RuntimeError("jaxvoice's LSTM recurrence kernels are not built for this machine")
     T, B, G = a_TxBxG.shape
@@ -118,6 +105,11 @@ def backward(a_TxBxG, cs_TxBxH, c0_BxH, dhs_TxBxH, wh_HxG, dhT_BxH, dcT_BxH):
         jax.ShapeDtypeStruct((T, B, G), jnp.float32),
         jax.ShapeDtypeStruct((B, H), jnp.float32),
         jax.ShapeDtypeStruct((B, H), jnp.float32),
+        jax.ShapeDtypeStruct((G,), jnp.float32),
+        jax.ShapeDtypeStruct((table_rows if index_TxB is not None else 0, G), jnp.float32),
     )
-    args = (a_TxBxG, cs_TxBxH, c0_BxH, dhs_TxBxH, pack_backward(wh_HxG), dhT_BxH, dcT_BxH)
-    return jax.ffi.ffi_call(_BACKWARD, results)(*(x.astype(jnp.float32) for x in args))
+    f32 = lambda x: x.astype(jnp.float32)
+    index = jnp.zeros((0,), jnp.int32) if index_TxB is None else index_TxB.astype(jnp.int32)
+    args = (a_TxBxG, cs_TxBxH, c0_BxH, dhs_TxBxH, wh_HxG, dhT_BxH, dcT_BxH)
+    dpre, dh0, dc0, db, dtable = jax.ffi.ffi_call(_BACKWARD, results)(*map(f32, args), index)
+    return dpre, dh0, dc0, db, (dtable if index_TxB is not None else None)

@@ -9,19 +9,21 @@ Speed (see ../shared/PERF_NOTES.md and scripts/bench_train.py): the stack runs l
 layer's input projection for all T steps is one GEMM outside the scan (layer 0's is a row lookup of
 embed @ W_x, the input being one-hot) and only `h @ W_h` and the gate math stay inside. The LSTM layer has a
 hand-written backward (`_lstm_layer`; `_lstm_layer_x`, for deeper layers, also owns the input projection):
-its reverse scan does only `dpre @ W_h.T` per step, and the weight gradients are one GEMM over all steps
-afterwards (a deeper layer's dW_x and dW_h together, over [x, h_prev]: +8% tokens/s on `small`);
-everything in its backward that depends only on the forward pass is computed for all steps at once,
-outside the reverse scan. Its gates take one tanh over the whole gate row: sigmoid(x) = (1 + tanh(x / 2)) / 2,
+its reverse scan does only `dpre @ W_h.T` per step, and each weight gradient is one GEMM over all steps
+afterwards (on a CPU with x^T copied out first, so that YNNPACK rather than Eigen does it: +4.5% tokens/s on
+`small`); everything in its backward that depends only on the forward pass is computed for all steps at
+once, outside the reverse scan. Its gates take one tanh over the whole gate row: sigmoid(x) = (1 + tanh(x / 2)) / 2,
 the halving a constant row multiplied in the tanh's own fusion (scaling the weights instead cost a pass over
 them and their gradients every step, measured 1-4% slower).
 
 On one CPU device with float32 weights, the LSTM layer's two time loops (the forward and the reverse
 recurrence, nothing else) run in jaxvoice's own kernels (`lstm_recurrence`, XLA FFI custom calls) instead of
 `lax.scan`: per step one pass per 16 hidden units with the gates' sums kept in registers (the backward derives
-its per-step factors there too). On `small`'s shapes the loops alone take 12-13 + 14 ms instead of 30 + 40;
-the bench's `small` went from ~23k to ~27-29k tokens/s, voice_2016 ~+5% (its scans were already near the GEMM
-rate). Everywhere else, and with `NATIVE_LSTM = False`, the scans below.
+its per-step factors there too). The kernels also do the small passes around the loops that would each be a
+pass over a [T, B, 4H] array in XLA: layer 0's row lookup, the bias, packing W_h, the h_prev array the weight
+gradient needs, and the bias's and the lookup table's gradients. On `small`'s shapes the loops alone take
+12-13 + 14 ms instead of 30 + 40; the bench's `small` went from ~23k to ~27-29k tokens/s, voice_2016 ~+5% (its
+scans were already near the GEMM rate). Everywhere else, and with `NATIVE_LSTM = False`, the scans below.
 """
 
 from __future__ import annotations
@@ -159,14 +161,22 @@ def _native(wh_HxG, seq_length: int) -> bool:
     return NATIVE_LSTM and lstm_recurrence.usable(wh_HxG, seq_length)
 
 
-def _lstm_scan(pre_TxBxG, wh_HxG, h_BxH, c_BxH, keep):
-    """The forward recurrence. With `keep`, also returns what the backward needs: every step's cell state
-    and tanh'd gate row."""
-    H = h_BxH.shape[-1]
-    if _native(wh_HxG, pre_TxBxG.shape[0]):
-        hs_TxBxH, cs_TxBxH, a_TxBxG = lstm_recurrence.forward(pre_TxBxG, wh_HxG, h_BxH, c_BxH)
-        return (hs_TxBxH[-1], cs_TxBxH[-1]), ((hs_TxBxH, cs_TxBxH, a_TxBxG) if keep else hs_TxBxH)
+def _lstm_scan(table_RxG, index_TxB, b_G, wh_HxG, h_BxH, c_BxH, keep):
+    """The forward recurrence. Step t's input projection for row b is table_RxG[index_TxB[t, b]] + b_G: layer 0
+    indexes `embed @ W_x` by the tokens; deeper layers give the projections of all T * B inputs in order and
+    index None. Returns (h_T, c_T) and hs_TxBxH, or with `keep` what the backward needs too:
+    (hs, h_prevs (the h each step's gates saw: h0, hs[:-1]), cs, a (each step's tanh'd gate row))."""
+    B, H = h_BxH.shape
+    T = table_RxG.shape[0] // B if index_TxB is None else index_TxB.shape[0]
+    if _native(wh_HxG, T):  # the kernel reads the table's rows itself: no [T, B, 4H] gather or bias pass
+        if index_TxB is None:
+            index_TxB = jnp.arange(T * B, dtype=jnp.int32).reshape(T, B)
+        kept = lstm_recurrence.forward(table_RxG, index_TxB, b_G, wh_HxG, h_BxH, c_BxH)
+        hs_TxBxH, _, cs_TxBxH, _ = kept
+        return (hs_TxBxH[-1], cs_TxBxH[-1]), (kept if keep else hs_TxBxH)
 
+    rows_TxBxG = table_RxG.reshape(T, B, -1) if index_TxB is None else table_RxG[index_TxB]
+    pre_TxBxG = rows_TxBxG + b_G
     scale_G = _lstm_gate_scale(H, pre_TxBxG.dtype)
 
     def step(hc, pre_BxG):
@@ -176,22 +186,27 @@ def _lstm_scan(pre_TxBxG, wh_HxG, h_BxH, c_BxH, keep):
         h_BxH = o * jnp.tanh(c_BxH)
         return (h_BxH, c_BxH), ((h_BxH, c_BxH, a_BxG) if keep else h_BxH)
 
-    return jax.lax.scan(step, (h_BxH, c_BxH), pre_TxBxG, unroll=SCAN_UNROLL)
+    last, outputs = jax.lax.scan(step, (h_BxH, c_BxH), pre_TxBxG, unroll=SCAN_UNROLL)
+    if not keep:
+        return last, outputs
+    hs_TxBxH, cs_TxBxH, a_TxBxG = outputs
+    h_prevs_TxBxH = jnp.concatenate([h_BxH[None].astype(hs_TxBxH.dtype), hs_TxBxH[:-1]])
+    return last, (hs_TxBxH, h_prevs_TxBxH, cs_TxBxH, a_TxBxG)
 
 
-def _lstm_backward(res, cotangents):
-    """The reverse recurrence shared by both LSTM layer forms: dpre_TxBxG, dh0, dc0 and h_prev_TxBxH (the
-    h each step's gates saw), from the forward's residuals."""
-    wh_HxG, h0_BxH, c0_BxH, hs_TxBxH, cs_TxBxH, a_TxBxG = res
+def _lstm_backward(res, cotangents, index_TxB=None, table_rows=0):
+    """The reverse recurrence shared by both LSTM layer forms, from the forward's residuals: dpre_TxBxG, dh0,
+    dc0, db_G (dpre summed over steps and rows) and, given the forward's index and its table's row count,
+    dtable_RxG (dpre summed by the table row each step read; else None)."""
+    wh_HxG, h0_BxH, c0_BxH, _, cs_TxBxH, a_TxBxG = res
     dhs_TxBxH, dhT_BxH, dcT_BxH = cotangents
     H = h0_BxH.shape[-1]
     f32 = dhs_TxBxH.dtype
-    h_prev_TxBxH = jnp.concatenate([h0_BxH[None].astype(hs_TxBxH.dtype), hs_TxBxH[:-1]])
-    if _native(wh_HxG, hs_TxBxH.shape[0]):  # the kernel derives the factors below itself, per step
-        dpre_TxBxG, dh0, dc0 = lstm_recurrence.backward(
-            a_TxBxG, cs_TxBxH, c0_BxH, dhs_TxBxH, wh_HxG, dhT_BxH, dcT_BxH
+    if _native(wh_HxG, cs_TxBxH.shape[0]):  # the kernel derives the factors below itself, per step
+        dpre_TxBxG, dh0, dc0, db_G, dtable_RxG = lstm_recurrence.backward(
+            a_TxBxG, cs_TxBxH, c0_BxH, dhs_TxBxH, wh_HxG, dhT_BxH, dcT_BxH, index_TxB, table_rows
         )
-        return dpre_TxBxG, dh0.astype(h0_BxH.dtype), dc0.astype(c0_BxH.dtype), h_prev_TxBxH
+        return dpre_TxBxG, dh0.astype(h0_BxH.dtype), dc0.astype(c0_BxH.dtype), db_G, dtable_RxG
     c_prev_TxBxH = jnp.concatenate([c0_BxH[None].astype(cs_TxBxH.dtype), cs_TxBxH[:-1]])
     # Everything that depends only on the forward pass, for all steps at once (one wide fusion, outside
     # the scan): dpre = [dc, dc, dh, dc] * k and dc += dh * p, with dc flowing back through f. The 0.25s:
@@ -223,34 +238,52 @@ def _lstm_backward(res, cotangents):
     (dh0, dc0), dpre_TxBxG = jax.lax.scan(
         step, (dhT_BxH.astype(f32), dcT_BxH.astype(f32)), xs, reverse=True, unroll=SCAN_UNROLL
     )
-    return dpre_TxBxG, dh0.astype(h0_BxH.dtype), dc0.astype(c0_BxH.dtype), h_prev_TxBxH
+    dtable_RxG = None
+    if index_TxB is not None:
+        dtable_RxG = jnp.zeros((table_rows, dpre_TxBxG.shape[-1]), f32).at[index_TxB].add(dpre_TxBxG)
+    return dpre_TxBxG, dh0.astype(h0_BxH.dtype), dc0.astype(c0_BxH.dtype), dpre_TxBxG.sum((0, 1)), dtable_RxG
 
 
 def _weight_grad(x_TxBxK, dpre_TxBxG, dtype):
     """sum over t, b of x^T dpre: one GEMM over all T * B rows, x (the narrower operand) transposed."""
     T, B, K = x_TxBxK.shape
     x_KxN = x_TxBxK.reshape(T * B, K).T.astype(dtype)
+    if jax.default_backend() == "cpu":
+        # XLA would fold the transpose into the dot, and a dot that contracts the lhs's rows is not one for
+        # YNNPACK but for Eigen, ~1.4x slower per FLOP here; copying x^T out first costs less (+4.5% tokens/s
+        # on `small`). Accelerators' GEMMs take transposed operands as they are.
+        x_KxN = jax.lax.optimization_barrier(x_KxN)
     dpre_NxG = dpre_TxBxG.reshape(T * B, -1).astype(dtype)
     return jnp.matmul(x_KxN, dpre_NxG, preferred_element_type=jnp.promote_types(dtype, jnp.float32))
 
 
 @jax.custom_vjp
-def _lstm_layer(pre_TxBxG, wh_HxG, h_BxH, c_BxH):
-    """hs_TxBxH, h_T, c_T of one LSTM layer from `pre` = its input projection + bias, for all T steps."""
-    (h_BxH, c_BxH), hs_TxBxH = _lstm_scan(pre_TxBxG, wh_HxG, h_BxH, c_BxH, keep=False)
+def _lstm_layer(table_VxG, tokens_TxB, b_G, wh_HxG, h_BxH, c_BxH):
+    """hs_TxBxH, h_T, c_T of the first LSTM layer, whose input projection at step t, row b is
+    table_VxG[tokens_TxB[t, b]] + b_G (the table: embed @ W_x)."""
+    (h_BxH, c_BxH), hs_TxBxH = _lstm_scan(table_VxG, tokens_TxB, b_G, wh_HxG, h_BxH, c_BxH, keep=False)
     return hs_TxBxH, h_BxH, c_BxH
 
 
-def _lstm_layer_fwd(pre_TxBxG, wh_HxG, h0_BxH, c0_BxH):
-    (hT, cT), (hs_TxBxH, cs_TxBxH, a_TxBxG) = _lstm_scan(pre_TxBxG, wh_HxG, h0_BxH, c0_BxH, keep=True)
-    return (hs_TxBxH, hT, cT), (wh_HxG, h0_BxH, c0_BxH, hs_TxBxH, cs_TxBxH, a_TxBxG)
+def _lstm_layer_fwd(table_VxG, tokens_TxB, b_G, wh_HxG, h0_BxH, c0_BxH):
+    (hT, cT), kept = _lstm_scan(table_VxG, tokens_TxB, b_G, wh_HxG, h0_BxH, c0_BxH, keep=True)
+    res = (wh_HxG, h0_BxH, c0_BxH, *kept[1:])
+    return (kept[0], hT, cT), (res, table_VxG, tokens_TxB, b_G)
 
 
 def _lstm_layer_bwd(res, cotangents):
-    wh_HxG = res[0]
-    dpre_TxBxG, dh0, dc0, h_prev_TxBxH = _lstm_backward(res, cotangents)
-    dwh_HxG = _weight_grad(h_prev_TxBxH, dpre_TxBxG, wh_HxG.dtype)
-    return dpre_TxBxG.astype(res[5].dtype), dwh_HxG.astype(wh_HxG.dtype), dh0, dc0
+    res, table_VxG, tokens_TxB, b_G = res
+    wh_HxG, h_prevs_TxBxH = res[0], res[3]
+    dpre_TxBxG, dh0, dc0, db_G, dtable_VxG = _lstm_backward(res, cotangents, tokens_TxB, table_VxG.shape[0])
+    dwh_HxG = _weight_grad(h_prevs_TxBxH, dpre_TxBxG, wh_HxG.dtype)
+    return (
+        dtable_VxG.astype(table_VxG.dtype),
+        None,  # the tokens: integers
+        db_G.astype(b_G.dtype),
+        dwh_HxG.astype(wh_HxG.dtype),
+        dh0,
+        dc0,
+    )
 
 
 _lstm_layer.defvjp(_lstm_layer_fwd, _lstm_layer_bwd)
@@ -259,34 +292,35 @@ _lstm_layer.defvjp(_lstm_layer_fwd, _lstm_layer_bwd)
 @jax.custom_vjp
 def _lstm_layer_x(x_TxBxI, wx_IxG, b_G, wh_HxG, h_BxH, c_BxH):
     """hs_TxBxH, h_T, c_T of one LSTM layer from its input x: the input projection is one GEMM over all T
-    steps, and in the backward dW_x and dW_h are one GEMM over [x, h_prev]."""
-    pre_TxBxG = _mm(x_TxBxI, wx_IxG) + b_G
-    (h_BxH, c_BxH), hs_TxBxH = _lstm_scan(pre_TxBxG, wh_HxG, h_BxH, c_BxH, keep=False)
+    steps, and so are dW_x and dW_h in the backward."""
+    proj_NxG = _mm(x_TxBxI.reshape(-1, x_TxBxI.shape[-1]), wx_IxG)
+    (h_BxH, c_BxH), hs_TxBxH = _lstm_scan(proj_NxG, None, b_G, wh_HxG, h_BxH, c_BxH, keep=False)
     return hs_TxBxH, h_BxH, c_BxH
 
 
 def _lstm_layer_x_fwd(x_TxBxI, wx_IxG, b_G, wh_HxG, h0_BxH, c0_BxH):
-    pre_TxBxG = _mm(x_TxBxI, wx_IxG) + b_G
-    (hT, cT), (hs_TxBxH, cs_TxBxH, a_TxBxG) = _lstm_scan(pre_TxBxG, wh_HxG, h0_BxH, c0_BxH, keep=True)
-    return (hs_TxBxH, hT, cT), ((wh_HxG, h0_BxH, c0_BxH, hs_TxBxH, cs_TxBxH, a_TxBxG), x_TxBxI, wx_IxG, b_G)
+    proj_NxG = _mm(x_TxBxI.reshape(-1, x_TxBxI.shape[-1]), wx_IxG)
+    (hT, cT), kept = _lstm_scan(proj_NxG, None, b_G, wh_HxG, h0_BxH, c0_BxH, keep=True)
+    return (kept[0], hT, cT), ((wh_HxG, h0_BxH, c0_BxH, *kept[1:]), x_TxBxI, wx_IxG, b_G)
 
 
 def _lstm_layer_x_bwd(res, cotangents):
     res, x_TxBxI, wx_IxG, b_G = res
-    wh_HxG = res[0]
-    n_in = x_TxBxI.shape[-1]
-    dpre_TxBxG, dh0, dc0, h_prev_TxBxH = _lstm_backward(res, cotangents)
-    xh_TxBxK = jnp.concatenate([x_TxBxI.astype(h_prev_TxBxH.dtype), h_prev_TxBxH], axis=-1)
-    dw_KxG = _weight_grad(xh_TxBxK, dpre_TxBxG, wh_HxG.dtype)
+    wh_HxG, h_prevs_TxBxH = res[0], res[3]
+    dpre_TxBxG, dh0, dc0, db_G, _ = _lstm_backward(res, cotangents)
+    # dW_x and dW_h as two GEMMs: one over [x, h_prev] needs their concatenation first (measured 2.5% slower
+    # on `small`)
+    dwx_IxG = _weight_grad(x_TxBxI, dpre_TxBxG, wx_IxG.dtype)
+    dwh_HxG = _weight_grad(h_prevs_TxBxH, dpre_TxBxG, wh_HxG.dtype)
     dx_TxBxI = jax.lax.dot_general(
         dpre_TxBxG.astype(wx_IxG.dtype), wx_IxG, (((2,), (1,)), ((), ())),
         preferred_element_type=jnp.promote_types(wx_IxG.dtype, jnp.float32),
     )  # fmt: skip
     return (
         dx_TxBxI.astype(x_TxBxI.dtype),
-        dw_KxG[:n_in].astype(wx_IxG.dtype),
-        dpre_TxBxG.sum((0, 1)).astype(b_G.dtype),
-        dw_KxG[n_in:].astype(wh_HxG.dtype),
+        dwx_IxG.astype(wx_IxG.dtype),
+        db_G.astype(b_G.dtype),
+        dwh_HxG.astype(wh_HxG.dtype),
         dh0,
         dc0,
     )
@@ -336,22 +370,22 @@ def _hidden(params, tokens_BxT, carry_LxSxBxH, cfg, dropout_key):
     for layer, lp in enumerate(params["layers"]):
         wx_IxG, b_G, wh_HxG = lp["wx_IxG"].astype(dtype), lp["b_G"].astype(acc), lp["wh_HxG"].astype(dtype)
         carry_SxBxH = carry_LxSxBxH[layer].astype(acc)
-        if layer == 0:
-            table_VxG = _mm(params["embed_VxE"].astype(acc), wx_IxG) + b_G
-            pre_TxBxG = table_VxG[tokens_TxB]
+        if layer == 0:  # the input is one-hot: its projection is a row of embed @ W_x
+            table_VxG = _mm(params["embed_VxE"].astype(acc), wx_IxG)
         elif masks is not None:
             hs_TxBxH = hs_TxBxH * masks[layer].astype(acc)
         if cfg.cell == "lstm":
             if layer == 0:
-                hs_TxBxH, h_BxH, c_BxH = _lstm_layer(pre_TxBxG, wh_HxG, carry_SxBxH[0], carry_SxBxH[1])
+                hs_TxBxH, h_BxH, c_BxH = _lstm_layer(
+                    table_VxG, tokens_TxB, b_G, wh_HxG, carry_SxBxH[0], carry_SxBxH[1]
+                )
             else:
                 hs_TxBxH, h_BxH, c_BxH = _lstm_layer_x(
                     hs_TxBxH, wx_IxG, b_G, wh_HxG, carry_SxBxH[0], carry_SxBxH[1]
                 )
             new_carry.append(jnp.stack([h_BxH, c_BxH]))
         else:
-            if layer > 0:
-                pre_TxBxG = _mm(hs_TxBxH, wx_IxG) + b_G
+            pre_TxBxG = (table_VxG[tokens_TxB] if layer == 0 else _mm(hs_TxBxH, wx_IxG)) + b_G
             hs_TxBxH, last_SxBxH = _generic_layer(cfg.cell, pre_TxBxG, wh_HxG, carry_SxBxH)
             new_carry.append(last_SxBxH)
     if masks is not None:

@@ -31,7 +31,14 @@ def test_kernels_are_built_where_they_can_run():
 def random_layer(T, B, H, seed):
     rng = np.random.default_rng(seed)
     normal = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.float32)
-    return normal(T, B, 4 * H), normal(H, 4 * H) / np.sqrt(H), normal(B, H), normal(B, H), normal(T, B, H)
+    return (
+        normal(T * B, 4 * H),
+        normal(4 * H),
+        normal(H, 4 * H) / np.sqrt(H),
+        normal(B, H),
+        normal(B, H),
+        normal(T, B, H),
+    )
 
 
 # H 5 and 40: units that do not fill the last 16-lane panel; B 1, 7, 13: every remainder of the row tiles
@@ -40,19 +47,39 @@ SHAPES = [(1, 1, 5), (4, 7, 40), (9, 13, 16), (3, 32, 64)]
 
 
 @needs_kernel
+@pytest.mark.parametrize("indexed", [False, True], ids=["projections", "table"])
 @pytest.mark.parametrize("T,B,H", SHAPES)
-def test_forward_and_backward_equal_the_scans(T, B, H, monkeypatch):
-    pre, wh, h0, c0, dhs = random_layer(T, B, H, seed=T * 100 + B)
+def test_forward_and_backward_equal_the_scans(T, B, H, indexed, monkeypatch):
+    """Both input forms: the projections of every step in order (deeper layers), and rows of a table picked
+    by an index (the first layer's embed @ W_x by the tokens), each plus the bias."""
+    table, bias, wh, h0, c0, dhs = random_layer(T, B, H, seed=T * 100 + B)
+    index, rows = None, 0
+    if indexed:  # 11 rows for up to 9 * 32 steps and rows: most rows are read (and summed into) many times
+        rng = np.random.default_rng(T)
+        table = jnp.asarray(rng.standard_normal((11, 4 * H)), jnp.float32)
+        index, rows = jnp.asarray(rng.integers(0, 11, (T, B)), jnp.int32), 11
     cotangents = (dhs, dhs[0] * 0.5, dhs[-1] * -0.3)
     results = {}
     for native in (False, True):
         monkeypatch.setattr(model, "NATIVE_LSTM", native)
-        (hT, cT), kept = model._lstm_scan(pre, wh, h0, c0, keep=True)
-        dpre, dh0, dc0, _ = model._lstm_backward((wh, h0, c0, *kept), cotangents)
-        results[native] = (hT, cT, *kept, dpre, dh0, dc0)
-    names = ["h_T", "c_T", "hs", "cs", "gates", "dpre", "dh0", "dc0"]
+        (hT, cT), kept = model._lstm_scan(table, index, bias, wh, h0, c0, keep=True)
+        grads = model._lstm_backward((wh, h0, c0, *kept[1:]), cotangents, index, rows)
+        results[native] = (hT, cT, *kept, *grads)
+    names = ["h_T", "c_T", "hs", "h_prevs", "cs", "gates", "dpre", "dh0", "dc0", "db", "dtable"]
+    if not indexed:  # no table: no table gradient
+        assert results[True][-1] is None and results[False][-1] is None
+        names, results = names[:-1], {native: got[:-1] for native, got in results.items()}
     for name, got, want in zip(names, results[True], results[False], strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6, err_msg=name)
+
+
+@needs_kernel
+def test_an_index_outside_the_table_is_an_error():
+    table, bias, wh, h0, c0, _ = random_layer(2, 3, 16, seed=0)
+    index = jnp.asarray([[0, 1, 2], [3, 4, 6]], jnp.int32)
+    with pytest.raises(Exception, match="index out of range"):
+        jax.block_until_ready(lstm_recurrence.forward(table, index, bias, wh, h0, c0))
+    jax.block_until_ready(lstm_recurrence.forward(table, index.at[1, 2].set(5), bias, wh, h0, c0))
 
 
 @needs_kernel

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <thread>
 
@@ -66,17 +67,29 @@ JV_TARGET inline __m512 dsigmoid(__m512 a) {
   return _mm512_mul_ps(_mm512_set1_ps(0.25f), _mm512_fnmadd_ps(a, a, _mm512_set1_ps(1.f)));
 }
 
-// Forward, rows row0 .. row0+R of one step, hidden units col .. col+16 (`mask` drops units past H):
-// pre-activations = pre + h_prev @ Wh for the four gates, then a = tanh(pre * [.5, .5, .5, 1]) and the cell
-// update, all in registers. `w` is the units' panel [4, H, 16]; rows are [B, H] or [B, 4H] arrays.
+// What one step of one panel of 16 hidden units (col .. col+16; `mask` drops units past H) reads and writes.
+// Rows are [B, H] or [B, 4H] arrays of the step.
+struct ForwardStep {
+  const float *h_prev, *c_prev;
+  const float* w;                   // the units' panel of Wh, [4, H, 16]
+  const float *table, *bias;        // input projections [R, 4H] and the bias [4H]
+  const int32_t* index;             // the step's B rows of the table
+  float *h, *c, *a;                 // outputs: h, c and the gates' tanh [B, 4H]
+  float* h_as_prev;                 // h again, as the next step's h_prev (null at the last step)
+  int64_t H, col;
+  __mmask16 mask;
+};
+
+// Forward, rows row0 .. row0+R: pre-activations = (table[index[row]] + bias) + h_prev @ Wh for the four gates,
+// then a = tanh(pre * [.5, .5, .5, 1]) and the cell update, all in registers.
 template <int R>
-JV_TARGET void forward_tile(const float* h_prev, const float* c_prev, const float* w, const float* pre, float* h,
-                            float* c, float* a, int64_t H, int64_t row0, int64_t col, __mmask16 mask) {
-  const int64_t G = 4 * H;
+JV_TARGET void forward_tile(int64_t row0, const ForwardStep& p) {
+  const int64_t H = p.H, G = 4 * H, col = p.col;
+  const __mmask16 mask = p.mask;
   __m512 acc[4][R];
   for (int q = 0; q < 4; ++q)
     for (int r = 0; r < R; ++r) acc[q][r] = _mm512_setzero_ps();
-  const float* x = h_prev + row0 * H;
+  const float *x = p.h_prev + row0 * H, *w = p.w;
   for (int64_t k = 0; k < H; ++k) {
     const __m512 w0 = _mm512_loadu_ps(w + k * kLanes), w1 = _mm512_loadu_ps(w + (H + k) * kLanes),
                  w2 = _mm512_loadu_ps(w + (2 * H + k) * kLanes), w3 = _mm512_loadu_ps(w + (3 * H + k) * kLanes);
@@ -91,75 +104,106 @@ JV_TARGET void forward_tile(const float* h_prev, const float* c_prev, const floa
   const __m512 half = _mm512_set1_ps(0.5f);
   for (int r = 0; r < R; ++r) {
     const int64_t g = (row0 + r) * G + col, u = (row0 + r) * H + col;
+    const float* pre = p.table + static_cast<int64_t>(p.index[row0 + r]) * G + col;
     __m512 gate[4];
     for (int q = 0; q < 4; ++q) {
-      const __m512 s = _mm512_add_ps(load(mask, pre + g + q * H), acc[q][r]);
+      const __m512 s = _mm512_add_ps(_mm512_add_ps(load(mask, pre + q * H), load(mask, p.bias + col + q * H)),
+                                     acc[q][r]);
       gate[q] = tanh16(q < 3 ? _mm512_mul_ps(s, half) : s);
-      store(mask, a + g + q * H, gate[q]);
+      store(mask, p.a + g + q * H, gate[q]);
     }
-    const __m512 cn = _mm512_fmadd_ps(half_plus_half(gate[1]), load(mask, c_prev + u),
+    const __m512 cn = _mm512_fmadd_ps(half_plus_half(gate[1]), load(mask, p.c_prev + u),
                                       _mm512_mul_ps(half_plus_half(gate[0]), gate[3]));
-    store(mask, c + u, cn);
-    store(mask, h + u, _mm512_mul_ps(half_plus_half(gate[2]), tanh16(cn)));
+    store(mask, p.c + u, cn);
+    const __m512 h = _mm512_mul_ps(half_plus_half(gate[2]), tanh16(cn));
+    store(mask, p.h + u, h);
+    if (p.h_as_prev != nullptr) store(mask, p.h_as_prev + u, h);
   }
 }
 
-// Backward, rows row0 .. row0+R of step t, units col .. col+16. dh = dpre[t+1] @ Wh^T (or dh_T at the last
-// step) + the output's gradient; dc = dc carried (or dc_T) + dh * p; dpre[t] = [dc, dc, dh, dc] * k; the carried
-// dc becomes dc * f, where k, p and f come from the forward's gates a[t] and cells c[t], c[t-1] (model.py's
-// scan path computes the same factors for all steps at once). With `dpre` null only the product is stored,
-// into `dh_out` (dh_0 after the first step). `w` is the units' panel of Wh^T, [4H, 16].
+struct BackwardStep {
+  const float* dpre_next;           // dpre of the step after (null at the last step: dh_last instead)
+  const float* w;                   // the units' panel of Wh^T, [4H, 16]
+  const float *dh_last, *dc_last;   // dh_T, dc_T
+  const float* dh_out_grad;         // the gradient of the step's output h
+  const float *a, *c, *c_prev;      // the forward's gates and cells
+  float* dc_carry;                  // dc, carried from step to step
+  float* dpre;                      // output (null at the extra step that only computes dh_0)
+  float* dh_out;                    // dh_0, at the extra step
+  float* db;                        // sum of dpre over steps and rows [4H]
+  float* dtable;                    // sum of dpre by table row [R, 4H] (null: not wanted)
+  const int32_t* index;             // the step's B rows of the table
+  int64_t H, col;
+  __mmask16 mask;
+};
+
+// Backward, rows row0 .. row0+R of step t. dh = dpre[t+1] @ Wh^T (or dh_T at the last step) + the output's
+// gradient; dc = dc carried (or dc_T) + dh * p; dpre[t] = [dc, dc, dh, dc] * k; the carried dc becomes dc * f,
+// where k, p and f come from the forward's gates a[t] and cells c[t], c[t-1] (model.py's scan path computes the
+// same factors for all steps at once). dpre is also summed into db and, by table row, into dtable: the input
+// projection's gradients, without another pass over dpre. With `dpre` null only the product is stored, into
+// `dh_out` (dh_0 after the first step).
 template <int R>
-JV_TARGET void backward_tile(const float* dpre_next, const float* w, const float* dh_last, const float* dc_last,
-                             const float* dh_out_grad, const float* a, const float* c, const float* c_prev,
-                             float* dc_carry, float* dpre, float* dh_out, int64_t H, int64_t row0, int64_t col,
-                             __mmask16 mask) {
-  const int64_t G = 4 * H;
+JV_TARGET void backward_tile(int64_t row0, const BackwardStep& p) {
+  const int64_t H = p.H, G = 4 * H, col = p.col;
+  const __mmask16 mask = p.mask;
   __m512 acc[R];
-  if (dpre_next != nullptr) {
+  if (p.dpre_next != nullptr) {
     for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
-    const float* x = dpre_next + row0 * G;
+    const float* x = p.dpre_next + row0 * G;
     for (int64_t i = 0; i < G; ++i) {
-      const __m512 wv = _mm512_loadu_ps(w + i * kLanes);
+      const __m512 wv = _mm512_loadu_ps(p.w + i * kLanes);
       for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(x[r * G + i]), wv, acc[r]);
     }
   } else {
-    for (int r = 0; r < R; ++r) acc[r] = load(mask, dh_last + (row0 + r) * H + col);
+    for (int r = 0; r < R; ++r) acc[r] = load(mask, p.dh_last + (row0 + r) * H + col);
+  }
+  if (p.dpre == nullptr) {
+    for (int r = 0; r < R; ++r) store(mask, p.dh_out + (row0 + r) * H + col, acc[r]);
+    return;
   }
   const __m512 one = _mm512_set1_ps(1.f);
+  __m512 db[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
   for (int r = 0; r < R; ++r) {
     const int64_t g = (row0 + r) * G + col, u = (row0 + r) * H + col;
-    if (dpre == nullptr) {
-      store(mask, dh_out + u, acc[r]);
-      continue;
+    const __m512 ai = load(mask, p.a + g), af = load(mask, p.a + g + H), ao = load(mask, p.a + g + 2 * H),
+                 ag = load(mask, p.a + g + 3 * H);
+    const __m512 tc = tanh16(load(mask, p.c + u));
+    const __m512 pc = _mm512_mul_ps(half_plus_half(ao), _mm512_fnmadd_ps(tc, tc, one));
+    const __m512 dh = _mm512_add_ps(acc[r], load(mask, p.dh_out_grad + u));
+    const __m512 dc_in = load(mask, (p.dpre_next != nullptr ? p.dc_carry : p.dc_last) + u);
+    const __m512 dc = _mm512_fmadd_ps(dh, pc, dc_in);
+    const __m512 d[4] = {
+        _mm512_mul_ps(dc, _mm512_mul_ps(ag, dsigmoid(ai))),
+        _mm512_mul_ps(dc, _mm512_mul_ps(load(mask, p.c_prev + u), dsigmoid(af))),
+        _mm512_mul_ps(dh, _mm512_mul_ps(tc, dsigmoid(ao))),
+        _mm512_mul_ps(dc, _mm512_mul_ps(half_plus_half(ai), _mm512_fnmadd_ps(ag, ag, one))),
+    };
+    float* dtable_row = p.dtable == nullptr ? nullptr : p.dtable + static_cast<int64_t>(p.index[row0 + r]) * G + col;
+    for (int q = 0; q < 4; ++q) {
+      store(mask, p.dpre + g + q * H, d[q]);
+      db[q] = _mm512_add_ps(db[q], d[q]);
+      if (dtable_row != nullptr)
+        store(mask, dtable_row + q * H, _mm512_add_ps(load(mask, dtable_row + q * H), d[q]));
     }
-    const __m512 ai = load(mask, a + g), af = load(mask, a + g + H), ao = load(mask, a + g + 2 * H),
-                 ag = load(mask, a + g + 3 * H);
-    const __m512 tc = tanh16(load(mask, c + u));
-    const __m512 p = _mm512_mul_ps(half_plus_half(ao), _mm512_fnmadd_ps(tc, tc, one));
-    const __m512 dh = _mm512_add_ps(acc[r], load(mask, dh_out_grad + u));
-    const __m512 dc_in = load(mask, (dpre_next != nullptr ? dc_carry : dc_last) + u);
-    const __m512 dc = _mm512_fmadd_ps(dh, p, dc_in);
-    store(mask, dpre + g, _mm512_mul_ps(dc, _mm512_mul_ps(ag, dsigmoid(ai))));
-    store(mask, dpre + g + H, _mm512_mul_ps(dc, _mm512_mul_ps(load(mask, c_prev + u), dsigmoid(af))));
-    store(mask, dpre + g + 2 * H, _mm512_mul_ps(dh, _mm512_mul_ps(tc, dsigmoid(ao))));
-    store(mask, dpre + g + 3 * H, _mm512_mul_ps(dc, _mm512_mul_ps(half_plus_half(ai), _mm512_fnmadd_ps(ag, ag, one))));
-    store(mask, dc_carry + u, _mm512_mul_ps(dc, half_plus_half(af)));
+    store(mask, p.dc_carry + u, _mm512_mul_ps(dc, half_plus_half(af)));
   }
+  for (int q = 0; q < 4; ++q)
+    store(mask, p.db + col + q * H, _mm512_add_ps(load(mask, p.db + col + q * H), db[q]));
 }
 
 // Rows in tiles of up to R_MAX (the forward's 4 x 6 sums, the backward's 12, fit in the 32 registers), as
 // even as possible: 50 rows as 12+12+12+12+2 would leave the last tile's few FMA chains waiting on their own
 // latency for a whole pass over the weights; 10+10+10+10+10 keeps every pass busy.
-template <template <int> class Tile, int R_MAX, typename... Args>
-JV_TARGET void rows(int64_t B, Args... args) {
+template <template <int> class Tile, int R_MAX, typename Step>
+JV_TARGET void rows(int64_t B, const Step& step) {
   const int64_t tiles = (B + R_MAX - 1) / R_MAX;
   for (int64_t i = 0, row0 = 0; i < tiles; ++i) {
     const int64_t n = B / tiles + (i < B % tiles ? 1 : 0);
     switch (n) {
 #define JV_CASE(r)                                       \
   case r:                                                \
-    if constexpr (r <= R_MAX) Tile<r>::run(row0, args...); \
+    if constexpr (r <= R_MAX) Tile<r>::run(row0, step);    \
     break;
       JV_CASE(1) JV_CASE(2) JV_CASE(3) JV_CASE(4) JV_CASE(5) JV_CASE(6)
       JV_CASE(7) JV_CASE(8) JV_CASE(9) JV_CASE(10) JV_CASE(11) JV_CASE(12)
@@ -173,21 +217,12 @@ JV_TARGET void rows(int64_t B, Args... args) {
 
 template <int R>
 struct ForwardTile {
-  JV_TARGET static void run(int64_t row0, const float* h_prev, const float* c_prev, const float* w, const float* pre,
-                            float* h, float* c, float* a, int64_t H, int64_t col, __mmask16 mask) {
-    forward_tile<R>(h_prev, c_prev, w, pre, h, c, a, H, row0, col, mask);
-  }
+  JV_TARGET static void run(int64_t row0, const ForwardStep& p) { forward_tile<R>(row0, p); }
 };
 
 template <int R>
 struct BackwardTile {
-  JV_TARGET static void run(int64_t row0, const float* dpre_next, const float* w, const float* dh_last,
-                            const float* dc_last, const float* dh_out_grad, const float* a, const float* c,
-                            const float* c_prev, float* dc_carry, float* dpre, float* dh_out, int64_t H, int64_t col,
-                            __mmask16 mask) {
-    backward_tile<R>(dpre_next, w, dh_last, dc_last, dh_out_grad, a, c, c_prev, dc_carry, dpre, dh_out, H, row0, col,
-                     mask);
-  }
+  JV_TARGET static void run(int64_t row0, const BackwardStep& p) { backward_tile<R>(row0, p); }
 };
 
 bool has_avx512() { return __builtin_cpu_supports("avx512f"); }
@@ -195,6 +230,36 @@ bool has_avx512() { return __builtin_cpu_supports("avx512f"); }
 inline __mmask16 lanes_mask(int64_t H, int64_t col) {
   const int64_t n = std::min<int64_t>(kLanes, H - col);
   return static_cast<__mmask16>((1u << n) - 1u);
+}
+
+// The weight panels, packed by the thread that will read them, at its first step (so they start in its own
+// cache; XLA's transposes for the same took 0.3-0.5 ms each and a buffer on `small`). Units past H are zero.
+// Forward panel of units col .. col+16: [4, H, 16], gate q's row k = Wh[k, qH + col .. qH + col + 16].
+JV_TARGET void pack_forward_panel(const float* wh, float* panel, int64_t H, int64_t col) {
+  const __mmask16 mask = lanes_mask(H, col);
+  for (int64_t q = 0; q < 4; ++q)
+    for (int64_t k = 0; k < H; ++k)
+      _mm512_storeu_ps(panel + (q * H + k) * kLanes, load(mask, wh + k * 4 * H + q * H + col));
+}
+
+// Rows of [rows, H] arrays, units col .. col+16: dst = src.
+JV_TARGET void copy_units(const float* src, float* dst, int64_t rows, int64_t H, int64_t col) {
+  const __mmask16 mask = lanes_mask(H, col);
+  for (int64_t r = 0; r < rows; ++r) store(mask, dst + r * H + col, load(mask, src + r * H + col));
+}
+
+// Rows of a [rows, 4H] array, the four gates' columns of units col .. col+16: zero.
+JV_TARGET void zero_gate_units(float* dst, int64_t rows, int64_t H, int64_t col) {
+  const __mmask16 mask = lanes_mask(H, col);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t q = 0; q < 4; ++q) store(mask, dst + r * 4 * H + q * H + col, _mm512_setzero_ps());
+}
+
+// Backward panel of units col .. col+16: [4H, 16], row i = Wh[col .. col+16, i] (Wh^T's columns of the units).
+void pack_backward_panel(const float* wh, float* panel, int64_t H, int64_t col) {
+  const int64_t G = 4 * H, n = std::min<int64_t>(kLanes, H - col);
+  for (int64_t i = 0; i < G; ++i)
+    for (int64_t l = 0; l < kLanes; ++l) panel[i * kLanes + l] = l < n ? wh[(col + l) * G + i] : 0.f;
 }
 
 #else
@@ -257,28 +322,61 @@ Split split_units(ffi::ThreadPool& pool, int64_t H) {
   return {panels, std::clamp<int64_t>(pool.num_threads(), 1, panels)};
 }
 
-ffi::Error LstmForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> pre, ffi::Buffer<ffi::F32> w,
-                       ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0, ffi::ResultBuffer<ffi::F32> hs,
+// 64-byte aligned floats (the panels are read in whole cache lines), freed when the call returns.
+struct Panels {
+  explicit Panels(int64_t count)
+      : data(static_cast<float*>(std::aligned_alloc(64, ((count * sizeof(float) + 63) / 64) * 64))) {}
+  ~Panels() { std::free(data); }
+  float* data;
+};
+
+ffi::Error LstmForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> table, ffi::Buffer<ffi::S32> index,
+                       ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> wh, ffi::Buffer<ffi::F32> h0,
+                       ffi::Buffer<ffi::F32> c0, ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> h_prevs,
                        ffi::ResultBuffer<ffi::F32> cs, ffi::ResultBuffer<ffi::F32> a) {
 #if JV_X86
-  auto pd = pre.dimensions(), wd = w.dimensions(), hd = h0.dimensions();
-  if (pd.size() != 3 || wd.size() != 4 || hd.size() != 2)
-    return ffi::Error::InvalidArgument("lstm_forward: expected pre[T, B, 4H], w[ceil(H/16), 4, H, 16], h0[B, H]");
-  const int64_t T = pd[0], B = pd[1], H = hd[1];
+  auto td = table.dimensions(), id = index.dimensions(), wd = wh.dimensions(), hd = h0.dimensions();
+  if (td.size() != 2 || id.size() != 2 || wd.size() != 2 || hd.size() != 2)
+    return ffi::Error::InvalidArgument(
+        "lstm_forward: expected table[R, 4H], index[T, B], bias[4H], wh[H, 4H], h0[B, H], c0[B, H]");
+  const int64_t T = id[0], B = id[1], H = hd[1], R = td[0];
   const int64_t G = 4 * H;
-  if (pd[2] != G || hd[0] != B || wd[0] != (H + kLanes - 1) / kLanes || wd[1] != 4 || wd[2] != H ||
-      wd[3] != kLanes || c0.dimensions()[0] != B || c0.dimensions()[1] != H)
+  if (td[1] != G || hd[0] != B || wd[0] != H || wd[1] != G || bias.element_count() != size_t(G) ||
+      c0.element_count() != size_t(B * H))
     return ffi::Error::InvalidArgument("lstm_forward: shapes do not agree");
-  const float *pre_p = pre.typed_data(), *w_p = w.typed_data(), *h0_p = h0.typed_data(), *c0_p = c0.typed_data();
-  float *hs_p = hs->typed_data(), *cs_p = cs->typed_data(), *a_p = a->typed_data();
+  const int32_t* index_p = index.typed_data();
+  for (int64_t n = 0; n < T * B; ++n)
+    if (index_p[n] < 0 || index_p[n] >= R) return ffi::Error::InvalidArgument("lstm_forward: index out of range");
+  const float *table_p = table.typed_data(), *bias_p = bias.typed_data(), *wh_p = wh.typed_data(),
+              *h0_p = h0.typed_data(), *c0_p = c0.typed_data();
+  float *hs_p = hs->typed_data(), *hp_p = h_prevs->typed_data(), *cs_p = cs->typed_data(), *a_p = a->typed_data();
   const Split units = split_units(pool, H);
+  const int64_t panel_size = 4 * H * kLanes;
+  Panels packed(units.panels * panel_size);
+  float* w_p = packed.data;
   run_steps(pool, T, units.pieces, [=](int64_t t, int64_t q) {
-    const float* h_prev = t == 0 ? h0_p : hs_p + (t - 1) * B * H;
-    const float* c_prev = t == 0 ? c0_p : cs_p + (t - 1) * B * H;
+    if (t == 0)
+      for (int64_t panel = units.begin(q); panel < units.begin(q + 1); ++panel) {
+        const int64_t col = panel * kLanes;
+        pack_forward_panel(wh_p, w_p + panel * panel_size, H, col);
+        copy_units(h0_p, hp_p, B, H, col);  // h_prevs[0] = h0
+      }
     for (int64_t panel = units.begin(q); panel < units.begin(q + 1); ++panel) {
       const int64_t col = panel * kLanes;
-      rows<ForwardTile, 6>(B, h_prev, c_prev, w_p + panel * 4 * H * kLanes, pre_p + t * B * G, hs_p + t * B * H,
-                           cs_p + t * B * H, a_p + t * B * G, H, col, lanes_mask(H, col));
+      const ForwardStep step{t == 0 ? h0_p : hs_p + (t - 1) * B * H,
+                             t == 0 ? c0_p : cs_p + (t - 1) * B * H,
+                             w_p + panel * panel_size,
+                             table_p,
+                             bias_p,
+                             index_p + t * B,
+                             hs_p + t * B * H,
+                             cs_p + t * B * H,
+                             a_p + t * B * G,
+                             t + 1 < T ? hp_p + (t + 1) * B * H : nullptr,
+                             H,
+                             col,
+                             lanes_mask(H, col)};
+      rows<ForwardTile, 6>(B, step);
     }
   });
   return ffi::Error::Success();
@@ -288,35 +386,68 @@ ffi::Error LstmForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> pre, ffi::Buf
 }
 
 ffi::Error LstmBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> cs,
-                        ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> w,
-                        ffi::Buffer<ffi::F32> dh_last, ffi::Buffer<ffi::F32> dc_last, ffi::ResultBuffer<ffi::F32> dpre,
-                        ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0) {
+                        ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> wh,
+                        ffi::Buffer<ffi::F32> dh_last, ffi::Buffer<ffi::F32> dc_last, ffi::Buffer<ffi::S32> index,
+                        ffi::ResultBuffer<ffi::F32> dpre, ffi::ResultBuffer<ffi::F32> dh0,
+                        ffi::ResultBuffer<ffi::F32> dc0, ffi::ResultBuffer<ffi::F32> db,
+                        ffi::ResultBuffer<ffi::F32> dtable) {
 #if JV_X86
-  auto ad = a.dimensions(), wd = w.dimensions(), hd = dh_last.dimensions();
-  if (ad.size() != 3 || wd.size() != 3 || hd.size() != 2)
-    return ffi::Error::InvalidArgument("lstm_backward: expected a[T, B, 4H], w[ceil(H/16), 4H, 16], dh[B, H]");
-  const int64_t T = ad[0], B = ad[1], H = hd[1];
+  auto ad = a.dimensions(), wd = wh.dimensions(), hd = dh_last.dimensions(), dtd = dtable->dimensions();
+  if (ad.size() != 3 || wd.size() != 2 || hd.size() != 2 || dtd.size() != 2)
+    return ffi::Error::InvalidArgument(
+        "lstm_backward: expected a[T, B, 4H], wh[H, 4H], dh[B, H], dtable[R, 4H] (R may be 0)");
+  const int64_t T = ad[0], B = ad[1], H = hd[1], R = dtd[0];
   const int64_t G = 4 * H;
-  if (ad[2] != G || hd[0] != B || wd[0] != (H + kLanes - 1) / kLanes || wd[1] != G || wd[2] != kLanes ||
-      cs.element_count() != T * B * H || dhs.element_count() != T * B * H || c0.element_count() != B * H ||
-      dc_last.element_count() != B * H)
+  const size_t steps_BxH = T * B * H, BxH = B * H;
+  if (ad[2] != G || hd[0] != B || wd[0] != H || wd[1] != G || dtd[1] != G || cs.element_count() != steps_BxH ||
+      dhs.element_count() != steps_BxH || c0.element_count() != BxH || dc_last.element_count() != BxH ||
+      db->element_count() != size_t(G) || (R > 0 && index.element_count() != size_t(T * B)))
     return ffi::Error::InvalidArgument("lstm_backward: shapes do not agree");
+  const int32_t* index_p = index.typed_data();
+  if (R > 0)
+    for (int64_t n = 0; n < T * B; ++n)
+      if (index_p[n] < 0 || index_p[n] >= R) return ffi::Error::InvalidArgument("lstm_backward: index out of range");
   const float *a_p = a.typed_data(), *cs_p = cs.typed_data(), *c0_p = c0.typed_data(), *dhs_p = dhs.typed_data(),
-              *w_p = w.typed_data(), *dh_last_p = dh_last.typed_data(), *dc_last_p = dc_last.typed_data();
-  float *dpre_p = dpre->typed_data(), *dh0_p = dh0->typed_data(), *dc0_p = dc0->typed_data();
+              *wh_p = wh.typed_data(), *dh_last_p = dh_last.typed_data(), *dc_last_p = dc_last.typed_data();
+  float *dpre_p = dpre->typed_data(), *dh0_p = dh0->typed_data(), *dc0_p = dc0->typed_data(), *db_p = db->typed_data(),
+        *dtable_p = R > 0 ? dtable->typed_data() : nullptr;
+  const Split units = split_units(pool, H);
+  const int64_t panel_size = G * kLanes;
+  Panels packed(units.panels * panel_size);
+  float* w_p = packed.data;
   // Step s handles time T-1-s; the extra step s = T only multiplies dpre[0] by Wh^T for dh_0. dc0 is the
   // carried dc throughout, so that its final value needs no copy.
-  const Split units = split_units(pool, H);
   run_steps(pool, T + 1, units.pieces, [=](int64_t s, int64_t q) {
+    if (s == 0)  // the piece's panels of Wh^T, and zeros in its columns of the sums
+      for (int64_t panel = units.begin(q); panel < units.begin(q + 1); ++panel) {
+        const int64_t col = panel * kLanes;
+        pack_backward_panel(wh_p, w_p + panel * panel_size, H, col);
+        zero_gate_units(db_p, 1, H, col);
+        if (dtable_p != nullptr) zero_gate_units(dtable_p, R, H, col);
+      }
     const int64_t t = T - 1 - s;
     const bool last = s == 0, first = s == T;
-    const size_t step = first ? 0 : t * B * H, gstep = first ? 0 : t * B * G;
-    const float* c_prev = t > 0 ? cs_p + (t - 1) * B * H : c0_p;
+    const size_t step_BxH = first ? 0 : t * B * H, step_BxG = first ? 0 : t * B * G;
     for (int64_t panel = units.begin(q); panel < units.begin(q + 1); ++panel) {
       const int64_t col = panel * kLanes;
-      rows<BackwardTile, 12>(B, last ? nullptr : dpre_p + (t + 1) * B * G, w_p + panel * G * kLanes, dh_last_p,
-                             dc_last_p, dhs_p + step, a_p + gstep, cs_p + step, c_prev, dc0_p,
-                             first ? nullptr : dpre_p + gstep, dh0_p, H, col, lanes_mask(H, col));
+      const BackwardStep step{last ? nullptr : dpre_p + (t + 1) * B * G,
+                              w_p + panel * panel_size,
+                              dh_last_p,
+                              dc_last_p,
+                              dhs_p + step_BxH,
+                              a_p + step_BxG,
+                              cs_p + step_BxH,
+                              t > 0 ? cs_p + (t - 1) * B * H : c0_p,
+                              dc0_p,
+                              first ? nullptr : dpre_p + step_BxG,
+                              dh0_p,
+                              db_p,
+                              dtable_p,
+                              first ? nullptr : index_p + t * B,
+                              H,
+                              col,
+                              lanes_mask(H, col)};
+      rows<BackwardTile, 12>(B, step);
     }
   });
   return ffi::Error::Success();
@@ -330,11 +461,14 @@ ffi::Error LstmBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buff
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvoiceLstmForward, LstmForward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // pre [T, B, 4H]: input projection + bias
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // Wh packed [ceil(H/16), 4, H, 16]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // table [R, 4H]: input projections
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // index [T, B]: each step's rows of the table
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias [4H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // Wh [H, 4H]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // h0 [B, H]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // c0 [B, H]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // hs [T, B, H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // h_prevs [T, B, H]: h0, hs[0], ..., hs[T-2]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // cs [T, B, H]
                                   .Ret<ffi::Buffer<ffi::F32>>());  // a [T, B, 4H]: tanh of the halved i, f, o and g
 
@@ -345,12 +479,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvoiceLstmBackward, LstmBackward,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // cs [T, B, H]: the forward's cells
                                   .Arg<ffi::Buffer<ffi::F32>>()  // c0 [B, H]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // dhs [T, B, H]: gradient of the outputs
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // Wh^T packed [ceil(H/16), 4H, 16]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // Wh [H, 4H]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // dh_T [B, H]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // dc_T [B, H]
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // index [T, B] of the forward (read if R > 0)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dpre [T, B, 4H]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dh0 [B, H]
-                                  .Ret<ffi::Buffer<ffi::F32>>());  // dc0 [B, H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dc0 [B, H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // db [4H]: dpre summed over steps and rows
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // dtable [R, 4H]: dpre summed by table row
 
 // 1 where this CPU runs the kernels (AVX-512F), 0 where Python must scan in XLA.
 extern "C" int jaxvoice_lstm_recurrence_isa() { return has_avx512() ? 1 : 0; }
