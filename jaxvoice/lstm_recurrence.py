@@ -49,9 +49,7 @@ def available() -> bool:
             # the rows in reverse order, half the bias in the table: the kernel's indexing and bias add
             table_BxG, index_1xB = pre_BxG[::-1] - 0.5, np.arange(B, dtype=np.int32)[None, ::-1]
             bias_G = np.full(4 * H, 0.5, np.float32)
-            _, _, cs_TxBxH, _ = _forward(
-                *map(jnp.asarray, (table_BxG, index_1xB, bias_G, wh_HxG, h_BxH, c_BxH))
-            )
+            _, cs_TxBxH, _ = _forward(*map(jnp.asarray, (table_BxG, index_1xB, bias_G, wh_HxG, h_BxH, c_BxH)))
             return bool(np.allclose(np.asarray(cs_TxBxH[0]), c_expected, rtol=1e-4, atol=1e-5))
     except Exception:  # noqa: BLE001 (any failure means: do not use it)
         return False
@@ -74,7 +72,6 @@ def _forward(table_RxG, index_TxB, b_G, wh_HxG, h0_BxH, c0_BxH):
     results = (
         jax.ShapeDtypeStruct((T, B, H), jnp.float32),
         jax.ShapeDtypeStruct((T, B, H), jnp.float32),
-        jax.ShapeDtypeStruct((T, B, H), jnp.float32),
         jax.ShapeDtypeStruct((T, B, G), jnp.float32),
     )
     f32 = lambda x: x.astype(jnp.float32)
@@ -84,9 +81,9 @@ def _forward(table_RxG, index_TxB, b_G, wh_HxG, h0_BxH, c0_BxH):
 
 
 def forward(table_RxG, index_TxB, b_G, wh_HxG, h0_BxH, c0_BxH):
-    """hs_TxBxH, h_prevs_TxBxH, cs_TxBxH, a_TxBxG of `model._lstm_scan(..., keep=True)`: each step's h, the h its
-    gates saw (h0, then hs[:-1]), its c and its tanh'd gate row, where step t, row b has the input projection
-    table_RxG[index_TxB[t, b]] + b_G (an index outside the table is an error)."""
+    """hs_TxBxH, cs_TxBxH, a_TxBxG of `model._lstm_scan(..., keep=True)`: each step's h, c and tanh'd gate row,
+    where step t, row b has the input projection table_RxG[index_TxB[t, b]] + b_G (an index outside the table
+    is an error)."""
     if not available():
         raise RuntimeError("jaxvoice's LSTM recurrence kernels are not built for this machine")
     return _forward(table_RxG, index_TxB, b_G, wh_HxG, h0_BxH, c0_BxH)

@@ -165,16 +165,29 @@ def _lstm_scan(table_RxG, index_TxB, b_G, wh_HxG, h_BxH, c_BxH, keep):
     """The forward recurrence. Step t's input projection for row b is table_RxG[index_TxB[t, b]] + b_G: layer 0
     indexes `embed @ W_x` by the tokens; deeper layers give the projections of all T * B inputs in order and
     index None. Returns (h_T, c_T) and hs_TxBxH, or with `keep` what the backward needs too:
-    (hs, h_prevs (the h each step's gates saw: h0, hs[:-1]), cs, a (each step's tanh'd gate row))."""
+    (hs, h_prevs_T_HxN (the h each step's gates saw: h0, hs[:-1]; transposed, N = T * B, for the weight
+    gradient), cs, a (each step's tanh'd gate row))."""
     B, H = h_BxH.shape
     T = table_RxG.shape[0] // B if index_TxB is None else index_TxB.shape[0]
     if _native(wh_HxG, T):  # the kernel reads the table's rows itself: no [T, B, 4H] gather or bias pass
         if index_TxB is None:
             index_TxB = jnp.arange(T * B, dtype=jnp.int32).reshape(T, B)
-        kept = lstm_recurrence.forward(table_RxG, index_TxB, b_G, wh_HxG, h_BxH, c_BxH)
-        hs_TxBxH, _, cs_TxBxH, _ = kept
-        return (hs_TxBxH[-1], cs_TxBxH[-1]), (kept if keep else hs_TxBxH)
+        hs_TxBxH, cs_TxBxH, a_TxBxG = lstm_recurrence.forward(table_RxG, index_TxB, b_G, wh_HxG, h_BxH, c_BxH)
+        last = (hs_TxBxH[-1], cs_TxBxH[-1])
+    else:
+        last, outputs = _lstm_scan_xla(table_RxG, index_TxB, b_G, wh_HxG, h_BxH, c_BxH, T, keep)
+        if not keep:
+            return last, outputs
+        hs_TxBxH, cs_TxBxH, a_TxBxG = outputs
+    if not keep:
+        return last, hs_TxBxH
+    h_prevs_TxBxH = jnp.concatenate([h_BxH[None].astype(hs_TxBxH.dtype), hs_TxBxH[:-1]])
+    return last, (hs_TxBxH, _transposed(h_prevs_TxBxH), cs_TxBxH, a_TxBxG)
 
+
+def _lstm_scan_xla(table_RxG, index_TxB, b_G, wh_HxG, h_BxH, c_BxH, T, keep):
+    """`_lstm_scan` as a `lax.scan`: (h_T, c_T) and hs_TxBxH, with `keep` (hs, cs, a)."""
+    B, H = h_BxH.shape
     rows_TxBxG = table_RxG.reshape(T, B, -1) if index_TxB is None else table_RxG[index_TxB]
     pre_TxBxG = rows_TxBxG + b_G
     scale_G = _lstm_gate_scale(H, pre_TxBxG.dtype)
@@ -186,12 +199,7 @@ def _lstm_scan(table_RxG, index_TxB, b_G, wh_HxG, h_BxH, c_BxH, keep):
         h_BxH = o * jnp.tanh(c_BxH)
         return (h_BxH, c_BxH), ((h_BxH, c_BxH, a_BxG) if keep else h_BxH)
 
-    last, outputs = jax.lax.scan(step, (h_BxH, c_BxH), pre_TxBxG, unroll=SCAN_UNROLL)
-    if not keep:
-        return last, outputs
-    hs_TxBxH, cs_TxBxH, a_TxBxG = outputs
-    h_prevs_TxBxH = jnp.concatenate([h_BxH[None].astype(hs_TxBxH.dtype), hs_TxBxH[:-1]])
-    return last, (hs_TxBxH, h_prevs_TxBxH, cs_TxBxH, a_TxBxG)
+    return jax.lax.scan(step, (h_BxH, c_BxH), pre_TxBxG, unroll=SCAN_UNROLL)
 
 
 def _lstm_backward(res, cotangents, index_TxB=None, table_rows=0):
@@ -244,17 +252,24 @@ def _lstm_backward(res, cotangents, index_TxB=None, table_rows=0):
     return dpre_TxBxG, dh0.astype(h0_BxH.dtype), dc0.astype(c0_BxH.dtype), dpre_TxBxG.sum((0, 1)), dtable_RxG
 
 
-def _weight_grad(x_TxBxK, dpre_TxBxG, dtype):
-    """sum over t, b of x^T dpre: one GEMM over all T * B rows, x (the narrower operand) transposed."""
+def _transposed(x_TxBxK):
+    """x as [K, T * B], the lhs of a weight gradient's GEMM."""
     T, B, K = x_TxBxK.shape
-    x_KxN = x_TxBxK.reshape(T * B, K).T.astype(dtype)
+    x_KxN = x_TxBxK.reshape(T * B, K).T
     if jax.default_backend() == "cpu":
         # XLA would fold the transpose into the dot, and a dot that contracts the lhs's rows is not one for
         # YNNPACK but for Eigen, ~1.4x slower per FLOP here; copying x^T out first costs less (+4.5% tokens/s
         # on `small`). Accelerators' GEMMs take transposed operands as they are.
         x_KxN = jax.lax.optimization_barrier(x_KxN)
-    dpre_NxG = dpre_TxBxG.reshape(T * B, -1).astype(dtype)
-    return jnp.matmul(x_KxN, dpre_NxG, preferred_element_type=jnp.promote_types(dtype, jnp.float32))
+    return x_KxN
+
+
+def _weight_grad(x_KxN, dpre_TxBxG, dtype):
+    """sum over t, b of x^T dpre: one GEMM over all N = T * B rows, from x transposed."""
+    dpre_NxG = dpre_TxBxG.reshape(x_KxN.shape[1], -1).astype(dtype)
+    return jnp.matmul(
+        x_KxN.astype(dtype), dpre_NxG, preferred_element_type=jnp.promote_types(dtype, jnp.float32)
+    )
 
 
 @jax.custom_vjp
@@ -273,9 +288,9 @@ def _lstm_layer_fwd(table_VxG, tokens_TxB, b_G, wh_HxG, h0_BxH, c0_BxH):
 
 def _lstm_layer_bwd(res, cotangents):
     res, table_VxG, tokens_TxB, b_G = res
-    wh_HxG, h_prevs_TxBxH = res[0], res[3]
+    wh_HxG, h_prevs_T_HxN = res[0], res[3]
     dpre_TxBxG, dh0, dc0, db_G, dtable_VxG = _lstm_backward(res, cotangents, tokens_TxB, table_VxG.shape[0])
-    dwh_HxG = _weight_grad(h_prevs_TxBxH, dpre_TxBxG, wh_HxG.dtype)
+    dwh_HxG = _weight_grad(h_prevs_T_HxN, dpre_TxBxG, wh_HxG.dtype)
     return (
         dtable_VxG.astype(table_VxG.dtype),
         None,  # the tokens: integers
@@ -306,12 +321,12 @@ def _lstm_layer_x_fwd(x_TxBxI, wx_IxG, b_G, wh_HxG, h0_BxH, c0_BxH):
 
 def _lstm_layer_x_bwd(res, cotangents):
     res, x_TxBxI, wx_IxG, b_G = res
-    wh_HxG, h_prevs_TxBxH = res[0], res[3]
+    wh_HxG, h_prevs_T_HxN = res[0], res[3]
     dpre_TxBxG, dh0, dc0, db_G, _ = _lstm_backward(res, cotangents)
     # dW_x and dW_h as two GEMMs: one over [x, h_prev] needs their concatenation first (measured 2.5% slower
     # on `small`)
-    dwx_IxG = _weight_grad(x_TxBxI, dpre_TxBxG, wx_IxG.dtype)
-    dwh_HxG = _weight_grad(h_prevs_TxBxH, dpre_TxBxG, wh_HxG.dtype)
+    dwx_IxG = _weight_grad(_transposed(x_TxBxI), dpre_TxBxG, wx_IxG.dtype)
+    dwh_HxG = _weight_grad(h_prevs_T_HxN, dpre_TxBxG, wh_HxG.dtype)
     dx_TxBxI = jax.lax.dot_general(
         dpre_TxBxG.astype(wx_IxG.dtype), wx_IxG, (((2,), (1,)), ((), ())),
         preferred_element_type=jnp.promote_types(wx_IxG.dtype, jnp.float32),

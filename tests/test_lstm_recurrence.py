@@ -65,7 +65,7 @@ def test_forward_and_backward_equal_the_scans(T, B, H, indexed, monkeypatch):
         (hT, cT), kept = model._lstm_scan(table, index, bias, wh, h0, c0, keep=True)
         grads = model._lstm_backward((wh, h0, c0, *kept[1:]), cotangents, index, rows)
         results[native] = (hT, cT, *kept, *grads)
-    names = ["h_T", "c_T", "hs", "h_prevs", "cs", "gates", "dpre", "dh0", "dc0", "db", "dtable"]
+    names = ["h_T", "c_T", "hs", "h_prevs_T", "cs", "gates", "dpre", "dh0", "dc0", "db", "dtable"]
     if not indexed:  # no table: no table gradient
         assert results[True][-1] is None and results[False][-1] is None
         names, results = names[:-1], {native: got[:-1] for native, got in results.items()}

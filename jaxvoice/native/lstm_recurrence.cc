@@ -75,7 +75,6 @@ struct ForwardStep {
   const float *table, *bias;        // input projections [R, 4H] and the bias [4H]
   const int32_t* index;             // the step's B rows of the table
   float *h, *c, *a;                 // outputs: h, c and the gates' tanh [B, 4H]
-  float* h_as_prev;                 // h again, as the next step's h_prev (null at the last step)
   int64_t H, col;
   __mmask16 mask;
 };
@@ -115,9 +114,7 @@ JV_TARGET void forward_tile(int64_t row0, const ForwardStep& p) {
     const __m512 cn = _mm512_fmadd_ps(half_plus_half(gate[1]), load(mask, p.c_prev + u),
                                       _mm512_mul_ps(half_plus_half(gate[0]), gate[3]));
     store(mask, p.c + u, cn);
-    const __m512 h = _mm512_mul_ps(half_plus_half(gate[2]), tanh16(cn));
-    store(mask, p.h + u, h);
-    if (p.h_as_prev != nullptr) store(mask, p.h_as_prev + u, h);
+    store(mask, p.h + u, _mm512_mul_ps(half_plus_half(gate[2]), tanh16(cn)));
   }
 }
 
@@ -242,12 +239,6 @@ JV_TARGET void pack_forward_panel(const float* wh, float* panel, int64_t H, int6
       _mm512_storeu_ps(panel + (q * H + k) * kLanes, load(mask, wh + k * 4 * H + q * H + col));
 }
 
-// Rows of [rows, H] arrays, units col .. col+16: dst = src.
-JV_TARGET void copy_units(const float* src, float* dst, int64_t rows, int64_t H, int64_t col) {
-  const __mmask16 mask = lanes_mask(H, col);
-  for (int64_t r = 0; r < rows; ++r) store(mask, dst + r * H + col, load(mask, src + r * H + col));
-}
-
 // Rows of a [rows, 4H] array, the four gates' columns of units col .. col+16: zero.
 JV_TARGET void zero_gate_units(float* dst, int64_t rows, int64_t H, int64_t col) {
   const __mmask16 mask = lanes_mask(H, col);
@@ -332,8 +323,8 @@ struct Panels {
 
 ffi::Error LstmForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> table, ffi::Buffer<ffi::S32> index,
                        ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> wh, ffi::Buffer<ffi::F32> h0,
-                       ffi::Buffer<ffi::F32> c0, ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> h_prevs,
-                       ffi::ResultBuffer<ffi::F32> cs, ffi::ResultBuffer<ffi::F32> a) {
+                       ffi::Buffer<ffi::F32> c0, ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> cs,
+                       ffi::ResultBuffer<ffi::F32> a) {
 #if JV_X86
   auto td = table.dimensions(), id = index.dimensions(), wd = wh.dimensions(), hd = h0.dimensions();
   if (td.size() != 2 || id.size() != 2 || wd.size() != 2 || hd.size() != 2)
@@ -349,18 +340,15 @@ ffi::Error LstmForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> table, ffi::B
     if (index_p[n] < 0 || index_p[n] >= R) return ffi::Error::InvalidArgument("lstm_forward: index out of range");
   const float *table_p = table.typed_data(), *bias_p = bias.typed_data(), *wh_p = wh.typed_data(),
               *h0_p = h0.typed_data(), *c0_p = c0.typed_data();
-  float *hs_p = hs->typed_data(), *hp_p = h_prevs->typed_data(), *cs_p = cs->typed_data(), *a_p = a->typed_data();
+  float *hs_p = hs->typed_data(), *cs_p = cs->typed_data(), *a_p = a->typed_data();
   const Split units = split_units(pool, H);
   const int64_t panel_size = 4 * H * kLanes;
   Panels packed(units.panels * panel_size);
   float* w_p = packed.data;
   run_steps(pool, T, units.pieces, [=](int64_t t, int64_t q) {
     if (t == 0)
-      for (int64_t panel = units.begin(q); panel < units.begin(q + 1); ++panel) {
-        const int64_t col = panel * kLanes;
-        pack_forward_panel(wh_p, w_p + panel * panel_size, H, col);
-        copy_units(h0_p, hp_p, B, H, col);  // h_prevs[0] = h0
-      }
+      for (int64_t panel = units.begin(q); panel < units.begin(q + 1); ++panel)
+        pack_forward_panel(wh_p, w_p + panel * panel_size, H, panel * kLanes);
     for (int64_t panel = units.begin(q); panel < units.begin(q + 1); ++panel) {
       const int64_t col = panel * kLanes;
       const ForwardStep step{t == 0 ? h0_p : hs_p + (t - 1) * B * H,
@@ -372,7 +360,6 @@ ffi::Error LstmForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> table, ffi::B
                              hs_p + t * B * H,
                              cs_p + t * B * H,
                              a_p + t * B * G,
-                             t + 1 < T ? hp_p + (t + 1) * B * H : nullptr,
                              H,
                              col,
                              lanes_mask(H, col)};
@@ -468,7 +455,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvoiceLstmForward, LstmForward,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // h0 [B, H]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // c0 [B, H]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // hs [T, B, H]
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // h_prevs [T, B, H]: h0, hs[0], ..., hs[T-2]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // cs [T, B, H]
                                   .Ret<ffi::Buffer<ffi::F32>>());  // a [T, B, 4H]: tanh of the halved i, f, o and g
 
