@@ -11,7 +11,7 @@ embed @ W_x, the input being one-hot) and only `h @ W_h` and the gate math stay 
 hand-written backward (`_lstm_layer`; `_lstm_layer_x`, for deeper layers, also owns the input projection):
 its reverse scan does only `dpre @ W_h.T` per step, and each weight gradient is one GEMM over all steps
 afterwards (on a CPU with x^T copied out first, so that YNNPACK rather than Eigen does it: +4.5% tokens/s on
-`small`); everything in its backward that depends only on the forward pass is computed for all steps at
+`small`, and +3.5% more for the output layer's, `_projection`); everything in its backward that depends only on the forward pass is computed for all steps at
 once, outside the reverse scan. Its gates take one tanh over the whole gate row: sigmoid(x) = (1 + tanh(x / 2)) / 2,
 the halving a constant row multiplied in the tanh's own fusion (scaling the weights instead cost a pass over
 them and their gradients every step, measured 1-4% slower).
@@ -272,6 +272,34 @@ def _weight_grad(x_KxN, dpre_TxBxG, dtype):
     )
 
 
+def _input_grad(dy_TxBxV, w_KxV):
+    """dy @ w^T, the gradient of x @ w with respect to x (YNNPACK takes the transposed rhs as it is)."""
+    return jax.lax.dot_general(
+        dy_TxBxV.astype(w_KxV.dtype), w_KxV, (((2,), (1,)), ((), ())),
+        preferred_element_type=jnp.promote_types(w_KxV.dtype, jnp.float32),
+    )  # fmt: skip
+
+
+@jax.custom_vjp
+def _projection(x_TxBxK, w_KxV):
+    """x @ w (`_mm`) whose backward computes dW as `_weight_grad` does (on a CPU: YNNPACK's GEMM, not Eigen's)."""
+    return _mm(x_TxBxK, w_KxV)
+
+
+def _projection_fwd(x_TxBxK, w_KxV):
+    return _mm(x_TxBxK, w_KxV), (x_TxBxK, w_KxV)
+
+
+def _projection_bwd(res, dy_TxBxV):
+    x_TxBxK, w_KxV = res
+    dx_TxBxK = _input_grad(dy_TxBxV, w_KxV)
+    dw_KxV = _weight_grad(_transposed(x_TxBxK), dy_TxBxV, w_KxV.dtype)
+    return dx_TxBxK.astype(x_TxBxK.dtype), dw_KxV.astype(w_KxV.dtype)
+
+
+_projection.defvjp(_projection_fwd, _projection_bwd)
+
+
 @jax.custom_vjp
 def _lstm_layer(table_VxG, tokens_TxB, b_G, wh_HxG, h_BxH, c_BxH):
     """hs_TxBxH, h_T, c_T of the first LSTM layer, whose input projection at step t, row b is
@@ -327,10 +355,7 @@ def _lstm_layer_x_bwd(res, cotangents):
     # on `small`)
     dwx_IxG = _weight_grad(_transposed(x_TxBxI), dpre_TxBxG, wx_IxG.dtype)
     dwh_HxG = _weight_grad(h_prevs_T_HxN, dpre_TxBxG, wh_HxG.dtype)
-    dx_TxBxI = jax.lax.dot_general(
-        dpre_TxBxG.astype(wx_IxG.dtype), wx_IxG, (((2,), (1,)), ((), ())),
-        preferred_element_type=jnp.promote_types(wx_IxG.dtype, jnp.float32),
-    )  # fmt: skip
+    dx_TxBxI = _input_grad(dpre_TxBxG, wx_IxG)
     return (
         dx_TxBxI.astype(x_TxBxI.dtype),
         dwx_IxG.astype(wx_IxG.dtype),
@@ -400,7 +425,7 @@ def _hidden(params, tokens_BxT, carry_LxSxBxH, cfg, dropout_key):
                 )
             new_carry.append(jnp.stack([h_BxH, c_BxH]))
         else:
-            pre_TxBxG = (table_VxG[tokens_TxB] if layer == 0 else _mm(hs_TxBxH, wx_IxG)) + b_G
+            pre_TxBxG = (table_VxG[tokens_TxB] if layer == 0 else _projection(hs_TxBxH, wx_IxG)) + b_G
             hs_TxBxH, last_SxBxH = _generic_layer(cfg.cell, pre_TxBxG, wh_HxG, carry_SxBxH)
             new_carry.append(last_SxBxH)
     if masks is not None:
@@ -410,7 +435,7 @@ def _hidden(params, tokens_BxT, carry_LxSxBxH, cfg, dropout_key):
 
 def _logits(params, hs_TxBxH, cfg):
     dtype = _compute_dtype(cfg)
-    return _mm(hs_TxBxH, params["out_HxV"].astype(dtype)) + params["out_b_V"]
+    return _projection(hs_TxBxH, params["out_HxV"].astype(dtype)) + params["out_b_V"]
 
 
 def forward(
