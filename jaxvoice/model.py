@@ -8,11 +8,11 @@ The carry of the whole stack is one array `carry_LxSxBxH`: one buffer to scan, s
 Speed (see ../shared/PERF_NOTES.md and scripts/bench_train.py): the stack runs layer by layer, so each
 layer's input projection for all T steps is one GEMM outside the scan (layer 0's is a row lookup of
 embed @ W_x, the input being one-hot) and only `h @ W_h` and the gate math stay inside. The LSTM layer has a
-hand-written backward (`_lstm_layer`; `_lstm_layer_x`, for deeper layers, also owns the input projection):
-its reverse scan does only `dpre @ W_h.T` per step, and each weight gradient is one GEMM over all steps
-afterwards (on a CPU with x^T copied out first, so that YNNPACK rather than Eigen does it: +4.5% tokens/s on
-`small`, and +3.5% more for the output layer's, `_projection`); everything in its backward that depends only on the forward pass is computed for all steps at
-once, outside the reverse scan. Its gates take one tanh over the whole gate row: sigmoid(x) = (1 + tanh(x / 2)) / 2,
+hand-written backward (`_lstm_layer`): its reverse scan does only `dpre @ W_h.T` per step, and each weight
+gradient is one GEMM over all steps afterwards (on a CPU with x^T copied out first, so that YNNPACK rather
+than Eigen does it: +4.5% tokens/s on `small`, and +3.5% more for the output layer's, `_projection`);
+everything in its backward that depends only on the forward pass is computed for all steps at once, outside
+the reverse scan. Its gates take one tanh over the whole gate row: sigmoid(x) = (1 + tanh(x / 2)) / 2,
 the halving a constant row multiplied in the tanh's own fusion (scaling the weights instead cost a pass over
 them and their gradients every step, measured 1-4% slower).
 
@@ -20,10 +20,10 @@ On one CPU device with float32 weights, the LSTM layer's two time loops (the for
 recurrence, nothing else) run in jaxvoice's own kernels (`lstm_recurrence`, XLA FFI custom calls) instead of
 `lax.scan`: per step one pass per 16 hidden units with the gates' sums kept in registers (the backward derives
 its per-step factors there too). The kernels also do the small passes around the loops that would each be a
-pass over a [T, B, 4H] array in XLA: layer 0's row lookup, the bias, packing W_h, the h_prev array the weight
-gradient needs, and the bias's and the lookup table's gradients. On `small`'s shapes the loops alone take
-12-13 + 14 ms instead of 30 + 40; the bench's `small` went from ~23k to ~27-29k tokens/s, voice_2016 ~+5% (its
-scans were already near the GEMM rate). Everywhere else, and with `NATIVE_LSTM = False`, the scans below.
+pass over a [T, B, 4H] array in XLA: layer 0's row lookup, the bias, packing W_h, and the bias's and the
+lookup table's gradients. On `small`'s shapes the loops alone take 12-13 + 14 ms instead of 30 + 40; with
+all of the above the bench's `small` went from ~23k to ~30-32k tokens/s, voice_2016 ~+5% (its scans were
+already near the GEMM rate). Everywhere else, and with `NATIVE_LSTM = False`, the scans below.
 """
 
 from __future__ import annotations
@@ -185,11 +185,15 @@ def _lstm_scan(table_RxG, index_TxB, b_G, wh_HxG, h_BxH, c_BxH, keep):
     return last, (hs_TxBxH, _transposed(h_prevs_TxBxH), cs_TxBxH, a_TxBxG)
 
 
+def _rows(table_RxG, index_TxB, T, B):
+    """Each step's input projections [T, B, G]: the table's rows by index, or (index None) the table in order."""
+    return table_RxG.reshape(T, B, -1) if index_TxB is None else table_RxG[index_TxB]
+
+
 def _lstm_scan_xla(table_RxG, index_TxB, b_G, wh_HxG, h_BxH, c_BxH, T, keep):
     """`_lstm_scan` as a `lax.scan`: (h_T, c_T) and hs_TxBxH, with `keep` (hs, cs, a)."""
     B, H = h_BxH.shape
-    rows_TxBxG = table_RxG.reshape(T, B, -1) if index_TxB is None else table_RxG[index_TxB]
-    pre_TxBxG = rows_TxBxG + b_G
+    pre_TxBxG = _rows(table_RxG, index_TxB, T, B) + b_G
     scale_G = _lstm_gate_scale(H, pre_TxBxG.dtype)
 
     def step(hc, pre_BxG):
@@ -301,27 +305,30 @@ _projection.defvjp(_projection_fwd, _projection_bwd)
 
 
 @jax.custom_vjp
-def _lstm_layer(table_VxG, tokens_TxB, b_G, wh_HxG, h_BxH, c_BxH):
-    """hs_TxBxH, h_T, c_T of the first LSTM layer, whose input projection at step t, row b is
-    table_VxG[tokens_TxB[t, b]] + b_G (the table: embed @ W_x)."""
-    (h_BxH, c_BxH), hs_TxBxH = _lstm_scan(table_VxG, tokens_TxB, b_G, wh_HxG, h_BxH, c_BxH, keep=False)
+def _lstm_layer(table_RxG, index_TxB, b_G, wh_HxG, h_BxH, c_BxH):
+    """hs_TxBxH, h_T, c_T of one LSTM layer whose input projection at step t, row b is
+    table_RxG[index_TxB[t, b]] + b_G: layer 0's table is embed @ W_x indexed by the tokens; a deeper layer's is
+    `_projection(x, W_x)`, all T * B rows in order (index None), so its dW_x and dx come from that VJP."""
+    (h_BxH, c_BxH), hs_TxBxH = _lstm_scan(table_RxG, index_TxB, b_G, wh_HxG, h_BxH, c_BxH, keep=False)
     return hs_TxBxH, h_BxH, c_BxH
 
 
-def _lstm_layer_fwd(table_VxG, tokens_TxB, b_G, wh_HxG, h0_BxH, c0_BxH):
-    (hT, cT), kept = _lstm_scan(table_VxG, tokens_TxB, b_G, wh_HxG, h0_BxH, c0_BxH, keep=True)
+def _lstm_layer_fwd(table_RxG, index_TxB, b_G, wh_HxG, h0_BxH, c0_BxH):
+    (hT, cT), kept = _lstm_scan(table_RxG, index_TxB, b_G, wh_HxG, h0_BxH, c0_BxH, keep=True)
     res = (wh_HxG, h0_BxH, c0_BxH, *kept[1:])
-    return (kept[0], hT, cT), (res, table_VxG, tokens_TxB, b_G)
+    return (kept[0], hT, cT), (res, table_RxG, index_TxB, b_G)
 
 
 def _lstm_layer_bwd(res, cotangents):
-    res, table_VxG, tokens_TxB, b_G = res
+    res, table_RxG, index_TxB, b_G = res
     wh_HxG, h_prevs_T_HxN = res[0], res[3]
-    dpre_TxBxG, dh0, dc0, db_G, dtable_VxG = _lstm_backward(res, cotangents, tokens_TxB, table_VxG.shape[0])
+    dpre_TxBxG, dh0, dc0, db_G, dtable_RxG = _lstm_backward(res, cotangents, index_TxB, table_RxG.shape[0])
+    if index_TxB is None:  # the table is the projections in order: its gradient is dpre itself
+        dtable_RxG = dpre_TxBxG.reshape(table_RxG.shape)
     dwh_HxG = _weight_grad(h_prevs_T_HxN, dpre_TxBxG, wh_HxG.dtype)
     return (
-        dtable_VxG.astype(table_VxG.dtype),
-        None,  # the tokens: integers
+        dtable_RxG.astype(table_RxG.dtype),
+        None,  # the index: integers
         db_G.astype(b_G.dtype),
         dwh_HxG.astype(wh_HxG.dtype),
         dh0,
@@ -330,43 +337,6 @@ def _lstm_layer_bwd(res, cotangents):
 
 
 _lstm_layer.defvjp(_lstm_layer_fwd, _lstm_layer_bwd)
-
-
-@jax.custom_vjp
-def _lstm_layer_x(x_TxBxI, wx_IxG, b_G, wh_HxG, h_BxH, c_BxH):
-    """hs_TxBxH, h_T, c_T of one LSTM layer from its input x: the input projection is one GEMM over all T
-    steps, and so are dW_x and dW_h in the backward."""
-    proj_NxG = _mm(x_TxBxI.reshape(-1, x_TxBxI.shape[-1]), wx_IxG)
-    (h_BxH, c_BxH), hs_TxBxH = _lstm_scan(proj_NxG, None, b_G, wh_HxG, h_BxH, c_BxH, keep=False)
-    return hs_TxBxH, h_BxH, c_BxH
-
-
-def _lstm_layer_x_fwd(x_TxBxI, wx_IxG, b_G, wh_HxG, h0_BxH, c0_BxH):
-    proj_NxG = _mm(x_TxBxI.reshape(-1, x_TxBxI.shape[-1]), wx_IxG)
-    (hT, cT), kept = _lstm_scan(proj_NxG, None, b_G, wh_HxG, h0_BxH, c0_BxH, keep=True)
-    return (kept[0], hT, cT), ((wh_HxG, h0_BxH, c0_BxH, *kept[1:]), x_TxBxI, wx_IxG, b_G)
-
-
-def _lstm_layer_x_bwd(res, cotangents):
-    res, x_TxBxI, wx_IxG, b_G = res
-    wh_HxG, h_prevs_T_HxN = res[0], res[3]
-    dpre_TxBxG, dh0, dc0, db_G, _ = _lstm_backward(res, cotangents)
-    # dW_x and dW_h as two GEMMs: one over [x, h_prev] needs their concatenation first (measured 2.5% slower
-    # on `small`)
-    dwx_IxG = _weight_grad(_transposed(x_TxBxI), dpre_TxBxG, wx_IxG.dtype)
-    dwh_HxG = _weight_grad(h_prevs_T_HxN, dpre_TxBxG, wh_HxG.dtype)
-    dx_TxBxI = _input_grad(dpre_TxBxG, wx_IxG)
-    return (
-        dx_TxBxI.astype(x_TxBxI.dtype),
-        dwx_IxG.astype(wx_IxG.dtype),
-        db_G.astype(b_G.dtype),
-        dwh_HxG.astype(wh_HxG.dtype),
-        dh0,
-        dc0,
-    )
-
-
-_lstm_layer_x.defvjp(_lstm_layer_x_fwd, _lstm_layer_x_bwd)
 
 
 def _generic_layer(kind, pre_TxBxG, wh_HxG, carry_SxBxH):
@@ -411,21 +381,18 @@ def _hidden(params, tokens_BxT, carry_LxSxBxH, cfg, dropout_key):
         wx_IxG, b_G, wh_HxG = lp["wx_IxG"].astype(dtype), lp["b_G"].astype(acc), lp["wh_HxG"].astype(dtype)
         carry_SxBxH = carry_LxSxBxH[layer].astype(acc)
         if layer == 0:  # the input is one-hot: its projection is a row of embed @ W_x
-            table_VxG = _mm(params["embed_VxE"].astype(acc), wx_IxG)
-        elif masks is not None:
-            hs_TxBxH = hs_TxBxH * masks[layer].astype(acc)
+            table_RxG, index_TxB = _mm(params["embed_VxE"].astype(acc), wx_IxG), tokens_TxB
+        else:  # every step's projection, in order
+            if masks is not None:
+                hs_TxBxH = hs_TxBxH * masks[layer].astype(acc)
+            table_RxG, index_TxB = _projection(hs_TxBxH, wx_IxG).reshape(T * B, -1), None
         if cfg.cell == "lstm":
-            if layer == 0:
-                hs_TxBxH, h_BxH, c_BxH = _lstm_layer(
-                    table_VxG, tokens_TxB, b_G, wh_HxG, carry_SxBxH[0], carry_SxBxH[1]
-                )
-            else:
-                hs_TxBxH, h_BxH, c_BxH = _lstm_layer_x(
-                    hs_TxBxH, wx_IxG, b_G, wh_HxG, carry_SxBxH[0], carry_SxBxH[1]
-                )
+            hs_TxBxH, h_BxH, c_BxH = _lstm_layer(
+                table_RxG, index_TxB, b_G, wh_HxG, carry_SxBxH[0], carry_SxBxH[1]
+            )
             new_carry.append(jnp.stack([h_BxH, c_BxH]))
         else:
-            pre_TxBxG = (table_VxG[tokens_TxB] if layer == 0 else _projection(hs_TxBxH, wx_IxG)) + b_G
+            pre_TxBxG = _rows(table_RxG, index_TxB, T, B) + b_G
             hs_TxBxH, last_SxBxH = _generic_layer(cfg.cell, pre_TxBxG, wh_HxG, carry_SxBxH)
             new_carry.append(last_SxBxH)
     if masks is not None:

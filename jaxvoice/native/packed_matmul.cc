@@ -104,8 +104,8 @@ JV_TARGET void panels(const float* x, int64_t M, int64_t I, const W* w, float* y
 
 // Several rows (streams) at once with AVX-512: at 16 streams each weight loaded feeds 16 FMAs, so the product
 // is compute-bound, and 32 vector registers hold a tile of 8 rows x 2 panels (16 sums) that the 16 AVX2
-// registers cannot. (Rows are split in even tiles as in lstm_recurrence.cc's `rows`.) Each weight row of a panel is loaded once per 8 rows of x; x rows are
-// broadcast straight from memory.
+// registers cannot. (Rows are split in even tiles as in lstm_recurrence.cc's `rows`.) Each weight row of a
+// panel is loaded once per 8 rows of x; x rows are broadcast straight from memory.
 #define JV_TARGET512 __attribute__((target("avx512f")))
 
 JV_TARGET512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
