@@ -171,6 +171,10 @@ class Damaged(Exception):
     """A checkpoint step whose files are missing, truncated or do not match their checksums."""
 
 
+class CheckpointDamaged(UserError):
+    """The one checkpoint asked for (a step number) is damaged; callers that go through several skip it."""
+
+
 def _hide_orbax_read_leftovers(unraisable, previous=sys.unraisablehook) -> None:
     """When one array of a damaged step fails to read, orbax's other reads of that step are left behind as
     coroutines that Python reports ("Exception ignored in ...") whenever they are collected, maybe at exit.
@@ -320,7 +324,7 @@ def restore_for_inference(run_dir: str | Path, which: str | int = "best", quiet:
             restored = _restore_checked(mngr, step, {"params": abstract_params})
         except (Damaged, UserError, KeyError, TypeError) as e:
             if len(candidates) == 1:
-                raise UserError(
+                raise CheckpointDamaged(
                     f"checkpoint step {step} of {run_dir} is damaged ({e}); choose another step"
                 ) from None
             if not quiet:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import pkgutil
 import platform
@@ -79,6 +80,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _WarningLine(logging.Formatter):
+    """The library's warnings (logger "jaxvoice") as the command's own lines: `warning: ...` on stderr."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage().replace("\n", "\\n")
+        return text if record.levelno < logging.WARNING else f"warning: {text}"
+
+
+def _show_library_warnings() -> None:
+    logger = logging.getLogger("jaxvoice")
+    if not any(getattr(h, "_jaxvoice_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_WarningLine())
+        handler._jaxvoice_cli = True
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False  # shown once, here, not again by a handler of the root logger
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -87,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if argv is None and args.command in HUGE_PAGE_COMMANDS:  # the real command line, not a caller's list
         reexec_with_huge_pages()
+    _show_library_warnings()
     try:
         return int(args._module.run(args) or 0)
     except UserError as e:

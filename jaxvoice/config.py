@@ -9,11 +9,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jaxvoice import files
 from jaxvoice.errors import UserError
 
 PRESET_DIR = Path(__file__).parent / "configs"
@@ -74,6 +74,16 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.lr_schedule": ("step", "constant", "cosine"),
     "sample.weights": ("float32", "bfloat16"),
 }
+
+
+SEED_LIMIT = 1 << 32  # JAX keys from 32-bit seeds: a larger seed would silently equal a smaller one
+
+
+def check_seed(seed: int, name: str = "seed") -> int:
+    """`seed` if it is a whole number in 0 .. 2**32 - 1 (what a JAX or numpy seed holds exactly), else UserError."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT:
+        raise UserError(f"{name} must be a whole number from 0 to {SEED_LIMIT - 1}, got {seed}")
+    return seed
 
 
 def all_keys() -> list[str]:
@@ -157,6 +167,8 @@ def _validate(cfg: Config) -> Config:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+    check_seed(cfg.train.seed, "train.seed")
+    check_seed(cfg.sample.seed, "sample.seed")
     return cfg
 
 
@@ -189,9 +201,11 @@ def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     if path is not None:
         file = resolve_preset(path)
         try:
-            tree = tomllib.loads(file.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            tree = files.loads_toml(file.read_text(encoding="utf-8"))
+        except ValueError as e:  # TOMLDecodeError, UnicodeDecodeError, too deeply nested
             raise UserError(f"config {file} is not valid TOML: {e}") from None
+        except OSError as e:
+            raise UserError(f"cannot read config {file}: {e.strerror or e}") from None
     cfg = from_dict(tree)
     return apply_overrides(cfg, overrides)
 

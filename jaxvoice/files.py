@@ -1,0 +1,92 @@
+"""The small files of corpora and runs: JSON and TOML read safely, written atomically, and output folders.
+
+One place for what every reader and writer needs: a hostile or damaged file (nested ten thousand deep, not
+UTF-8, not JSON) is a `ValueError` the caller turns into one line, never a `RecursionError` traceback; a file
+is written to a temporary name beside it and renamed into place, so it is either complete or absent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def loads_json(text: str | bytes) -> Any:
+    """`json.loads`, with nesting too deep to parse reported as a ValueError like any other bad JSON."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply to be a jaxvoice file") from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON value in a UTF-8 file. OSError if it does not read; ValueError if it is not JSON."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    return loads_json(text)
+
+
+def loads_toml(text: str) -> dict:
+    """`tomllib.loads`; bad or too deeply nested TOML is a ValueError (TOMLDecodeError is one)."""
+    try:
+        return tomllib.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply to be a jaxvoice config") from None
+
+
+def temporary_path(path: str | os.PathLike) -> Path:
+    """A fresh hidden name beside `path` (same folder, so a rename onto `path` is atomic)."""
+    path = Path(path)
+    return path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+
+
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; when the block succeeds it replaces `path`, when it fails it is
+    removed. The caller creates the temporary file (so it gets the umask's permissions)."""
+    tmp = temporary_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes, *, sync: bool = False) -> Path:
+    """Write `data` (text as UTF-8) to `path` through a temporary file and a rename; `sync` fsyncs it first."""
+    with replacing(path) as tmp, open(tmp, "xb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
+    return Path(path)
+
+
+def missing_parents(path: str | os.PathLike) -> list[Path]:
+    """The folders above `path` that do not exist yet, deepest first."""
+    return [p for p in Path(path).absolute().parents if not p.exists()]
+
+
+def make_parents(path: str | os.PathLike) -> list[Path]:
+    """Create the missing folders above `path`; returns them deepest first, for `remove_made` on failure."""
+    made = missing_parents(path)
+    Path(path).absolute().parent.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+def remove_made(folders: list[Path]) -> None:
+    """Remove folders made by `make_parents` again, deepest first, where they are still empty."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
