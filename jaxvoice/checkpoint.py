@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,11 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from jaxvoice import config as config_lib
-from jaxvoice import model
+from jaxvoice import files, model
 from jaxvoice.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
+log = logging.getLogger(__name__)
 
 # orbax logs each save (INFO), read-only opens (WARNING) and, when a write or read fails, the same error with
 # tracebacks from each of its threads and tasks (ERROR, through absl, concurrent.futures and asyncio; jaxvoice
@@ -142,9 +144,18 @@ def _check_manifest(mngr: ocp.CheckpointManager, step: int, items: set[str]) -> 
 
     A step without a manifest (a kill between the save and the manifest) is left to orbax and the checksums
     of its arrays."""
+    path = _manifest_path(mngr, step)
     try:
-        expected = json.loads(_manifest_path(mngr, step).read_text())
-    except (OSError, ValueError):
+        expected = files.read_json(path)
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as e:
+        log.warning(f"checkpoint step {step}: its manifest {path} does not read ({e}); using it unverified")
+        return
+    if not _is_manifest(expected):
+        log.warning(
+            f"checkpoint step {step}: its manifest {path} is not a jaxvoice manifest; using it unverified"
+        )
         return
     step_dir = Path(mngr.directory) / str(step)
     for name, (size, sha) in expected.items():
@@ -157,6 +168,14 @@ def _check_manifest(mngr: ocp.CheckpointManager, step: int, items: set[str]) -> 
             raise Damaged(f"{name} has {path.stat().st_size} bytes where {size} were saved")
         if _sha256(path) != sha:
             raise Damaged(f"{name} has changed since it was saved")
+
+
+def _is_manifest(value: Any) -> bool:
+    """{relative path: [size, sha256 hex]}, as `_write_manifest` writes it."""
+    return isinstance(value, dict) and all(
+        isinstance(entry, list) and len(entry) == 2 and type(entry[0]) is int and isinstance(entry[1], str)
+        for entry in value.values()
+    )
 
 
 def _abstract(tree: Any) -> Any:
@@ -188,11 +207,17 @@ def _hide_orbax_read_leftovers(unraisable, previous=sys.unraisablehook) -> None:
 sys.unraisablehook = _hide_orbax_read_leftovers
 
 
-def _restore_checked(mngr: ocp.CheckpointManager, step: int, abstract: dict[str, Any]) -> dict:
-    """Restore the named items of one step (plus meta) and verify their checksums, or raise Damaged."""
-    _check_manifest(mngr, step, {"meta", *abstract})
+def _restore_checked(
+    mngr: ocp.CheckpointManager, step: int, names: tuple[str, ...], abstract_of: Callable[[dict], dict]
+) -> dict:
+    """Restore the items `names` of one step (plus meta) and verify their checksums, or raise Damaged.
+
+    Files are checked against the step's manifest first, then the meta is read and `abstract_of(meta)` gives
+    the abstract tree of each item (it may raise UserError: a config that is not damage but a user's to fix)."""
+    _check_manifest(mngr, step, {"meta", *names})
+    meta = _meta_or_damaged(mngr, step)
+    abstract = abstract_of(meta)
     try:
-        meta = read_meta(mngr, step)
         args = {name: ocp.args.StandardRestore(_abstract(tree)) for name, tree in abstract.items()}
         restored = dict(mngr.restore(step, args=ocp.args.Composite(**args)))
     except Exception as e:  # orbax raises many kinds for damaged files; each means "this step is damaged"
@@ -206,49 +231,95 @@ def _restore_checked(mngr: ocp.CheckpointManager, step: int, abstract: dict[str,
     return restored
 
 
-def _first_intact(
-    mngr: ocp.CheckpointManager, steps: list[int], abstract: dict[str, Any], quiet: bool = False
-):
-    """(step, restored) of the first step in `steps` that restores intact; warns about each damaged one."""
-    for step in steps:
-        try:
-            return step, _restore_checked(mngr, step, abstract)
-        except Damaged as e:
-            if not quiet:
-                print(
-                    f"warning: checkpoint step {step} is damaged ({e}); trying an older one", file=sys.stderr
-                )
-    return None, None
+def _check_config(meta: dict, config: config_lib.Config, step: int, run_dir: Path) -> None:
+    """UserError if the checkpoint was saved by a config that computes other steps than `config`: the run's
+    config.toml was edited. Its arrays would not fit the model, and that is not damage."""
+    try:
+        saved = config_lib.from_dict(meta["config"])
+    except (KeyError, TypeError, AttributeError):
+        raise Damaged("its meta holds no readable config") from None
+    changed = config_lib.differences(saved, config, resumable=False)
+    if changed:
+        raise UserError(
+            f"{run_dir / 'config.toml'} disagrees with checkpoint step {step} in "
+            f"{config_lib.describe_differences(changed, 'the checkpoint', 'config.toml')}: put the checkpoint's "
+            "values back in config.toml to resume, or start a new run with another --out"
+        )
 
 
 def restore_train(
-    mngr: ocp.CheckpointManager, abstract_state: Any, quiet: bool = False
+    mngr: ocp.CheckpointManager, abstract_state: Any, config: config_lib.Config | None = None
 ) -> tuple[Any, dict] | None:
-    """The newest checkpoint that restores intact, as (state, meta); None if there is none.
+    """The newest checkpoint that restores intact, as (state, meta); None if the run has never saved one.
 
     A damaged step (files deleted, truncated or zeroed; checksums that differ) is reported and skipped in
-    favour of the one before it. An unfinished save never appears: orbax renames a step into place last.
+    favour of the one before it, and moved to damaged_checkpoints/ once an intact one is found. A step saved
+    with another `config` (model.*, or train.* keys that change the steps) is a UserError, nothing moved; so
+    is a run whose checkpoints are all damaged: starting over would overwrite its logs. An unfinished save
+    never appears: orbax renames a step into place last.
     """
+    run_dir = Path(mngr.directory).parent
     abstract = {"params": abstract_state.params, "train": _train_part(abstract_state)}
     steps = sorted(mngr.all_steps(), reverse=True)
-    step, restored = _first_intact(mngr, steps, abstract, quiet)
-    _set_aside(mngr, [s for s in steps if step is None or s > step], quiet)
-    if restored is None:
-        return None
-    return abstract_state.replace(params=restored["params"], **restored["train"]), restored["meta"]
+    damaged: list[tuple[int, str]] = []
+    for step in steps:
+
+        def abstract_of(meta: dict, step: int = step) -> dict:
+            if config is not None:
+                _check_config(meta, config, step, run_dir)
+            return abstract
+
+        try:
+            restored = _restore_checked(mngr, step, ("params", "train"), abstract_of)
+        except Damaged as e:
+            damaged.append((step, str(e)))
+            continue
+        for s, why in damaged:  # reported once an intact step is found; else the error below says it all
+            log.warning(f"checkpoint step {s} is damaged ({why}); trying an older one")
+        _set_aside(mngr, [s for s, _ in damaged])
+        return abstract_state.replace(params=restored["params"], **restored["train"]), restored["meta"]
+    if damaged or _saved_before(mngr):
+        found = "; ".join(f"step {s}: {why}" for s, why in damaged) or "their folders are gone"
+        raise UserError(
+            f"no intact checkpoint is left in {run_dir / CHECKPOINT_DIR} ({found}), so --resume would start "
+            "over on top of the run's logs: restore the checkpoints from a backup, or start a new run with "
+            "another --out"
+        )
+    return None
 
 
-def _set_aside(mngr: ocp.CheckpointManager, damaged: list[int], quiet: bool) -> None:
+def _meta_or_damaged(mngr: ocp.CheckpointManager, step: int) -> dict:
+    try:
+        meta = read_meta(mngr, step)
+    except Exception as e:  # orbax raises many kinds for a missing or unreadable item
+        raise Damaged(f"its meta does not read: {type(e).__name__}") from None
+    if not isinstance(meta, dict):
+        raise Damaged("its meta is not a JSON object")
+    return meta
+
+
+def _saved_before(mngr: ocp.CheckpointManager) -> bool:
+    """Whether this run has finished a save before (its manifests say so), though no step is there now."""
+    folder = Path(mngr.directory).parent / MANIFEST_DIR
+    return folder.is_dir() and any(p.stem.isdigit() for p in folder.glob("*.json"))
+
+
+def _set_aside(mngr: ocp.CheckpointManager, damaged: list[int]) -> None:
     """Move damaged steps out of the way (the run will save those steps again), keeping their files."""
     if not damaged or jax.process_index() != 0:
         return
     folder = Path(mngr.directory).parent / "damaged_checkpoints"
-    folder.mkdir(exist_ok=True)
     for step in damaged:
         target = folder / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
-        os.replace(Path(mngr.directory) / str(step), target)
-        if not quiet:
-            print(f"moved damaged checkpoint step {step} to {target}", file=sys.stderr)
+        try:
+            folder.mkdir(exist_ok=True)
+            os.replace(Path(mngr.directory) / str(step), target)
+        except OSError as e:
+            raise UserError(
+                f"cannot move damaged checkpoint step {step} out of the way ({e.strerror or e}): make "
+                f"{Path(mngr.directory).parent} writable, or move {Path(mngr.directory) / str(step)} yourself"
+            ) from None
+        log.warning(f"moved damaged checkpoint step {step} to {target}")
     mngr.reload()
 
 
@@ -285,9 +356,15 @@ def _candidates(mngr: ocp.CheckpointManager, run_dir: Path, which: str | int) ->
     if which == "latest":
         return steps
     if which == "best":
-        scores = {s: (m or {}).get("val_loss") for s in steps for m in [_safe_meta(mngr, s)]}
-        scored = sorted((v, -s) for s, v in scores.items() if v is not None)
-        return [-s for _, s in scored] + [s for s in steps if scores[s] is None]
+        metas = {s: _safe_meta(mngr, s) for s in steps}
+        for s, m in metas.items():
+            if not isinstance(m, dict):
+                log.warning(
+                    f"checkpoint step {s}: its meta does not read, so its val loss is unknown; tried last"
+                )
+        scores = {s: m.get("val_loss") if isinstance(m, dict) else None for s, m in metas.items()}
+        scored = sorted((v, -s) for s, v in scores.items() if isinstance(v, int | float))
+        return [-s for _, s in scored] + [s for s in steps if not isinstance(scores[s], int | float)]
     try:
         step = int(which)
     except ValueError:
@@ -299,10 +376,22 @@ def _candidates(mngr: ocp.CheckpointManager, run_dir: Path, which: str | int) ->
     return [step]
 
 
-def restore_for_inference(run_dir: str | Path, which: str | int = "best", quiet: bool = False) -> Restored:
+def _inference_abstract(meta: dict) -> dict:
+    """The abstract params of the model a checkpoint's meta describes."""
+    if not isinstance(meta.get("corpus"), dict):
+        raise Damaged("its meta holds no corpus description")
+    try:
+        cfg = config_lib.from_dict(meta["config"])
+    except (KeyError, TypeError, AttributeError):
+        raise Damaged("its meta holds no readable config") from None
+    return {"params": jax.eval_shape(lambda: model.init_params(jax.random.key(0), cfg.model))}
+
+
+def restore_for_inference(run_dir: str | Path, which: str | int = "best") -> Restored:
     """The params (and what they mean) of one checkpoint: 'best' (lowest val loss), 'latest' or a step.
 
-    For best/latest a damaged checkpoint is reported and the next candidate is used."""
+    For best/latest a damaged checkpoint is reported (a warning) and the next candidate is used; a step asked
+    for by number that is damaged is a CheckpointDamaged error."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(
@@ -315,23 +404,17 @@ def restore_for_inference(run_dir: str | Path, which: str | int = "best", quiet:
     mngr = manager(run_dir, read_only=True)
     candidates = _candidates(mngr, run_dir, which)
     for step in candidates:
-        meta = _safe_meta(mngr, step)
         try:
-            if meta is None:
-                raise Damaged("its meta item does not read")
-            cfg = config_lib.from_dict(meta["config"])
-            abstract_params = jax.eval_shape(lambda cfg=cfg: model.init_params(jax.random.key(0), cfg.model))
-            restored = _restore_checked(mngr, step, {"params": abstract_params})
-        except (Damaged, UserError, KeyError, TypeError) as e:
+            restored = _restore_checked(mngr, step, ("params",), _inference_abstract)
+        except Damaged as e:
             if len(candidates) == 1:
                 raise CheckpointDamaged(
                     f"checkpoint step {step} of {run_dir} is damaged ({e}); choose another step"
                 ) from None
-            if not quiet:
-                print(
-                    f"warning: checkpoint step {step} is damaged ({e}); trying the next one", file=sys.stderr
-                )
+            log.warning(f"checkpoint step {step} is damaged ({e}); trying the next one")
             continue
+        meta = restored["meta"]
+        cfg = config_lib.from_dict(meta["config"])
         return Restored(restored["params"], cfg, meta["corpus"], step, meta.get("val_loss"))
     raise UserError(
         f"every checkpoint of {run_dir} is damaged; train again or restore the files from a backup"

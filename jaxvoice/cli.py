@@ -88,14 +88,14 @@ class _WarningLine(logging.Formatter):
         return text if record.levelno < logging.WARNING else f"warning: {text}"
 
 
-def _show_library_warnings() -> None:
+def _show_library_warnings(quiet: bool) -> None:
     logger = logging.getLogger("jaxvoice")
     if not any(getattr(h, "_jaxvoice_cli", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_WarningLine())
         handler._jaxvoice_cli = True
         logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)
+    logger.setLevel(logging.ERROR if quiet else logging.WARNING)
     logger.propagate = False  # shown once, here, not again by a handler of the root logger
 
 
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if argv is None and args.command in HUGE_PAGE_COMMANDS:  # the real command line, not a caller's list
         reexec_with_huge_pages()
-    _show_library_warnings()
+    _show_library_warnings(getattr(args, "quiet", False))
     try:
         return int(args._module.run(args) or 0)
     except UserError as e:

@@ -76,6 +76,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+INT_LIMIT = (1 << 31) - 1
 SEED_LIMIT = 1 << 32  # JAX keys from 32-bit seeds: a larger seed would silently equal a smaller one
 
 
@@ -169,6 +170,11 @@ def _validate(cfg: Config) -> Config:
             raise UserError(message)
     check_seed(cfg.train.seed, "train.seed")
     check_seed(cfg.sample.seed, "sample.seed")
+    for key in all_keys():  # sizes and counts end up in int32 shapes and step counters inside jit
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if type(value) is int and key not in ("train.seed", "sample.seed") and value > INT_LIMIT:
+            raise UserError(f"{key} must be at most {INT_LIMIT}, got {value}")
     return cfg
 
 
@@ -227,6 +233,31 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
 
 def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
     return dataclasses.asdict(cfg)
+
+
+# Keys that may change when a run is resumed: they do not change what the steps compute. (Every sample.* key
+# may change too: sampling settings are not part of training.)
+RESUMABLE_CHANGES = frozenset(
+    {"train.max_epochs", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints"}
+)
+
+
+def differences(a: Config, b: Config, *, resumable: bool = True) -> dict[str, tuple[Any, Any]]:
+    """{key: (value in a, value in b)} for every training key (model.*, train.*) that differs; without
+    `resumable`, only those that change what the steps compute (not in RESUMABLE_CHANGES)."""
+    da, db = to_dict(a), to_dict(b)
+    return {
+        f"{s}.{k}": (da[s][k], db[s][k])
+        for s in da
+        if s != "sample"
+        for k in da[s]
+        if da[s][k] != db[s][k] and (resumable or f"{s}.{k}" not in RESUMABLE_CHANGES)
+    }
+
+
+def describe_differences(diff: dict[str, tuple[Any, Any]], a_name: str, b_name: str) -> str:
+    """'model.rnn_size (128 in a_name, 64 in b_name), ...' for a message."""
+    return ", ".join(f"{key} ({a!r} in {a_name}, {b!r} in {b_name})" for key, (a, b) in diff.items())
 
 
 def _toml_value(value: Any) -> str:

@@ -228,7 +228,10 @@ class Stopped(Exception):
     """Training stopped early (a signal, a NaN, a full disk: fit said why); args[0] is its exit code."""
 
 
-def check_settings(minutes: float, seconds: float) -> None:
+def check_settings(minutes: float, seconds: float, seed: int = 0) -> None:
+    from jaxvoice.config import check_seed
+
+    check_seed(seed, "--seed")
     if not (math.isfinite(minutes) and minutes > 0):
         raise UserError(f"--minutes must be a positive number, got {minutes}")
     if not (math.isfinite(seconds) and seconds >= MIN_SECONDS):
@@ -315,7 +318,7 @@ def _write_sample(run_dir: Path, which, seconds: float, name: str, quiet: bool):
 
     from jaxvoice import checkpoint, sample
 
-    restored = checkpoint.restore_for_inference(run_dir, which, quiet=quiet)
+    restored = checkpoint.restore_for_inference(run_dir, which)
     cfg, meta = restored.config, restored.corpus_meta
     path = run_dir / "samples" / name.format(step=restored.step)
     path.parent.mkdir(exist_ok=True)
@@ -356,7 +359,7 @@ def run_demo(
 
     from jaxvoice import audio, checkpoint, corpus, report
 
-    check_settings(minutes, seconds)
+    check_settings(minutes, seconds, seed)
     out = Path(out)
     _check_out(out, force)
     say = (lambda *a: None) if quiet else (lambda msg: print(msg, flush=True))

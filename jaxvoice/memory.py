@@ -85,8 +85,16 @@ def device_available(device: Any = None) -> int | None:
     return host_available()
 
 
-def _gib(n: int) -> str:
-    return f"{n / GiB:,.1f} GiB" if n >= GiB / 10 else f"{n / (1 << 20):,.0f} MiB"
+def format_bytes(n: int) -> str:
+    """1.5 GiB, 230 MiB, 3.2 PiB: one decimal from GiB up."""
+    if n < GiB / 10:
+        return f"{n / (1 << 20):,.0f} MiB"
+    value, unit = n / GiB, "GiB"
+    for bigger in ("TiB", "PiB", "EiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:,.1f} {unit}"
 
 
 def check_fits(needed: dict[str, int], available: int | None, fix: str, what: str = "this") -> None:
@@ -98,7 +106,7 @@ def check_fits(needed: dict[str, int], available: int | None, fix: str, what: st
     total = sum(needed.values())
     if total <= available:
         return
-    parts = ", ".join(f"{name} {_gib(n)}" for name, n in needed.items() if n)
+    parts = ", ".join(f"{name} {format_bytes(n)}" for name, n in needed.items() if n)
     raise UserError(
-        f"{what} needs about {_gib(total)} of memory ({parts}) but only {_gib(available)} is available: {fix}"
+        f"{what} needs about {format_bytes(total)} of memory ({parts}) but only {format_bytes(available)} is available: {fix}"
     )

@@ -24,7 +24,7 @@ def initialize(
     """Join a multi-process run when asked to: by the three flags, or (`detect`) by whatever cluster JAX
     recognises from its environment (JAX_COORDINATOR_ADDRESS, Slurm, Open MPI, Cloud TPU, Kubernetes)."""
     if detect:
-        jax.distributed.initialize()
+        _join(jax.distributed.initialize, "the cluster JAX found in this environment")
         return
     if coordinator is None and num_processes is None and process_id is None:
         return
@@ -32,9 +32,30 @@ def initialize(
         raise UserError(
             "multi-process training needs all of --coordinator HOST:PORT, --num-processes and --process-id"
         )
+    host, _, port = coordinator.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(
+            f"--coordinator must be HOST:PORT (a port 1..65535), e.g. node0:1234, got '{coordinator}'"
+        )
+    if num_processes < 1:
+        raise UserError(f"--num-processes must be at least 1, got {num_processes}")
     if not 0 <= process_id < num_processes:
         raise UserError(f"--process-id must be in 0..{num_processes - 1}, got {process_id}")
-    jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+    _join(
+        lambda: jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id),
+        f"the coordinator {coordinator}",
+    )
+
+
+def _join(initialize, where: str) -> None:
+    try:
+        initialize()
+    except (RuntimeError, ValueError, OSError) as e:  # jaxlib reports a failed or timed-out join so
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(
+            f"could not join {where} ({first}): check --coordinator, --num-processes and --process-id on "
+            "every process, and that process 0 is running"
+        ) from None
 
 
 @dataclass(frozen=True)

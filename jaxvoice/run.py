@@ -1,48 +1,198 @@
 """A run directory: what is checked and written before training starts, and how a run is resumed.
 
 runs/NAME/config.toml (the resolved config), corpus.json (the corpus meta, with its path), train.csv,
-val.csv, checkpoints/, samples/, plots/. Nothing in an existing run is touched unless --resume is given.
+val.csv, checkpoints/, samples/, plots/. jaxvoice trains only into a new or empty folder, or (with
+`resume`) into a run it made itself; nothing else is ever written to, and nothing in an existing run is
+touched unless `resume` is given.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from jaxvoice import config as config_lib
 from jaxvoice import corpus as corpus_lib
+from jaxvoice import files
 from jaxvoice.errors import UserError
 from jaxvoice.streams import train_streams
 
-# Keys that may change when a run is resumed: they do not change what the steps compute.
-RESUMABLE_CHANGES = {
-    "train.max_epochs",
-    "train.eval_every",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-}
+CONFIG_FILE, CORPUS_FILE = "config.toml", "corpus.json"
+# A corpus up to this size is checked against its sha256 whenever a run opens it (~1 s per GiB); a larger
+# one by its size only (`jaxvoice info --verify` checks it in full).
+VERIFY_LIMIT = 1 << 30
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def _missing_or_bad(run_dir: Path) -> list[str]:
+    """Which of the files that make a folder a jaxvoice run are absent or not what jaxvoice writes: its
+    config.toml, and the corpus.json beside it (a JSON object with the corpus's codec and sha256)."""
+    bad = [] if (run_dir / CONFIG_FILE).is_file() else [CONFIG_FILE]
+    try:
+        info = files.read_json(run_dir / CORPUS_FILE)
+    except (OSError, ValueError):
+        info = None
+    if not (isinstance(info, dict) and isinstance(info.get("sha256"), str) and "codec" in info):
+        bad.append(CORPUS_FILE)
+    return bad
 
 
-def _differences(a: config_lib.Config, b: config_lib.Config) -> list[str]:
-    da, db = config_lib.to_dict(a), config_lib.to_dict(b)
-    return [f"{s}.{k}" for s in da if s != "sample" for k in da[s] if da[s][k] != db[s][k]]
+def is_run(run_dir: str | Path) -> bool:
+    """Whether `run_dir` holds a run that jaxvoice made (its config.toml and corpus.json)."""
+    return not _missing_or_bad(Path(run_dir))
 
 
-def _open_checked(data: str | Path, expected_sha: str | None = None) -> corpus_lib.Corpus:
+def _existing_run(run_dir: Path, resume: bool) -> bool:
+    """True for a run to resume; False for an absent or empty folder (a new run, also with `resume`: the first
+    start of a job that always resumes); anything else is refused before anything is written."""
+    if not (run_dir.exists() or run_dir.is_symlink()):
+        return False
+    if not run_dir.is_dir():
+        raise UserError(f"--out {run_dir} is a file, not a run directory: choose another --out")
+    missing = _missing_or_bad(run_dir)
+    if not missing:
+        if not resume:
+            raise UserError(
+                f"{run_dir} already exists; add --resume to continue that run, or choose another --out"
+            )
+        return True
+    try:
+        empty = not any(run_dir.iterdir())
+    except OSError as e:
+        raise UserError(f"cannot read {run_dir} ({e.strerror}): choose another --out") from None
+    if not empty and (run_dir / "checkpoints").is_dir():
+        raise UserError(
+            f"{run_dir} looks like a jaxvoice run but its {' and '.join(missing)} is missing or damaged: put it "
+            "back (e.g. from a backup), or start a new run with another --out"
+        )
+    if not empty:
+        raise UserError(
+            f"{run_dir} holds files but is not a jaxvoice run (no {CONFIG_FILE} and {CORPUS_FILE} from jaxvoice "
+            "train), so train will not write there, with or without --resume: choose another --out"
+        )
+    return False
+
+
+def _open_checked(data: str | Path, expected_sha: str | None, fix: str) -> corpus_lib.Corpus:
+    """The corpus at `data`, checked against its own sha256 (up to VERIFY_LIMIT) and, if given, against the
+    sha256 the run recorded; `fix` says what to do when it is another corpus."""
     corpus = corpus_lib.open_corpus(data)
     if expected_sha is not None and corpus.meta.get("sha256") != expected_sha:
-        raise UserError(
-            f"corpus {data} is not the one this run trained on (sha256 differs); resume with the original "
-            "corpus, or start a new run"
-        )
+        raise UserError(f"corpus {data} is not the one this run trained on (sha256 differs); {fix}")
+    if corpus.meta["length"] <= VERIFY_LIMIT:
+        corpus.verify()
     return corpus
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A run resolved but not yet written: its config, its corpus, and whether it is a new run."""
+
+    config: config_lib.Config
+    corpus: corpus_lib.Corpus
+    run_dir: Path
+    new: bool
+
+
+def plan(
+    run_dir: str | Path,
+    *,
+    config_path: str | None,
+    overrides: list[str],
+    data: str | None,
+    resume: bool,
+    primary: bool = True,
+) -> Plan:
+    """Resolve the config and corpus of a new or resumed run, checking everything and writing nothing.
+
+    `primary` is false on the processes after the first of a multi-process run: they must not race it."""
+    run_dir = Path(run_dir)
+    if not primary:  # process 0 checks and writes the run directory; the others only read
+        if resume and is_run(run_dir):
+            cfg = config_lib.apply_overrides(config_lib.load(run_dir / CONFIG_FILE), overrides)
+            return Plan(cfg, open_run_corpus(run_dir, data), run_dir, new=False)
+        if data is None:
+            raise UserError("no corpus given: add --data CORPUS_DIR (made by jaxvoice prepare)")
+        cfg = config_lib.load(config_path, overrides)
+        return Plan(cfg, _open_checked(data, None, ""), run_dir, new=True)
+    if _existing_run(run_dir, resume):
+        saved = config_lib.load(run_dir / CONFIG_FILE)
+        cfg = config_lib.apply_overrides(saved, overrides)
+        if config_path is not None:
+            changed = config_lib.differences(config_lib.load(config_path, overrides), cfg)
+            if changed:
+                raise UserError(
+                    f"--config differs from the run's saved config.toml in {', '.join(changed)}; drop --config "
+                    "to resume with the saved one, or start a new run with another --out"
+                )
+        forbidden = config_lib.differences(saved, cfg, resumable=False)
+        if forbidden:
+            raise UserError(
+                f"cannot change {', '.join(forbidden)} when resuming (it would change what the steps compute); "
+                "start a new run instead"
+            )
+        return Plan(cfg, open_run_corpus(run_dir, data), run_dir, new=False)
+    cfg = config_lib.load(config_path, overrides)
+    if data is None:
+        raise UserError("no corpus given: add --data CORPUS_DIR (made by jaxvoice prepare)")
+    corpus = _open_checked(data, None, "")
+    train_streams(corpus.split("train"), cfg.train.batch_size, cfg.train.seq_length)  # sizes that can work
+    return Plan(cfg, corpus, run_dir, new=True)
+
+
+def create(plan: Plan) -> None:
+    """Write what a planned run needs before its first step: a new run's config.toml and corpus.json (its
+    folder and missing parents made); a resumed run's config.toml again if a resumable key changed."""
+    config_path = plan.run_dir / CONFIG_FILE
+    if not plan.new:
+        if plan.config != config_lib.load(config_path):
+            _write(config_path, config_lib.dumps(plan.config))
+        return
+    existed = plan.run_dir.is_dir()
+    made = [] if existed else files.missing_parents(plan.run_dir / "x")
+    try:
+        try:
+            plan.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(
+                f"cannot create {plan.run_dir} ({e.strerror or e}): choose another --out"
+            ) from None
+        _write(config_path, config_lib.dumps(plan.config))
+        info = dict(plan.corpus.meta, path=str(Path(plan.corpus.path).absolute()))
+        _write(plan.run_dir / CORPUS_FILE, json.dumps(info, indent=2))
+    except BaseException:
+        discard(plan.run_dir, made if not existed else [])
+        raise
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        files.write_atomic(path, text)
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror or e}): choose another --out") from None
+
+
+def started(run_dir: str | Path) -> bool:
+    """Whether a run has logged a step (train.csv holds more than its header line)."""
+    try:
+        with open(Path(run_dir) / "train.csv", "rb") as f:
+            return f.read(1 << 16).count(b"\n") > 1
+    except OSError:
+        return False
+
+
+def discard(run_dir: Path, made: list[Path]) -> None:
+    """Remove what `create` and a failed first start wrote into a new run (whose folder was absent or empty
+    before), and the folders `made` for it; used when a new run fails before it saved anything."""
+    if not run_dir.is_dir():
+        return
+    for entry in run_dir.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    files.remove_made(made)
 
 
 def setup(
@@ -54,66 +204,32 @@ def setup(
     resume: bool,
     primary: bool = True,
 ) -> tuple[config_lib.Config, corpus_lib.Corpus, Path]:
-    """Resolve the config and corpus of a new or resumed run; create the run directory if new.
-
-    `primary` is false on the processes after the first of a multi-process run: they must not race it."""
-    run_dir = Path(run_dir)
-    saved_config = run_dir / "config.toml"
-    if resume and saved_config.is_file():
-        cfg = config_lib.apply_overrides(config_lib.load(saved_config), overrides)
-        if config_path is not None:
-            changed = _differences(config_lib.load(config_path, overrides), cfg)
-            if changed:
-                raise UserError(
-                    f"--config differs from the run's saved config.toml in {', '.join(changed)}; drop --config "
-                    "to resume with the saved one, or start a new run with another --out"
-                )
-        saved = config_lib.load(saved_config)
-        forbidden = [k for k in _differences(saved, cfg) if k not in RESUMABLE_CHANGES]
-        if forbidden:
-            raise UserError(
-                f"cannot change {', '.join(forbidden)} when resuming (it would change what the steps compute); "
-                "start a new run instead"
-            )
-        corpus = open_run_corpus(run_dir, data)
-        if cfg != saved:
-            _write_atomic(saved_config, config_lib.dumps(cfg))
-        return cfg, corpus, run_dir
-
-    cfg = config_lib.load(config_path, overrides)
-    if not primary:  # process 0 checks and writes the run directory; the others only read the corpus
-        if data is None:
-            raise UserError("no corpus given: add --data CORPUS_DIR (made by jaxvoice prepare)")
-        return cfg, _open_checked(data), run_dir
-    if run_dir.exists() and not resume and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        raise UserError(
-            f"{run_dir} already exists; add --resume to continue that run, or choose another --out"
-        )
-    if data is None:
-        raise UserError("no corpus given: add --data CORPUS_DIR (made by jaxvoice prepare)")
-    corpus = _open_checked(data)
-    train_streams(corpus.split("train"), cfg.train.batch_size, cfg.train.seq_length)  # sizes that can work
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(saved_config, config_lib.dumps(cfg))
-    corpus_info = dict(corpus.meta, path=str(Path(corpus.path).absolute()))
-    _write_atomic(run_dir / "corpus.json", json.dumps(corpus_info, indent=2))
-    return cfg, corpus, run_dir
+    """`plan` and `create` in one: (config, corpus, run_dir) of a new or resumed run, ready to train."""
+    planned = plan(
+        run_dir, config_path=config_path, overrides=overrides, data=data, resume=resume, primary=primary
+    )
+    if primary:
+        create(planned)
+    return planned.config, planned.corpus, planned.run_dir
 
 
 def open_run_corpus(run_dir: str | Path, data: str | None = None) -> corpus_lib.Corpus:
     """The corpus a run trained on: `data` if given (checked by sha256), else the path in corpus.json."""
-    info_path = Path(run_dir) / "corpus.json"
+    info_path = Path(run_dir) / CORPUS_FILE
     try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
+        info = files.read_json(info_path)
     except (OSError, ValueError):
         raise UserError(f"{info_path} is missing or not JSON; give the corpus with --data") from None
+    if not isinstance(info, dict):
+        raise UserError(f"{info_path} does not hold a JSON object; give the corpus with --data")
     if data is None and not isinstance(info.get("path"), str):
         raise UserError(f"{info_path} names no corpus path; give the corpus with --data")
-    return _open_checked(data or info["path"], info.get("sha256"))
+    fix = "give this run's own corpus with --data"
+    return _open_checked(data or info["path"], info.get("sha256"), fix)
 
 
 def config_of(run_dir: str | Path) -> config_lib.Config:
-    path = Path(run_dir) / "config.toml"
+    path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise UserError(
             f"{run_dir} is not a run directory (no config.toml); give --run a directory made by train"

@@ -14,6 +14,7 @@ import math
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,10 @@ import optax
 from flax import struct
 from tqdm import tqdm
 
-from jaxvoice import __version__, checkpoint, logs, model, parallel
+from jaxvoice import __version__, checkpoint, logs, memory, model, parallel
 from jaxvoice import config as config_lib
 from jaxvoice.config import Config, ModelConfig, TrainConfig
+from jaxvoice.errors import UserError
 from jaxvoice.streams import Streams, eval_streams, train_streams
 
 
@@ -73,6 +75,45 @@ def init_state(cfg: Config, steps_per_epoch: int, batch_size: int) -> TrainState
         carry=model.init_carry(cfg.model, batch_size),
         key=jax.random.key_data(dropout_key),
     )
+
+
+def memory_needed(cfg: Config) -> dict[str, int]:
+    """Bytes one training step of `cfg` holds at once, counted from abstract shapes (nothing is allocated):
+    the params, their gradients and the optimizer state (the state is donated, so the updated one reuses
+    it), and the activations the backward pass keeps: the residuals of `jax.vjp` of the loss that are not
+    the params themselves."""
+    B, T = cfg.train.batch_size, cfg.train.seq_length
+    tokens_BxT = jax.ShapeDtypeStruct((B, T), jnp.uint8)
+
+    def residuals(p, tokens, carry):
+        return jax.vjp(lambda p: model.loss(p, tokens, tokens, carry, cfg.model)[0], p)[1]
+
+    with warnings.catch_warnings():  # index dtypes of absurd shapes warn while tracing; nothing runs
+        warnings.simplefilter("ignore")
+        params = jax.eval_shape(lambda: model.init_params(jax.random.key(0), cfg.model))
+        opt_state = jax.eval_shape(make_optimizer(cfg.train, 1).init, params)
+        carry = jax.eval_shape(lambda: model.init_carry(cfg.model, B))
+        jaxpr = jax.make_jaxpr(residuals)(params, tokens_BxT, carry).jaxpr
+    inputs = set(map(id, jaxpr.invars))
+    kept = [v.aval for v in jaxpr.outvars if id(v) not in inputs and hasattr(v.aval, "shape")]
+    params_bytes = memory.tree_bytes(params)
+    return {
+        "parameters": params_bytes,
+        "gradients": params_bytes,
+        "optimizer state": memory.tree_bytes(opt_state),
+        "activations": memory.tree_bytes(kept),
+    }
+
+
+def check_memory(cfg: Config, num_devices: int = 1, available: int | None = None) -> None:
+    """UserError, before anything is allocated, if a training step of `cfg` cannot fit in the memory of one
+    device (`available` bytes if given; else the host's free memory on a CPU, the allocator's on GPU/TPU).
+    With data parallelism each of `num_devices` holds the params and 1/num_devices of the activations."""
+    needed = memory_needed(cfg)
+    needed["activations"] = -(-needed["activations"] // num_devices)
+    available = memory.device_available() if available is None else available
+    fix = "lower model.rnn_size, model.num_layers, train.batch_size or train.seq_length"
+    memory.check_fits(needed, available, fix, what=f"training {cfg.model.num_layers} x {cfg.model.rnn_size}")
 
 
 def _train_step(state: TrainState, inputs_BxT, targets_BxT, *, cfg: Config, steps_per_epoch: int):
@@ -245,21 +286,30 @@ def fit(
     state = init_state(cfg, steps_per_epoch, B)
     state = jax.device_put(state, state_sharding(state, dp))
     mngr = checkpoint.manager(run_dir, keep=cfg.train.keep_checkpoints)
-    wall_before = 0.0
+    wall_before, resumed = 0.0, None
     if resume:
-        restored = checkpoint.restore_train(mngr, state)
+        restored = checkpoint.restore_train(mngr, state, cfg)
         if restored is None:
-            say(f"{run_dir} has no checkpoint yet: starting from step 0")
+            resumed = f"{run_dir} has no checkpoint yet: starting from step 0"
         else:
             state, meta = restored
             wall_before = float(meta.get("wall_s", 0.0))
-            say(f"resuming {run_dir} from step {int(state.step)}")
+            resumed = f"resuming {run_dir} from step {int(state.step)}"
     start_step = int(state.step)
     target = target_step if target_step is not None else cfg.train.max_epochs * steps_per_epoch
     keep = start_step if resume else None
     make_log = logs.CsvLog if primary else logs.NullLog
-    train_log = make_log(run_dir / "train.csv", logs.TRAIN_COLUMNS, keep_through_step=keep)
-    val_log = make_log(run_dir / "val.csv", logs.VAL_COLUMNS, keep_through_step=keep)
+    try:
+        train_log = make_log(run_dir / "train.csv", logs.TRAIN_COLUMNS, keep_through_step=keep)
+        val_log = make_log(run_dir / "val.csv", logs.VAL_COLUMNS, keep_through_step=keep)
+    except OSError as e:
+        mngr.close()
+        raise UserError(
+            f"cannot write the logs of {run_dir} ({_describe(e)}): make the run's folder writable, or copy the "
+            "run somewhere writable and --resume it there"
+        ) from None
+    if resumed:
+        say(resumed)
     if start_step >= target:
         say(f"{run_dir} is already at step {start_step} (target {target}); nothing to do")
         train_log.close(), val_log.close(), mngr.close()

@@ -21,7 +21,8 @@ def add_arguments(parser):
 def run(args):
     from jaxvoice import demo
 
-    demo.check_settings(args.minutes, args.seconds)  # before the heavy imports: a usage error is instant
+    # before the heavy imports: a usage error is instant
+    demo.check_settings(args.minutes, args.seconds, args.seed)
     try:
         demo.run_demo(
             args.out,

@@ -2,6 +2,8 @@
 
 HELP = "train a recurrent network on a corpus; checkpoints, logs and exact --resume in a run directory"
 
+MAX_STEP = (1 << 31) - 1  # the step counter is an int32 inside the compiled step
+
 
 def add_arguments(parser):
     parser.add_argument("--config", help="a TOML file or a preset name (tiny, small, voice_2016, ...)")
@@ -35,32 +37,31 @@ def add_arguments(parser):
 def run(args):
     from jaxvoice.errors import UserError
 
-    if args.steps is not None and args.steps < 1:
-        raise UserError(f"--steps must be at least 1, got {args.steps}")
+    if args.steps is not None and not 1 <= args.steps <= MAX_STEP:
+        raise UserError(f"--steps must be from 1 to {MAX_STEP}, got {args.steps}")
     if args.minutes is not None and not args.minutes > 0:
         raise UserError(f"--minutes must be positive, got {args.minutes}")
     import jax
 
-    from jaxvoice import parallel
+    from jaxvoice import files, parallel, train
     from jaxvoice import run as run_lib
 
     parallel.initialize(args.coordinator, args.num_processes, args.process_id, detect=args.distributed)
-    cfg, corpus, run_dir = run_lib.setup(
-        args.out,
-        config_path=args.config,
-        overrides=args.set,
-        data=args.data,
-        resume=args.resume,
-        primary=jax.process_index() == 0,
-    )
-    from jaxvoice import train
-
-    return train.fit(
-        cfg,
-        corpus,
-        run_dir,
-        target_step=args.steps,
-        minutes=args.minutes,
-        resume=args.resume,
-        quiet=args.quiet,
-    )
+    primary = jax.process_index() == 0
+    plan = run_lib.plan(
+        args.out, config_path=args.config, overrides=args.set, data=args.data, resume=args.resume,
+        primary=primary,
+    )  # fmt: skip
+    train.check_memory(plan.config, parallel.data_parallel().num_devices)
+    made = files.missing_parents(plan.run_dir / "x") if plan.new and primary else []
+    if primary:
+        run_lib.create(plan)
+    try:
+        return train.fit(
+            plan.config, plan.corpus, plan.run_dir, target_step=args.steps, minutes=args.minutes,
+            resume=args.resume, quiet=args.quiet,
+        )  # fmt: skip
+    except BaseException:
+        if plan.new and primary and not run_lib.started(plan.run_dir):
+            run_lib.discard(plan.run_dir, made)  # a new run that failed before its first step leaves nothing
+        raise
