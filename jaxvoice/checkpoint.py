@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,12 +29,6 @@ from jaxvoice.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
 log = logging.getLogger(__name__)
-
-# orbax logs each save (INFO), read-only opens (WARNING) and, when a write or read fails, the same error with
-# tracebacks from each of its threads and tasks (ERROR, through absl, concurrent.futures and asyncio; jaxvoice
-# itself uses no asyncio). jaxvoice reports a failed save or a damaged step itself, in one line.
-for _name in ("absl", "concurrent.futures", "asyncio"):
-    logging.getLogger(_name).setLevel(logging.CRITICAL)
 
 
 def _options(keep: int, read_only: bool) -> ocp.CheckpointManagerOptions:
@@ -68,8 +61,35 @@ def manager(run_dir: str | Path, keep: int = 3, read_only: bool = False) -> ocp.
     )
 
 
+# What a checkpoint's train item holds: 2 = the model's carry as its pytree; 1 (meta without the key, the
+# checkpoints of jaxvoice before model families) = the stack's carry as one [layers, states, B, H] array.
+STATE_FORMAT = 2
+
+
 def _train_part(state: Any) -> dict:
     return {"opt_state": state.opt_state, "step": state.step, "carry": state.carry, "key": state.key}
+
+
+def _legacy_carry(carry: Any) -> Any:
+    """The abstract [L, S, B, H] array that format 1 saved for a stack carry (L layers of S [B, H] states)."""
+    leaves = jax.tree.leaves(carry[0])
+    like = leaves[0]
+    sharding = getattr(like, "sharding", None)
+    if isinstance(sharding, jax.sharding.NamedSharding):  # the batch axis stays split over the same mesh
+        sharding = jax.sharding.NamedSharding(
+            sharding.mesh, jax.sharding.PartitionSpec(None, None, *sharding.spec)
+        )
+    return jax.ShapeDtypeStruct((len(carry), len(leaves), *like.shape), like.dtype, sharding=sharding)
+
+
+def _from_legacy(carry_LxSxBxH: jax.Array, like: Any) -> Any:
+    """A format-1 carry array as the pytree `like` (a tuple of per-layer carries)."""
+    return tuple(
+        jax.tree.unflatten(
+            jax.tree.structure(layer), [carry_LxSxBxH[i, s] for s in range(carry_LxSxBxH.shape[1])]
+        )
+        for i, layer in enumerate(like)
+    )
 
 
 def digest(tree: Any) -> str:
@@ -91,7 +111,9 @@ def digest(tree: Any) -> str:
 def save(mngr: ocp.CheckpointManager, state: Any, meta: dict, val_loss: float | None) -> None:
     """Save `state` (a TrainState) at its step, with `meta` (JSON) and checksums of both array items."""
     train_part = _train_part(state)
-    meta = dict(meta, params_sha256=digest(state.params), train_sha256=digest(train_part))
+    meta = dict(
+        meta, params_sha256=digest(state.params), train_sha256=digest(train_part), state_format=STATE_FORMAT
+    )
     metrics = {"val_loss": float(val_loss)} if val_loss is not None else None
     mngr.save(
         int(state.step),
@@ -194,19 +216,6 @@ class CheckpointDamaged(UserError):
     """The one checkpoint asked for (a step number) is damaged; callers that go through several skip it."""
 
 
-def _hide_orbax_read_leftovers(unraisable, previous=sys.unraisablehook) -> None:
-    """When one array of a damaged step fails to read, orbax's other reads of that step are left behind as
-    coroutines that Python reports ("Exception ignored in ...") whenever they are collected, maybe at exit.
-    The failure is reported once, by jaxvoice; every other unraisable exception is shown as usual."""
-    code = getattr(unraisable.object, "cr_code", None)
-    if code is not None and "orbax" in code.co_filename:
-        return
-    previous(unraisable)
-
-
-sys.unraisablehook = _hide_orbax_read_leftovers
-
-
 def _restore_checked(
     mngr: ocp.CheckpointManager, step: int, names: tuple[str, ...], abstract_of: Callable[[dict], dict]
 ) -> dict:
@@ -267,6 +276,11 @@ def restore_train(
         def abstract_of(meta: dict, step: int = step) -> dict:
             if config is not None:
                 _check_config(meta, config, step, run_dir)
+            if meta.get("state_format", 1) == 1:
+                return {
+                    **abstract,
+                    "train": {**abstract["train"], "carry": _legacy_carry(abstract_state.carry)},
+                }
             return abstract
 
         try:
@@ -277,7 +291,10 @@ def restore_train(
         for s, why in damaged:  # reported once an intact step is found; else the error below says it all
             log.warning(f"checkpoint step {s} is damaged ({why}); trying an older one")
         _set_aside(mngr, [s for s, _ in damaged])
-        return abstract_state.replace(params=restored["params"], **restored["train"]), restored["meta"]
+        train = dict(restored["train"])
+        if restored["meta"].get("state_format", 1) == 1:
+            train["carry"] = _from_legacy(train["carry"], abstract_state.carry)
+        return abstract_state.replace(params=restored["params"], **train), restored["meta"]
     if damaged or _saved_before(mngr):
         found = "; ".join(f"step {s}: {why}" for s, why in damaged) or "their folders are gone"
         raise UserError(

@@ -99,6 +99,30 @@ def _show_library_warnings(quiet: bool) -> None:
     logger.propagate = False  # shown once, here, not again by a handler of the root logger
 
 
+# orbax logs each save (INFO), read-only opens (WARNING) and, when a write or read fails, the same error with
+# tracebacks from each of its threads and tasks (ERROR, through absl, concurrent.futures and asyncio; jaxvoice
+# itself uses no asyncio). The command reports a failed save or a damaged step itself, in one line.
+QUIET_LOGGERS = ("absl", "concurrent.futures", "asyncio")
+
+
+def _hide_orbax_read_leftovers(unraisable, previous=sys.unraisablehook) -> None:
+    """When one array of a damaged checkpoint fails to read, orbax's other reads of that step are left behind
+    as coroutines that Python reports ("Exception ignored in ...") when they are collected, maybe at exit.
+    The command has reported the damage once; every other unraisable exception is shown as usual."""
+    code = getattr(unraisable.object, "cr_code", None)
+    if code is not None and "orbax" in code.co_filename:
+        return
+    previous(unraisable)
+
+
+def _own_the_process(quiet: bool) -> None:
+    """What the command (not the library) sets for its process: how warnings and leftovers show."""
+    _show_library_warnings(quiet)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    sys.unraisablehook = _hide_orbax_read_leftovers
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -107,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if argv is None and args.command in HUGE_PAGE_COMMANDS:  # the real command line, not a caller's list
         reexec_with_huge_pages()
-    _show_library_warnings(getattr(args, "quiet", False))
+    _own_the_process(getattr(args, "quiet", False))
     try:
         return int(args._module.run(args) or 0)
     except UserError as e:

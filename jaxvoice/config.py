@@ -21,12 +21,16 @@ PRESET_DIR = Path(__file__).parent / "configs"
 
 @dataclass(frozen=True)
 class ModelConfig:
-    cell: str = "lstm"  # lstm | gru | rnn (tanh)
+    kind: str = "stack"  # the model family: stack (char-rnn's layers of one cell) | a registered one
+    cell: str = "lstm"  # lstm | gru | rnn (tanh) | a registered one (jaxvoice.register_cell, --import)
     rnn_size: int = 128
     num_layers: int = 2
     wordvec_size: int = 64
     dropout: float = 0.0  # between layers, training only
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+    kernels: str = (
+        "auto"  # auto: the fast implementations (jaxvoice.fast) where they apply | xla: the equations
+    )
 
 
 @dataclass(frozen=True)
@@ -68,8 +72,8 @@ class Config:
 SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "sample": SampleConfig}
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "model.cell": ("lstm", "gru", "rnn"),
     "model.dtype": ("float32", "bfloat16"),
+    "model.kernels": ("auto", "xla"),
     "train.clip": ("value", "norm"),
     "train.lr_schedule": ("step", "constant", "cosine"),
     "sample.weights": ("float32", "bfloat16"),
@@ -168,6 +172,9 @@ def _validate(cfg: Config) -> Config:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+    from jaxvoice import model  # the registries of model families and cells (and so JAX), only here
+
+    model.check(cfg.model)
     check_seed(cfg.train.seed, "train.seed")
     check_seed(cfg.sample.seed, "sample.seed")
     for key in all_keys():  # sizes and counts end up in int32 shapes and step counters inside jit
@@ -235,10 +242,16 @@ def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
     return dataclasses.asdict(cfg)
 
 
-# Keys that may change when a run is resumed: they do not change what the steps compute. (Every sample.* key
-# may change too: sampling settings are not part of training.)
+# Keys that may change when a run is resumed: they do not change what the steps compute (model.kernels only
+# how, to float rounding). Every sample.* key may change too: sampling settings are not part of training.
 RESUMABLE_CHANGES = frozenset(
-    {"train.max_epochs", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints"}
+    {
+        "train.max_epochs",
+        "train.eval_every",
+        "train.checkpoint_every",
+        "train.keep_checkpoints",
+        "model.kernels",
+    }
 )
 
 

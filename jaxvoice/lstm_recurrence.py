@@ -1,19 +1,20 @@
 """The LSTM's time loops for training on a CPU: jaxvoice's own kernels (native/lstm_recurrence.cc).
 
-`model.py` keeps everything that is a whole-sequence GEMM (input projections, weight gradients) in XLA and
+`fast.py` keeps everything that is a whole-sequence GEMM (input projections, weight gradients) in XLA and
 hands only the step-after-step part of a layer to these XLA FFI custom calls: the forward recurrence (the
 gates' product, tanh and cell update fused per 16 hidden units) and the backward one (dh, dc and dpre).
-Both give what `model._lstm_scan` / `model._lstm_backward`'s scans give, to float32 rounding.
+Both give what `fast._scan_xla` / `fast._backward`'s scans give, to float32 rounding.
 
 `usable(...)` decides at trace time: the kernels run on one CPU device with float32 weights where the
 extension is built and the CPU has AVX-512; anywhere else (GPU, TPU, several devices, bfloat16, another CPU)
-model.py scans in XLA as before. (XLA cannot split a custom call over devices, so under data parallelism it
-would gather the whole batch onto every device.)
+fast.py scans in XLA. (XLA cannot split a custom call over devices, so under data parallelism it would
+gather the whole batch onto every device.) Under `jax.vmap` the calls run once per batch element.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -22,41 +23,44 @@ import numpy as np
 from jaxvoice import native
 
 _FORWARD, _BACKWARD = "JaxvoiceLstmForward", "JaxvoiceLstmBackward"
+log = logging.getLogger(__name__)
 
 
 @functools.cache
 def available() -> bool:
-    """True where the kernels are built, load, run on this CPU and agree with a numpy LSTM step."""
+    """True where the kernels are built, load, run on this CPU and agree with the LSTM's equations
+    (`cells.lstm_step`); a kernel that loads but disagrees or fails is reported once (a warning)."""
     lib = native.load("lstm_recurrence")
     if lib is None or lib.jaxvoice_lstm_recurrence_isa() != 1:
         return False
     for name in (_FORWARD, _BACKWARD):
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
+    from jaxvoice import cells
+
     # One small step, now (even when the first caller is tracing): a kernel built against other XLA FFI
     # headers than this jaxlib's may refuse to run, and then the scan is the answer, not a failed training.
     rng = np.random.default_rng(0)
     B, H = 3, 5
-    pre_BxG, wh_HxG = (
-        rng.normal(size=(B, 4 * H)).astype(np.float32),
-        rng.normal(size=(H, 4 * H)).astype(np.float32),
+    pre_BxG, wh_HxG, h_BxH, c_BxH = (
+        rng.normal(size=shape).astype(np.float32) for shape in ((B, 4 * H), (H, 4 * H), (B, H), (B, H))
     )
-    h_BxH, c_BxH = rng.normal(size=(B, H)).astype(np.float32), rng.normal(size=(B, H)).astype(np.float32)
-    gates_BxG = np.tanh((pre_BxG + h_BxH @ wh_HxG) * np.repeat([0.5, 0.5, 0.5, 1.0], H).astype(np.float32))
-    i, f, o = (0.5 + 0.5 * gates_BxG[:, k * H : (k + 1) * H] for k in range(3))
-    c_expected = f * c_BxH + i * gates_BxG[:, 3 * H :]
     try:
         with jax.ensure_compile_time_eval(), jax.default_device(jax.devices("cpu")[0]):
+            (_, c_expected), _ = cells.lstm_step({"wh_HxG": jnp.asarray(wh_HxG)}, (h_BxH, c_BxH), pre_BxG)
             # the rows in reverse order, half the bias in the table: the kernel's indexing and bias add
             table_BxG, index_1xB = pre_BxG[::-1] - 0.5, np.arange(B, dtype=np.int32)[None, ::-1]
             bias_G = np.full(4 * H, 0.5, np.float32)
             _, cs_TxBxH, _ = _forward(*map(jnp.asarray, (table_BxG, index_1xB, bias_G, wh_HxG, h_BxH, c_BxH)))
-            return bool(np.allclose(np.asarray(cs_TxBxH[0]), c_expected, rtol=1e-4, atol=1e-5))
-    except Exception:  # noqa: BLE001 (any failure means: do not use it)
-        return False
+            if np.allclose(np.asarray(cs_TxBxH[0]), np.asarray(c_expected), rtol=1e-4, atol=1e-5):
+                return True
+            log.warning("jaxvoice's LSTM kernels disagree with the LSTM's equations here: using XLA's scans")
+    except Exception as e:  # noqa: BLE001 (any failure means: do not use it)
+        log.warning(f"jaxvoice's LSTM kernels do not run here ({type(e).__name__}): using XLA's scans")
+    return False
 
 
 def usable(wh_HxG: jax.Array, seq_length: int) -> bool:
-    """Whether model.py runs this layer's loops in the kernels (decided when tracing)."""
+    """Whether fast.py runs this layer's loops in the kernels (decided when tracing)."""
     return (
         jnp.dtype(wh_HxG.dtype) == jnp.float32
         and seq_length > 0
@@ -75,7 +79,7 @@ def _forward(table_RxG, index_TxB, b_G, wh_HxG, h0_BxH, c0_BxH):
         jax.ShapeDtypeStruct((T, B, G), jnp.float32),
     )
     f32 = lambda x: x.astype(jnp.float32)
-    return jax.ffi.ffi_call(_FORWARD, results)(
+    return jax.ffi.ffi_call(_FORWARD, results, vmap_method="sequential")(
         f32(table_RxG), index_TxB.astype(jnp.int32), f32(b_G), f32(wh_HxG), f32(h0_BxH), f32(c0_BxH)
     )
 
@@ -108,5 +112,7 @@ def backward(a_TxBxG, cs_TxBxH, c0_BxH, dhs_TxBxH, wh_HxG, dhT_BxH, dcT_BxH, ind
     f32 = lambda x: x.astype(jnp.float32)
     index = jnp.zeros((0,), jnp.int32) if index_TxB is None else index_TxB.astype(jnp.int32)
     args = (a_TxBxG, cs_TxBxH, c0_BxH, dhs_TxBxH, wh_HxG, dhT_BxH, dcT_BxH)
-    dpre, dh0, dc0, db, dtable = jax.ffi.ffi_call(_BACKWARD, results)(*map(f32, args), index)
+    dpre, dh0, dc0, db, dtable = jax.ffi.ffi_call(_BACKWARD, results, vmap_method="sequential")(
+        *map(f32, args), index
+    )
     return dpre, dh0, dc0, db, (dtable if index_TxB is not None else None)

@@ -12,6 +12,7 @@ Only `sample.py` uses it, and only on CPU devices; training never does (no gradi
 from __future__ import annotations
 
 import functools
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,7 @@ import numpy as np
 
 from jaxvoice import native
 
+log = logging.getLogger(__name__)
 PANEL = 16  # output columns per panel (the kernel's kPanel)
 _TARGETS = {"float32": "JaxvoicePackedMatmulF32", "bfloat16": "JaxvoicePackedMatmulBF16"}
 
@@ -39,9 +41,12 @@ def available() -> bool:
     try:
         with jax.ensure_compile_time_eval(), jax.default_device(jax.devices("cpu")[0]):
             y = np.asarray(_call(jnp.asarray(x_1x3), pack(jnp.asarray(w_3x5)), 5))
-        return bool(np.array_equal(y, x_1x3 @ w_3x5))
-    except Exception:  # noqa: BLE001 (any failure means: do not use it)
-        return False
+        if np.array_equal(y, x_1x3 @ w_3x5):
+            return True
+        log.warning("jaxvoice's sampling kernel computes wrong products here: using XLA's dot")
+    except Exception as e:  # noqa: BLE001 (any failure means: do not use it)
+        log.warning(f"jaxvoice's sampling kernel does not run here ({type(e).__name__}): using XLA's dot")
+    return False
 
 
 @functools.cache
@@ -68,4 +73,4 @@ def matmul(x_MxI: jax.Array, w_PxIx16: jax.Array, out_features: int) -> jax.Arra
 def _call(x_MxI: jax.Array, w_PxIx16: jax.Array, out_features: int) -> jax.Array:
     target = _TARGETS[jnp.dtype(w_PxIx16.dtype).name]
     result = jax.ShapeDtypeStruct((x_MxI.shape[0], out_features), jnp.float32)
-    return jax.ffi.ffi_call(target, result)(x_MxI.astype(jnp.float32), w_PxIx16)
+    return jax.ffi.ffi_call(target, result, vmap_method="sequential")(x_MxI.astype(jnp.float32), w_PxIx16)

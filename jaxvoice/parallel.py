@@ -72,13 +72,9 @@ class DataParallel:
 
     @property
     def batch(self) -> NamedSharding:
-        """[B, T] arrays: streams split over the devices."""
+        """[B, ...] arrays split over the devices by their first axis: batches [B, T], and every array of a
+        carry, so the state of each stream lives with its stream."""
         return NamedSharding(self.mesh, P("data"))
-
-    @property
-    def carry(self) -> NamedSharding:
-        """carry_LxSxBxH: the state of each stream lives with its stream."""
-        return NamedSharding(self.mesh, P(None, None, "data"))
 
     def check_batch_size(self, batch_size: int, what: str = "train.batch_size") -> None:
         n = self.num_devices

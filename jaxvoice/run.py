@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from jaxvoice import config as config_lib
@@ -86,13 +86,99 @@ def _open_checked(data: str | Path, expected_sha: str | None, fix: str) -> corpu
 
 
 @dataclass(frozen=True)
-class Plan:
-    """A run resolved but not yet written: its config, its corpus, and whether it is a new run."""
+class Run:
+    """A run directory and what it trains: its resolved config and its corpus. The same files whether made
+    by `jaxvoice train` or from Python (`Run.create`), so either can continue what the other started.
 
+    `new` is true for a run that `plan` resolved but `create` has not written yet."""
+
+    path: Path
     config: config_lib.Config
     corpus: corpus_lib.Corpus
-    run_dir: Path
-    new: bool
+    new: bool = False
+
+    @classmethod
+    def create(
+        cls, path: str | Path, config: config_lib.Config, corpus: corpus_lib.Corpus | str | Path
+    ) -> Run:
+        """A new run in `path` (absent or an empty folder): writes its config.toml and corpus.json."""
+        corpus = corpus if isinstance(corpus, corpus_lib.Corpus) else _open_checked(corpus, None, "")
+        run_dir = Path(path)
+        _existing_run(run_dir, resume=False)  # refuses anything but an absent or empty folder
+        train_streams(corpus.split("train"), config.train.batch_size, config.train.seq_length)
+        run = cls(run_dir, config, corpus, new=True)
+        create(run)
+        return replace(run, new=False)
+
+    @classmethod
+    def open(cls, path: str | Path, *, data: str | Path | None = None, overrides: list[str] = ()) -> Run:
+        """An existing run, to resume or read: its config.toml (with resumable `overrides`) and its corpus
+        (from corpus.json, or `data` if it moved)."""
+        run_dir = Path(path)
+        if not is_run(run_dir):
+            raise UserError(
+                f"{run_dir} is not a jaxvoice run (no config.toml and corpus.json from jaxvoice train)"
+            )
+        return plan(run_dir, config_path=None, overrides=list(overrides), data=data, resume=True)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return train_streams(
+            self.corpus.split("train"), self.config.train.batch_size, self.config.train.seq_length
+        ).steps
+
+    @property
+    def train_csv(self) -> Path:
+        return self.path / "train.csv"
+
+    @property
+    def val_csv(self) -> Path:
+        return self.path / "val.csv"
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.path / "samples"
+
+    def checkpoint_meta(self, step: int, val_loss: float | None = None, wall_s: float = 0.0) -> dict:
+        """The JSON saved with a checkpoint at `step`: what `jaxvoice eval`/`sample` need to use it alone
+        (the config, the corpus meta) and what a resume needs to continue (the data cursor, the time)."""
+        from jaxvoice import __version__
+
+        steps_per_epoch = self.steps_per_epoch
+        return {
+            "config": config_lib.to_dict(self.config),
+            "corpus": self.corpus.meta,
+            "corpus_path": str(self.corpus.path),
+            "step": step,
+            "epoch": step / steps_per_epoch,
+            "val_loss": val_loss,
+            "cursor": {"epoch": step // steps_per_epoch, "batch": step % steps_per_epoch},
+            "wall_s": wall_s,
+            "jaxvoice_version": __version__,
+        }
+
+    def save(self, state, val_loss: float | None = None) -> None:
+        """A checkpoint of a TrainState (e.g. from your own loop) that `jaxvoice eval`, `sample` and
+        `train --resume` read like their own; `val_loss` (nats) ranks it for "best"."""
+        from jaxvoice import checkpoint
+
+        mngr = checkpoint.manager(self.path, keep=self.config.train.keep_checkpoints)
+        try:
+            checkpoint.save(mngr, state, self.checkpoint_meta(int(state.step), val_loss), val_loss)
+        finally:
+            mngr.close()
+
+    def restore(self, which: str | int = "best"):
+        """The params of one checkpoint ('best', 'latest' or a step) and what they mean (`Restored`)."""
+        from jaxvoice import checkpoint
+
+        return checkpoint.restore_for_inference(self.path, which)
+
+    def checkpoints(self) -> list[int]:
+        """The steps of the finished checkpoints."""
+        from jaxvoice import checkpoint
+
+        return checkpoint.available_steps(self.path)
 
 
 def plan(
@@ -103,7 +189,7 @@ def plan(
     data: str | None,
     resume: bool,
     primary: bool = True,
-) -> Plan:
+) -> Run:
     """Resolve the config and corpus of a new or resumed run, checking everything and writing nothing.
 
     `primary` is false on the processes after the first of a multi-process run: they must not race it."""
@@ -111,11 +197,11 @@ def plan(
     if not primary:  # process 0 checks and writes the run directory; the others only read
         if resume and is_run(run_dir):
             cfg = config_lib.apply_overrides(config_lib.load(run_dir / CONFIG_FILE), overrides)
-            return Plan(cfg, open_run_corpus(run_dir, data), run_dir, new=False)
+            return Run(run_dir, cfg, open_run_corpus(run_dir, data))
         if data is None:
             raise UserError("no corpus given: add --data CORPUS_DIR (made by jaxvoice prepare)")
         cfg = config_lib.load(config_path, overrides)
-        return Plan(cfg, _open_checked(data, None, ""), run_dir, new=True)
+        return Run(run_dir, cfg, _open_checked(data, None, ""), new=True)
     if _existing_run(run_dir, resume):
         saved = config_lib.load(run_dir / CONFIG_FILE)
         cfg = config_lib.apply_overrides(saved, overrides)
@@ -132,37 +218,35 @@ def plan(
                 f"cannot change {', '.join(forbidden)} when resuming (it would change what the steps compute); "
                 "start a new run instead"
             )
-        return Plan(cfg, open_run_corpus(run_dir, data), run_dir, new=False)
+        return Run(run_dir, cfg, open_run_corpus(run_dir, data))
     cfg = config_lib.load(config_path, overrides)
     if data is None:
         raise UserError("no corpus given: add --data CORPUS_DIR (made by jaxvoice prepare)")
     corpus = _open_checked(data, None, "")
     train_streams(corpus.split("train"), cfg.train.batch_size, cfg.train.seq_length)  # sizes that can work
-    return Plan(cfg, corpus, run_dir, new=True)
+    return Run(run_dir, cfg, corpus, new=True)
 
 
-def create(plan: Plan) -> None:
+def create(plan: Run) -> None:
     """Write what a planned run needs before its first step: a new run's config.toml and corpus.json (its
     folder and missing parents made); a resumed run's config.toml again if a resumable key changed."""
-    config_path = plan.run_dir / CONFIG_FILE
+    config_path = plan.path / CONFIG_FILE
     if not plan.new:
         if plan.config != config_lib.load(config_path):
             _write(config_path, config_lib.dumps(plan.config))
         return
-    existed = plan.run_dir.is_dir()
-    made = [] if existed else files.missing_parents(plan.run_dir / "x")
+    existed = plan.path.is_dir()
+    made = [] if existed else files.missing_parents(plan.path / "x")
     try:
         try:
-            plan.run_dir.mkdir(parents=True, exist_ok=True)
+            plan.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise UserError(
-                f"cannot create {plan.run_dir} ({e.strerror or e}): choose another --out"
-            ) from None
+            raise UserError(f"cannot create {plan.path} ({e.strerror or e}): choose another --out") from None
         _write(config_path, config_lib.dumps(plan.config))
         info = dict(plan.corpus.meta, path=str(Path(plan.corpus.path).absolute()))
-        _write(plan.run_dir / CORPUS_FILE, json.dumps(info, indent=2))
+        _write(plan.path / CORPUS_FILE, json.dumps(info, indent=2))
     except BaseException:
-        discard(plan.run_dir, made if not existed else [])
+        discard(plan.path, made if not existed else [])
         raise
 
 
@@ -210,7 +294,7 @@ def setup(
     )
     if primary:
         create(planned)
-    return planned.config, planned.corpus, planned.run_dir
+    return planned.config, planned.corpus, planned.path
 
 
 def open_run_corpus(run_dir: str | Path, data: str | None = None) -> corpus_lib.Corpus:

@@ -118,7 +118,13 @@ def layout_for(
 
 
 def _fast_path(cfg: ModelConfig) -> bool:
-    return cfg.cell == "lstm" and jnp.dtype(cfg.dtype) == jnp.float32
+    """The LSTM stack's own sampling step (the registered "lstm" cell, float32), unless kernels are off."""
+    return (
+        cfg.kind == "stack"
+        and cfg.cell == "lstm"
+        and jnp.dtype(cfg.dtype) == jnp.float32
+        and cfg.kernels == "auto"
+    )
 
 
 def sampling_params(params: dict, cfg: ModelConfig, layout: Layout = DEFAULT_LAYOUT) -> dict:
@@ -159,14 +165,14 @@ def stored_dot(x_BxI: jax.Array, w: jax.Array, layout: Layout, out_features: int
 
 
 def fast_step(
-    sp: dict, carry_LxSxBxH: jax.Array, token_B: jax.Array, layout: Layout = DEFAULT_LAYOUT
-) -> tuple[jax.Array, jax.Array]:
-    """`model.step` for a float32 LSTM, on `sampling_params` of the same layout: (logits_BxV, carry)."""
-    H = carry_LxSxBxH.shape[-1]
+    sp: dict, carry: tuple, token_B: jax.Array, layout: Layout = DEFAULT_LAYOUT
+) -> tuple[jax.Array, tuple]:
+    """`model.step` for a float32 LSTM stack, on `sampling_params` of the same layout: (logits_BxV, carry)."""
+    H = carry[0][0].shape[-1]
     new_carry = []
     x_BxH = None
     for i, lp in enumerate(sp["layers"]):
-        h_BxH, c_BxH = carry_LxSxBxH[i, 0], carry_LxSxBxH[i, 1]
+        h_BxH, c_BxH = carry[i]
         if i == 0:
             pre_BxG = lp["table_VxG"][token_B] + stored_dot(h_BxH, lp["wh"], layout, 4 * H)
         else:
@@ -177,9 +183,9 @@ def fast_step(
         i_g, f_g, o_g = sig_Bx3H[:, :H], sig_Bx3H[:, H : 2 * H], sig_Bx3H[:, 2 * H :]
         c_BxH = f_g * c_BxH + i_g * t_BxG[:, 3 * H :]
         x_BxH = o_g * jnp.tanh(c_BxH)
-        new_carry.append(jnp.stack([x_BxH, c_BxH]))
+        new_carry.append((x_BxH, c_BxH))
     logits_BxV = stored_dot(x_BxH, sp["out"], layout, V) + sp["out_b_V"]
-    return logits_BxV, jnp.stack(new_carry)
+    return logits_BxV, tuple(new_carry)
 
 
 def _step_fn(cfg: ModelConfig, layout: Layout):
@@ -249,7 +255,7 @@ def _prepare(params: dict, cfg: ModelConfig, layout: Layout) -> dict:
 
 
 @partial(jax.jit, static_argnames=("cfg", "chunk", "sampler", "layout"))
-def _run_chunk(sp, carry_LxSxBxH, token_B, key, start, temperature, top_p, *, cfg, chunk, sampler, layout):
+def _run_chunk(sp, carry, token_B, key, start, temperature, top_p, *, cfg, chunk, sampler, layout):
     """`chunk` steps from (carry, token): (carry, last token, tokens_BxC uint8)."""
     step = _step_fn(cfg, layout)[1]
     B = token_B.shape[0]
@@ -261,20 +267,18 @@ def _run_chunk(sp, carry_LxSxBxH, token_B, key, start, temperature, top_p, *, cf
         token = choose(logits_BxV, u_B, temperature, sampler, top_p)
         return (carry, token), token.astype(jnp.uint8)
 
-    (carry_LxSxBxH, token_B), tokens_CxB = jax.lax.scan(
-        body, (carry_LxSxBxH, token_B), u_CxB, unroll=min(UNROLL, chunk)
-    )
-    return carry_LxSxBxH, token_B, tokens_CxB.T
+    (carry, token_B), tokens_CxB = jax.lax.scan(body, (carry, token_B), u_CxB, unroll=min(UNROLL, chunk))
+    return carry, token_B, tokens_CxB.T
 
 
 @partial(jax.jit, static_argnames=("cfg",))
-def _prime_window(params, tokens_1xW, carry_LxSx1xH, cfg):
+def _prime_window(params, tokens_1xW, carry, cfg):
     # The logits are unused, so XLA drops the output projection: this is the recurrent scan only.
-    return model.forward(params, tokens_1xW, carry_LxSx1xH, cfg)[1]
+    return model.forward(params, tokens_1xW, carry, cfg)[1]
 
 
-def primed_carry(params: dict, cfg: ModelConfig, prime: np.ndarray) -> jax.Array:
-    """The carry [L, S, 1, H] after running all of `prime` but its last symbol from a zero state."""
+def primed_carry(params: dict, cfg: ModelConfig, prime: np.ndarray):
+    """The carry of one stream after running all of `prime` but its last symbol from a zero state."""
     carry = model.init_carry(cfg, 1)
     body = np.asarray(prime, np.uint8)[:-1]
     for s in range(0, len(body), PRIME_WINDOW):  # full windows share one compile; the rest compiles once
@@ -346,12 +350,15 @@ def _generate(
         first = start_token if prime is None else int(prime[0])
     else:
         carry_1 = primed_carry(params, cfg, prime)
-        carry = jnp.broadcast_to(carry_1, (*carry_1.shape[:2], B_run, carry_1.shape[3]))
+        carry = jax.tree.map(lambda c: jnp.broadcast_to(c, (B_run, *c.shape[1:])), carry_1)
         first = int(prime[-1])
     token_B = jnp.full((B_run,), first, jnp.int32)
     sp = _prepare(params, cfg, layout)
     if num_devices > 1:  # jit follows the placement: each device steps its own streams, no collectives
-        carry, token_B = jax.device_put(carry, dp.carry), jax.device_put(token_B, dp.batch)
+        carry, token_B = (
+            jax.device_put(carry, jax.tree.map(lambda _: dp.batch, carry)),
+            jax.device_put(token_B, dp.batch),
+        )
         sp = jax.device_put(sp, dp.replicated)
     temperature = jnp.float32(temperature)
     top_p = jnp.float32(top_p)

@@ -39,7 +39,7 @@ def test_overrides_are_typed():
     assert cfg.train.batch_size == 7 and cfg.train.learning_rate == 1e-3 and cfg.model.cell == "gru"
     with pytest.raises(UserError, match="train.batch_size must be int"):
         config.load(None, ["train.batch_size=seven"])
-    with pytest.raises(UserError, match="model.cell must be one of"):
+    with pytest.raises(UserError, match="model.cell .transformer. is not a registered cell"):
         config.load(None, ["model.cell=transformer"])
     with pytest.raises(UserError, match="section.key=value"):
         config.load(None, ["train.batch_size"])

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from conftest import assert_user_error, run_jaxvoice, sawtooth
 
-from jaxvoice import audio, checkpoint, codec, corpus, demo, report
+from jaxvoice import audio, checkpoint, codec, corpus, demo, report, synth
 
-RATE = demo.RATE
+RATE = synth.RATE
 
 
 def harmonic_envelope_peaks(x: np.ndarray, f0: float, rate: int = RATE) -> list[float]:
@@ -31,17 +31,17 @@ def harmonic_envelope_peaks(x: np.ndarray, f0: float, rate: int = RATE) -> list[
 
 
 def steady_vowel(vowel: str, f0: float = 110.0, seconds: float = 1.0) -> np.ndarray:
-    frames = int(seconds * RATE / demo.CONTROL_HOP) + 1
-    formants = np.tile(demo.VOWELS[vowel], (frames, 1))
-    return demo.render_voice(np.full(frames, f0), formants, np.ones(frames), RATE)
+    frames = int(seconds * RATE / synth.CONTROL_HOP) + 1
+    formants = np.tile(synth.VOWELS[vowel], (frames, 1))
+    return synth.render_voice(np.full(frames, f0), formants, np.ones(frames), RATE)
 
 
 def test_synthesis_is_deterministic_per_seed():
-    a, b, c = demo.synthesize(6.0, seed=3), demo.synthesize(6.0, seed=3), demo.synthesize(6.0, seed=4)
+    a, b, c = synth.synthesize(6.0, seed=3), synth.synthesize(6.0, seed=3), synth.synthesize(6.0, seed=4)
     assert a.dtype == np.float32 and a.shape == (6 * RATE,)
     assert np.array_equal(a, b)
     assert a.shape == c.shape and not np.array_equal(a, c)
-    assert np.max(np.abs(a)) == pytest.approx(demo.PEAK, abs=1e-6) and np.all(np.isfinite(a))
+    assert np.max(np.abs(a)) == pytest.approx(synth.PEAK, abs=1e-6) and np.all(np.isfinite(a))
     # Syllables and pauses: the loudness of 40 ms frames spans a wide range (a steady tone or noise would not).
     env = np.abs(a).reshape(-1, RATE // 25).max(axis=1)
     assert np.percentile(env, 10) < 0.25 * np.percentile(env, 90)
@@ -53,7 +53,7 @@ def test_synthesis_is_deterministic_per_seed():
 def test_a_steady_vowel_has_its_formant_peaks(vowel, f0):
     """/a/ (F1 700, F2 1200) at any pitch of the demo's range, and every vowel at 98 Hz, where harmonics
     sample the envelope finely enough for the F1 of /i/ (300 Hz) to stand out of the source's 1/k slope."""
-    f1, f2 = demo.VOWELS[vowel][:2]
+    f1, f2 = synth.VOWELS[vowel][:2]
     peaks = harmonic_envelope_peaks(steady_vowel(vowel, f0), f0)
     assert any(abs(p - f1) <= 100 for p in peaks), (f1, peaks)
     assert any(abs(p - f2) <= 100 for p in peaks), (f2, peaks)
@@ -62,29 +62,30 @@ def test_a_steady_vowel_has_its_formant_peaks(vowel, f0):
 def test_the_formant_check_rejects_a_plain_sawtooth():
     """The same analysis on a sawtooth without resonators finds no formant where /a/ has them."""
     peaks = harmonic_envelope_peaks(sawtooth(110.0, RATE, 1.0).astype(np.float64), 110.0)
-    f1, f2 = demo.VOWELS["a"][:2]
+    f1, f2 = synth.VOWELS["a"][:2]
     assert not any(abs(p - f1) <= 100 for p in peaks) or not any(abs(p - f2) <= 100 for p in peaks), peaks
 
 
 def test_resonators_have_unity_gain_at_0_hz_and_peak_at_their_formant():
     freqs = np.arange(0.0, RATE / 2, 1.0)
     for f, bw in [(700.0, 80.0), (2250.0, 120.0)]:
-        h = np.abs(demo.cascade_response(freqs, [f], [bw]))
+        h = np.abs(synth.cascade_response(freqs, [f], [bw]))
         assert h[0] == pytest.approx(1.0, abs=1e-12)
         assert abs(freqs[np.argmax(h)] - f) <= 5
-    cascade = demo.cascade_response(freqs, demo.VOWELS["a"], demo.BANDWIDTHS)
+    cascade = synth.cascade_response(freqs, synth.VOWELS["a"], synth.BANDWIDTHS)
     singles = [
-        demo.cascade_response(freqs, [f], [b]) for f, b in zip(demo.VOWELS["a"], demo.BANDWIDTHS, strict=True)
+        synth.cascade_response(freqs, [f], [b])
+        for f, b in zip(synth.VOWELS["a"], synth.BANDWIDTHS, strict=True)
     ]
     np.testing.assert_allclose(cascade, np.prod(singles, axis=0), rtol=1e-12)
 
 
 def test_the_voice_is_band_limited_with_a_gliding_pitch():
     """No harmonic reaches Nyquist even while the pitch glides (vibrato-like sweep), so nothing aliases."""
-    frames = RATE // demo.CONTROL_HOP
+    frames = RATE // synth.CONTROL_HOP
     t = np.arange(frames) / frames
     f0 = 180.0 * 2 ** (np.sin(2 * np.pi * 6 * t) / 12)
-    x = demo.render_voice(f0, np.tile(demo.VOWELS["i"], (frames, 1)), np.ones(frames))
+    x = synth.render_voice(f0, np.tile(synth.VOWELS["i"], (frames, 1)), np.ones(frames))
     power = np.abs(np.fft.rfft(x * np.hanning(len(x)))) ** 2
     freqs = np.fft.rfftfreq(len(x), 1.0 / RATE)
     assert power[freqs > 0.96 * RATE / 2].sum() < 1e-8 * power.sum()
@@ -114,7 +115,7 @@ def test_short_demo_writes_every_promised_file(short_demo):
     info = audio.probe(out / "voice.wav")
     assert (info.rate, info.frames) == (RATE, 20 * RATE)
     np.testing.assert_allclose(
-        audio.read_mono(out / "voice.wav", RATE), demo.synthesize(20.0, seed=5), atol=1 / 32768
+        audio.read_mono(out / "voice.wav", RATE), synth.synthesize(20.0, seed=5), atol=1 / 32768
     )
     data = corpus.open_corpus(out / "corpus")
     assert data.meta["codec"] == "linear" and data.meta["rate"] == RATE and data.meta["length"] == 20 * RATE

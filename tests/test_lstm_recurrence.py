@@ -1,9 +1,10 @@
-"""The LSTM time-loop kernels against model.py's XLA scans, the choice between them, and that they are built
+"""The LSTM time-loop kernels against fast.py's XLA scans, the choice between them, and that they are built
 where they can run. (test_model.py checks the model, kernels included on such a CPU, against an independent
 reference and finite differences; here the two implementations are checked against each other.)"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import cpu_flags
 
-from jaxvoice import lstm_recurrence, model
+from jaxvoice import cells, fast, lstm_recurrence, model
 from jaxvoice.config import ModelConfig
 
 needs_kernel = pytest.mark.skipif(not lstm_recurrence.available(), reason="the kernels are not built here")
@@ -49,7 +50,7 @@ SHAPES = [(1, 1, 5), (4, 7, 40), (9, 13, 16), (3, 32, 64)]
 @needs_kernel
 @pytest.mark.parametrize("indexed", [False, True], ids=["projections", "table"])
 @pytest.mark.parametrize("T,B,H", SHAPES)
-def test_forward_and_backward_equal_the_scans(T, B, H, indexed, monkeypatch):
+def test_forward_and_backward_equal_the_scans(T, B, H, indexed):
     """Both input forms: the projections of every step in order (deeper layers), and rows of a table picked
     by an index (the first layer's embed @ W_x by the tokens), each plus the bias."""
     table, bias, wh, h0, c0, dhs = random_layer(T, B, H, seed=T * 100 + B)
@@ -61,9 +62,8 @@ def test_forward_and_backward_equal_the_scans(T, B, H, indexed, monkeypatch):
     cotangents = (dhs, dhs[0] * 0.5, dhs[-1] * -0.3)
     results = {}
     for native in (False, True):
-        monkeypatch.setattr(model, "NATIVE_LSTM", native)
-        (hT, cT), kept = model._lstm_scan(table, index, bias, wh, h0, c0, keep=True)
-        grads = model._lstm_backward((wh, h0, c0, *kept[1:]), cotangents, index, rows)
+        (hT, cT), kept = fast._forward(table, index, bias, wh, h0, c0, True, native)
+        grads = fast._backward((wh, h0, c0, *kept[1:]), cotangents, index, rows, native)
         results[native] = (hT, cT, *kept, *grads)
     names = ["h_T", "c_T", "hs", "h_prevs_T", "cs", "gates", "dpre", "dh0", "dc0", "db", "dtable"]
     if not indexed:  # no table: no table gradient
@@ -85,18 +85,25 @@ def test_an_index_outside_the_table_is_an_error():
 @needs_kernel
 def test_model_gradients_equal_with_and_without_the_kernels(monkeypatch):
     """Through the whole stack (embedding lookup layer, a deeper layer with its own projection, dropout):
-    the loss, the new carry and every gradient agree."""
+    the loss, the new carry and every gradient agree between the fast layer with the kernels and with its
+    XLA scans."""
     cfg = ModelConfig(cell="lstm", rnn_size=24, num_layers=3, wordvec_size=7, dropout=0.2)
     params = model.init_params(jax.random.key(1), cfg)
     rng = np.random.default_rng(2)
     tokens = jnp.asarray(rng.integers(0, 256, (5, 12)), jnp.uint8)
     targets = jnp.asarray(rng.integers(0, 256, (5, 12)), jnp.uint8)
-    carry = jnp.asarray(0.3 * rng.standard_normal(model.init_carry(cfg, 5).shape), jnp.float32)
+    carry = jax.tree.map(lambda c: jnp.asarray(0.3 * rng.standard_normal(c.shape), jnp.float32),
+                         model.init_carry(cfg, 5))  # fmt: skip
     results = {}
     for native in (False, True):
-        monkeypatch.setattr(model, "NATIVE_LSTM", native)
+        lstm = cells.get_cell("lstm")
+        cell = lstm._replace(
+            fast=lambda p, c, t, i, native=native: fast.lstm_layer(p, c, t, i, native=native)
+        )
+        monkeypatch.setitem(cells._CELLS, "lstm_native_" + str(native), cell)  # removed after the test
+        cfg_n = dataclasses.replace(cfg, cell="lstm_native_" + str(native))
         grad = jax.jit(jax.value_and_grad(model.loss, argnums=(0, 3), has_aux=True), static_argnums=4)
-        results[native] = grad(params, tokens, targets, carry, cfg, jax.random.key(3))
+        results[native] = grad(params, tokens, targets, carry, cfg_n, jax.random.key(3))
     for got, want in zip(jax.tree.leaves(results[True]), jax.tree.leaves(results[False]), strict=True):
         scale = float(jnp.abs(want).max()) + 1e-3
         np.testing.assert_allclose(got / scale, want / scale, atol=1e-5)

@@ -1,5 +1,7 @@
 """model.py against an independent, obvious implementation (Python loop over time, separate sigmoids),
 finite differences in float64, and the properties training relies on (carry, dropout, bf16, one compile).
+Both implementations of the built-in cells run: the equations (model.kernels = "xla") and jaxvoice.fast
+("auto", with the CPU kernels where they run).
 """
 
 from __future__ import annotations
@@ -12,15 +14,28 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jaxvoice import model
+from jaxvoice import cells, model
 from jaxvoice.config import ModelConfig
 
 B, T = 3, 7
 KINDS = ["lstm", "gru", "rnn"]
+STATES = {"lstm": 2, "gru": 1, "rnn": 1}
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+KERNELS = ["auto", "xla"]
 
 
 def make_cfg(kind: str, **kw) -> ModelConfig:
     return ModelConfig(**{"cell": kind, "rnn_size": 8, "num_layers": 2, "wordvec_size": 5, **kw})
+
+
+def stacked(carry) -> jax.Array:
+    """The model's carry (a tuple of per-layer carries) as one [L, S, B, H] array."""
+    return jnp.stack([jnp.stack(jax.tree.leaves(layer)) for layer in carry])
+
+
+def unstacked(carry_LxSxBxH, kind: str):
+    """[L, S, B, H] as the model's carry for `kind`."""
+    return tuple((c[0], c[1]) if kind == "lstm" else c[0] for c in carry_LxSxBxH)
 
 
 def setup(kind: str, seed: int = 0, **kw):
@@ -32,7 +47,9 @@ def setup(kind: str, seed: int = 0, **kw):
     rng = np.random.default_rng(seed)
     params = jax.tree.map(lambda s: jnp.asarray(0.4 * rng.standard_normal(s.shape), s.dtype), shapes)
     tokens = jnp.asarray(rng.integers(0, model.V, (B, T + 1), dtype=np.uint8))
-    carry = jnp.asarray(0.5 * rng.standard_normal(model.init_carry(cfg, B).shape), jnp.float32)
+    carry = jax.tree.map(
+        lambda c: jnp.asarray(0.5 * rng.standard_normal(c.shape), jnp.float32), model.init_carry(cfg, B)
+    )
     return cfg, params, tokens[:, :-1], tokens[:, 1:], carry
 
 
@@ -45,6 +62,12 @@ FORWARD = jax.jit(model.forward, static_argnums=3)
 LOSS = jax.jit(model.loss, static_argnums=4)
 LOSS_GRAD = jax.jit(jax.value_and_grad(model.loss, argnums=(0, 3), has_aux=True), static_argnums=4)
 STEP = jax.jit(model.step, static_argnums=3)
+
+
+def cell_step(kind: str):
+    """One layer's step from its raw input, as the registered cell computes it."""
+    cell = cells.get_cell(kind)
+    return lambda lp, carry, x: cell.step(lp, carry, cell.project(lp, x))
 
 
 # --- the reference: written for clarity, shares nothing with model.py -----------------------------------
@@ -114,25 +137,27 @@ REF_LOSS_GRAD = jax.jit(jax.value_and_grad(ref_loss, argnums=(0, 3), has_aux=Tru
 @pytest.mark.parametrize("kind", KINDS)
 def test_shapes_with_and_without_jit(kind):
     cfg, params, tokens, targets, carry = setup(kind)
-    L, S, H, G = cfg.num_layers, model.STATES[kind], cfg.rnn_size, model.GATES[kind] * cfg.rnn_size
-    assert model.init_carry(cfg, B).shape == (L, S, B, H)
-    assert model.init_carry(cfg, B).dtype == jnp.float32
+    L, S, H, G = cfg.num_layers, STATES[kind], cfg.rnn_size, GATES[kind] * cfg.rnn_size
+    zero = model.init_carry(cfg, B)
+    assert stacked(zero).shape == (L, S, B, H) and len(zero) == L
+    assert all(c.dtype == jnp.float32 and c.shape == (B, H) for c in jax.tree.leaves(zero))
     assert params["layers"][0]["wx_IxG"].shape == (cfg.wordvec_size, G)
     assert params["layers"][1]["wh_HxG"].shape == (H, G)
     for forward, loss, step in [(model.forward, model.loss, model.step), (FORWARD, LOSS, STEP)]:
         logits, new_carry = forward(params, tokens, carry, cfg)
         assert logits.shape == (B, T, model.V) and logits.dtype == jnp.float32
-        assert new_carry.shape == (L, S, B, H) and new_carry.dtype == jnp.float32
+        assert jax.tree.structure(new_carry) == jax.tree.structure(zero)
+        assert stacked(new_carry).shape == (L, S, B, H) and stacked(new_carry).dtype == jnp.float32
         nats, new_carry2 = loss(params, tokens, targets, carry, cfg)
         assert nats.shape == () and nats.dtype == jnp.float32
-        np.testing.assert_allclose(new_carry2, new_carry, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(stacked(new_carry2), stacked(new_carry), rtol=1e-6, atol=1e-6)
         step_logits, step_carry = step(params, carry, tokens[:, 0], cfg)
-        assert step_logits.shape == (B, model.V) and step_carry.shape == (L, S, B, H)
+        assert step_logits.shape == (B, model.V) and stacked(step_carry).shape == (L, S, B, H)
     x = jnp.ones((B, cfg.wordvec_size))
-    out = getattr(model, kind)(params["layers"][0], carry[0], x)
-    assert out.shape == (S, B, H)
-    out_jit = jax.jit(getattr(model, kind))(params["layers"][0], carry[0], x)
-    np.testing.assert_allclose(out_jit, out, rtol=1e-6, atol=1e-6)
+    layer_carry, h = cell_step(kind)(params["layers"][0], carry[0], x)
+    assert h.shape == (B, H) and jax.tree.structure(layer_carry) == jax.tree.structure(carry[0])
+    _, h_jit = jax.jit(cell_step(kind))(params["layers"][0], carry[0], x)
+    np.testing.assert_allclose(h_jit, h, rtol=1e-6, atol=1e-6)
 
 
 def test_init_follows_torch_rnn():
@@ -152,23 +177,30 @@ def test_init_follows_torch_rnn():
 # --- values against the reference -----------------------------------------------------------------------
 
 
+def with_kernels(cfg: ModelConfig, kernels: str) -> ModelConfig:
+    return dataclasses.replace(cfg, kernels=kernels)
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_forward_matches_reference_and_step_loop(kind):
+def test_forward_matches_reference_and_step_loop(kind, kernels):
     cfg, params, tokens, targets, carry = setup(kind)
+    cfg = with_kernels(cfg, kernels)
     lp, x = params["layers"][0], jnp.asarray(np.random.default_rng(5).standard_normal((B, cfg.wordvec_size)))
-    np.testing.assert_allclose(model.cell(kind, lp, carry[0], x), ref_cell(kind, lp, carry[0], x), atol=1e-5)
+    layer_carry, _ = cell_step(kind)(lp, carry[0], x)
+    np.testing.assert_allclose(stacked([layer_carry])[0], ref_cell(kind, lp, stacked(carry)[0], x), atol=1e-5)
     logits, new_carry = FORWARD(params, tokens, carry, cfg)
-    ref_logits, ref_carry = REF_FORWARD(params, tokens, carry, kind)
+    ref_logits, ref_carry = REF_FORWARD(params, tokens, stacked(carry), kind)
     np.testing.assert_allclose(logits, ref_logits, atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(new_carry, ref_carry, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(stacked(new_carry), ref_carry, atol=1e-5, rtol=1e-5)
     step_carry, step_logits = carry, []
     for t in range(T):
         lg, step_carry = STEP(params, step_carry, tokens[:, t], cfg)
         step_logits.append(lg)
     np.testing.assert_allclose(logits, jnp.stack(step_logits, 1), atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(new_carry, step_carry, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(stacked(new_carry), stacked(step_carry), atol=1e-5, rtol=1e-5)
     (nats, _), _ = LOSS_GRAD(params, tokens, targets, carry, cfg)
-    (ref_nats, _), _ = REF_LOSS_GRAD(params, tokens, targets, carry, kind)
+    (ref_nats, _), _ = REF_LOSS_GRAD(params, tokens, targets, stacked(carry), kind)
     np.testing.assert_allclose(nats, ref_nats, rtol=1e-6)
 
 
@@ -179,15 +211,18 @@ def assert_trees_close(got, want, rel: float):
         np.testing.assert_allclose(g / scale, w / scale, atol=rel, err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_gradients_match_reference_autodiff(kind):
-    """float32: the model's gradients (the LSTM's custom VJP) against autodiff of the reference, for the
-    params and the incoming carry."""
+def test_gradients_match_reference_autodiff(kind, kernels):
+    """float32: the model's gradients (hand-written with kernels "auto") against autodiff of the reference,
+    for the params and the incoming carry."""
     cfg, params, tokens, targets, carry = setup(kind)
-    (_, new_carry), got = LOSS_GRAD(params, tokens, targets, carry, cfg)
-    (_, ref_carry), want = REF_LOSS_GRAD(params, tokens, targets, carry, kind)
-    np.testing.assert_allclose(new_carry, ref_carry, atol=1e-5)
-    assert_trees_close(got, want, 1e-5)
+    (_, new_carry), (got_params, got_carry) = LOSS_GRAD(
+        params, tokens, targets, carry, with_kernels(cfg, kernels)
+    )
+    (_, ref_carry), want = REF_LOSS_GRAD(params, tokens, targets, stacked(carry), kind)
+    np.testing.assert_allclose(stacked(new_carry), ref_carry, atol=1e-5)
+    assert_trees_close((got_params, stacked(got_carry)), want, 1e-5)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -196,20 +231,24 @@ def test_cell_gradients_finite_differences(kind):
     x = np.random.default_rng(5).standard_normal((B, cfg.wordvec_size))
     with jax.enable_x64(True):
         lp, carry64, x64 = to64((params["layers"][0], carry[0], jnp.asarray(x)))
-        check_grads(jax.jit(getattr(model, kind)), (lp, carry64, x64), order=1, modes=["rev"])
+        check_grads(jax.jit(cell_step(kind)), (lp, carry64, x64), order=1, modes=["rev", "fwd"])
 
 
-@pytest.mark.parametrize(("kind", "dropout"), [("lstm", 0.0), ("lstm", 0.3), ("gru", 0.3)])
-def test_loss_gradients_finite_differences(kind, dropout):
-    """float64 through the whole stack (the LSTM's custom VJP included), with and without dropout."""
+@pytest.mark.parametrize(
+    ("kind", "dropout", "kernels"),
+    [("lstm", 0.0, "auto"), ("lstm", 0.3, "auto"), ("gru", 0.3, "auto"), ("lstm", 0.3, "xla")],
+)
+def test_loss_gradients_finite_differences(kind, dropout, kernels):
+    """float64 through the whole stack (the hand-written derivatives included), with and without dropout,
+    in reverse and forward mode."""
     cfg, params, tokens, targets, carry = setup(kind, dropout=dropout)
     key = jax.random.key(9) if dropout else None
     with jax.enable_x64(True):
-        cfg64 = dataclasses.replace(cfg, dtype="float64")
+        cfg64 = dataclasses.replace(cfg, dtype="float64", kernels=kernels)
         params64, carry64 = to64((params, carry))
         loss = jax.jit(lambda p, c: model.loss(p, tokens, targets, c, cfg64, key)[0])
         assert loss(params64, carry64).dtype == jnp.float64
-        check_grads(loss, (params64, carry64), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+        check_grads(loss, (params64, carry64), order=1, modes=["rev", "fwd"], atol=1e-6, rtol=1e-6)
 
 
 # --- properties training relies on ----------------------------------------------------------------------
@@ -228,7 +267,7 @@ def test_carry_is_the_state_at_the_window_end():
     fresh, _ = LOSS(params, x2, y2, zero, cfg)
     whole, carry_whole = LOSS(params, tokens[:, :-1], tokens[:, 1:], zero, cfg)
     assert abs(float(carried) - float(fresh)) > 1e-3
-    np.testing.assert_allclose(carry2, carry_whole, atol=1e-5)
+    np.testing.assert_allclose(stacked(carry2), stacked(carry_whole), atol=1e-5)
     np.testing.assert_allclose(whole, (first + carried) / 2, rtol=1e-5)
 
 
@@ -238,12 +277,12 @@ def test_bfloat16_runs_and_is_close_to_float32(kind):
     cfg16 = dataclasses.replace(cfg, dtype="bfloat16")
     logits32, carry32 = FORWARD(params, tokens, carry, cfg)
     logits16, carry16 = FORWARD(params, tokens, carry, cfg16)
-    assert logits16.dtype == jnp.float32 and carry16.dtype == jnp.float32
+    assert logits16.dtype == jnp.float32 and stacked(carry16).dtype == jnp.float32
     np.testing.assert_allclose(logits16, logits32, atol=0.1)
-    np.testing.assert_allclose(carry16, carry32, atol=0.05)
+    np.testing.assert_allclose(stacked(carry16), stacked(carry32), atol=0.05)
     step_logits, _ = STEP(params, carry, tokens[:, 0], cfg16)
     np.testing.assert_allclose(step_logits, logits32[:, 0], atol=0.1)
-    if kind == "lstm":  # the custom VJP's bf16 path
+    if kind == "lstm":  # the fast layer's bf16 path
         (nats, _), grads = LOSS_GRAD(params, tokens, targets, carry, cfg16)
         (nats32, _), grads32 = LOSS_GRAD(params, tokens, targets, carry, cfg)
         assert abs(float(nats) - float(nats32)) < 0.05
@@ -279,9 +318,9 @@ def test_dropout_gradients_match_reference_with_same_masks():
     ref = jax.jit(
         jax.value_and_grad(lambda p, c: ref_loss(p, tokens, targets, c, "lstm", masks), (0, 1), True)
     )
-    (ref_nats, _), want = ref(params, carry)
+    (ref_nats, _), want = ref(params, stacked(carry))
     np.testing.assert_allclose(nats, ref_nats, rtol=1e-5)
-    assert_trees_close(got, want, 1e-5)
+    assert_trees_close((got[0], stacked(got[1])), want, 1e-5)
 
 
 def test_no_recompilation_on_second_call():

@@ -111,10 +111,11 @@ chunks = list(sample.generate(params, cfg, jax.random.key(1), length=100, num_st
 assert np.concatenate(chunks, axis=1).shape == (6, 100)
 args, kw = seen[0]
 sp, carry, token = args[:3]
-assert carry.shape[2] == 8 and carry.sharding.spec == dp.carry.spec, carry.sharding  # 6 streams padded to 8
+for c in jax.tree.leaves(carry):  # every array of the carry: 6 streams padded to 8, split by stream
+    assert c.shape[0] == 8 and c.sharding.spec == dp.batch.spec, c.sharding
 assert token.sharding.spec == dp.batch.spec and jax.tree.leaves(sp)[0].sharding.is_fully_replicated
 out = run_chunk(*args, **kw)
-assert out[0].sharding.spec == dp.carry.spec and out[2].sharding.spec == dp.batch.spec
+assert all(c.sharding.spec == dp.batch.spec for c in jax.tree.leaves(out[0])) and out[2].sharding.spec == dp.batch.spec
 hlo = run_chunk.lower(*args, **kw).compile().as_text()
 assert not any(op in hlo for op in ("all-gather", "all-reduce", "all-to-all", "collective-permute")), "collectives"
 print("ok")

@@ -94,6 +94,39 @@ def test_two_steps_save_resume_equals_four_steps_bitwise(saw_corpus, tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def _make_legacy(run: Path) -> None:
+    """Rewrite a run's newest checkpoint as jaxvoice saved it before model families (format 1): the carry as
+    one [layers, states, B, H] array and no state_format in the meta; its manifest written again."""
+    import orbax.checkpoint as ocp
+
+    cfg = config.load(run / "config.toml")
+    mngr = checkpoint.manager(run)
+    step = max(mngr.all_steps())
+    abstract = train.init_state(cfg, 1, cfg.train.batch_size)
+    state, meta = checkpoint.restore_train(mngr, abstract, cfg)
+    legacy = state.replace(carry=jax.numpy.stack([jax.numpy.stack(layer) for layer in state.carry]))
+    train_part = checkpoint._train_part(legacy)
+    meta = {k: v for k, v in meta.items() if k != "state_format"}
+    meta["train_sha256"] = checkpoint.digest(train_part)
+    mngr.delete(step)
+    mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(legacy.params),
+              train=ocp.args.StandardSave(train_part), meta=ocp.args.JsonSave(meta)), force=True)  # fmt: skip
+    checkpoint._write_manifest(mngr, step)
+    mngr.close()
+
+
+def test_a_checkpoint_from_before_model_families_resumes_exactly(saw_corpus, tmp_path):
+    straight, old = tmp_path / "straight", tmp_path / "old"
+    extra = ["--set", "train.checkpoint_every=2", "--set", "model.num_layers=2"]
+    run_jaxvoice(*train_cmd(saw_corpus, straight, "--steps", "4", *extra), check=True)
+    run_jaxvoice(*train_cmd(saw_corpus, old, "--steps", "2", *extra), check=True)
+    _make_legacy(old)
+    assert "state_format" not in checkpoint.read_meta(checkpoint.manager(old, read_only=True), 2)
+    run_jaxvoice(*train_cmd(saw_corpus, old, "--steps", "4", "--resume", *extra), check=True)
+    loss = lambda run: [(r["step"], r["loss"], r["grad_norm"]) for r in read_csv(run / "train.csv")]
+    assert loss(old) == loss(straight) and len(loss(old)) == 4
+
+
 def _popen_train(corpus: Path, out: Path, *extra) -> subprocess.Popen:
     args = [*jaxvoice_cmd(), *map(str, train_cmd(corpus, out, *extra))]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -41,27 +41,84 @@ def run(args):
         raise UserError(f"--steps must be from 1 to {MAX_STEP}, got {args.steps}")
     if args.minutes is not None and not args.minutes > 0:
         raise UserError(f"--minutes must be positive, got {args.minutes}")
+    import signal
+    import sys
+
     import jax
 
-    from jaxvoice import files, parallel, train
+    from jaxvoice import checkpoint, files, model, parallel, train
     from jaxvoice import run as run_lib
+    from jaxvoice.fitting import describe_error, fit
+    from jaxvoice.hooks import Progress, SaveFailed
+    from jaxvoice.loop import Diverged, Hook
 
     parallel.initialize(args.coordinator, args.num_processes, args.process_id, detect=args.distributed)
     primary = jax.process_index() == 0
-    plan = run_lib.plan(
+    planned = run_lib.plan(
         args.out, config_path=args.config, overrides=args.set, data=args.data, resume=args.resume,
         primary=primary,
     )  # fmt: skip
-    train.check_memory(plan.config, parallel.data_parallel().num_devices)
-    made = files.missing_parents(plan.run_dir / "x") if plan.new and primary else []
+    dp = parallel.data_parallel()
+    train.check_memory(planned.config, dp.num_devices)
+    made = files.missing_parents(planned.path / "x") if planned.new and primary else []
     if primary:
-        run_lib.create(plan)
+        run_lib.create(planned)
+    quiet = args.quiet or not primary
+    progress = None if quiet else Progress()
+    say = progress.write if progress else (lambda message: None)
+    if args.resume and not checkpoint.available_steps(planned.path):
+        say(f"{planned.path} has no checkpoint yet: starting from step 0")
+
+    class StopOnSignal(Hook):
+        """Ctrl-C / SIGTERM stop the loop at the next step boundary, which saves; a second Ctrl-C is the
+        usual KeyboardInterrupt. The handlers are the command's, installed for the loop only."""
+
+        number = None
+
+        def handle(self, number, frame):
+            if self.number is not None and number == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.number = number
+
+        def on_step(self, loop):
+            if self.number is not None:
+                loop.stop("signal")
+
+    stop = StopOnSignal()
+    previous = {s: signal.signal(s, stop.handle) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return train.fit(
-            plan.config, plan.corpus, plan.run_dir, target_step=args.steps, minutes=args.minutes,
-            resume=args.resume, quiet=args.quiet,
-        )  # fmt: skip
+        hooks = [progress, stop] if progress else [stop]
+        result = fit(planned, steps=args.steps, minutes=args.minutes, hooks=hooks, say=say, dp=dp)
+    except Diverged as e:
+        print(
+            f"jaxvoice train: loss is NaN/Inf at step {e.step}; stopped. The last good checkpoint is "
+            f"kept; lower train.learning_rate or train.grad_clip and --resume",
+            file=sys.stderr,
+        )
+        return 1
+    except (OSError, SaveFailed) as e:
+        error = e.__cause__ if isinstance(e, SaveFailed) else e
+        at = f" at step {e.args[0]}" if isinstance(e, SaveFailed) else ""
+        print(
+            f"jaxvoice train: could not write the run{at} ({describe_error(error)}); stopped. The last "
+            f"complete checkpoint is kept: free some space (or fix the problem) and --resume",
+            file=sys.stderr,
+        )
+        return 1
     except BaseException:
-        if plan.new and primary and not run_lib.started(plan.run_dir):
-            run_lib.discard(plan.run_dir, made)  # a new run that failed before its first step leaves nothing
+        if planned.new and primary and not run_lib.started(planned.path):
+            run_lib.discard(planned.path, made)  # a new run that failed before its first step leaves nothing
         raise
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if result.stop_reason == "signal":
+        say(f"{signal.Signals(stop.number).name}: saved step {result.step}; continue with --resume")
+        return 128 + stop.number
+    if not quiet and result.stop_reason != "nothing to do":
+        val_text = ""
+        if result.val_loss is not None:
+            vl = result.val_loss
+            val_text = f", val {vl:.4f} nats = {vl * model.BITS_PER_NAT:.4f} bits/sample"
+        print(f"trained to step {result.step}: loss {result.loss:.4f} nats{val_text}; run in {planned.path}")
+    return 0
