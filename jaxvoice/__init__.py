@@ -34,6 +34,10 @@ _EXPORTS = {
     "apply_overrides": ("config", "apply_overrides"),
     # corpora
     "prepare": ("corpus", "prepare"),
+    "singing_corpus": ("synth", "singing_corpus"),
+    "Streams": ("streams", "Streams"),
+    "train_streams": ("streams", "train_streams"),
+    "eval_streams": ("streams", "eval_streams"),
     "open_corpus": ("corpus", "open_corpus"),
     "Corpus": ("corpus", "Corpus"),
     # cells and models
@@ -66,6 +70,21 @@ _EXPORTS = {
     "UserError": ("errors", "UserError"),
 }
 
+# modules reachable as jaxvoice.NAME without an import of their own
+_MODULES = {
+    "cells",
+    "checkpoint",
+    "config",
+    "corpus",
+    "fast",
+    "hooks",
+    "loop",
+    "model",
+    "sample",
+    "synth",
+    "train",
+}
+
 __all__ = sorted(_EXPORTS)
 
 
@@ -75,6 +94,8 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(f"jaxvoice.{module}"), attribute)
         globals()[name] = value  # once: later lookups are plain attribute reads
         return value
+    if name in _MODULES:
+        return importlib.import_module(f"jaxvoice.{name}")
     raise AttributeError(f"module 'jaxvoice' has no attribute {name!r}")
 
 

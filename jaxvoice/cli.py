@@ -28,6 +28,8 @@ ORDER = ["demo", "prepare", "info", "encode", "decode", "train", "eval", "sample
 # faults per step with glibc's default malloc. glibc's huge-page tunable removes ~99% of them (+14-24%
 # tokens/s here, ../PERF_NOTES), but glibc reads GLIBC_TUNABLES only when a process starts.
 HUGE_PAGE_COMMANDS = {"demo", "train", "eval", "sample"}
+# Commands that build a model: they can load the user's cells and model families (--import MODULE).
+IMPORT_COMMANDS = {"train", "eval", "sample", "report"}
 HUGE_PAGE_TUNABLE = "glibc.malloc.hugetlb=1"
 
 
@@ -75,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"jaxvoice.commands.{name}")
         command = sub.add_parser(name, help=module.HELP, description=module.HELP)
         command.add_argument("--quiet", "-q", action="store_true", help="no progress bars or summaries")
+        if name in IMPORT_COMMANDS:
+            command.add_argument(
+                "--import", dest="imports", action="append", default=[], metavar="MODULE",
+                help="a Python module (name, or path to a .py file) to import first, e.g. one that registers a "
+                "cell with jaxvoice.register_cell (repeatable)",
+            )  # fmt: skip
         module.add_arguments(command)
         command.set_defaults(_module=module)
     return parser
@@ -123,6 +131,36 @@ def _own_the_process(quiet: bool) -> None:
     sys.unraisablehook = _hide_orbax_read_leftovers
 
 
+def import_user_module(spec: str) -> None:
+    """Import a module the user named on the command line: a dotted name (looked up in the current folder
+    first) or a path to a .py file. Only ever what the user typed: never a name read from a run or config.
+    An error inside the module is the user's code's: its traceback is shown."""
+    import importlib.util
+
+    try:
+        if spec.endswith(".py") or os.sep in spec:
+            path = Path(spec)
+            if not path.is_file():
+                raise UserError(f"--import {spec}: no such file")
+            module_spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[path.stem] = module
+            module_spec.loader.exec_module(module)
+            return
+        sys.path.insert(0, os.getcwd())
+        try:
+            importlib.import_module(spec)
+        finally:
+            sys.path.remove(os.getcwd())
+    except ModuleNotFoundError as e:
+        if e.name is None or not spec.startswith(e.name):
+            raise  # a module that the user's module imports is missing: their traceback says where
+        raise UserError(
+            f"--import {spec}: no module named '{e.name}' here: give a module on the Python path (or in the "
+            "current folder), or the path of a .py file"
+        ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -133,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         reexec_with_huge_pages()
     _own_the_process(getattr(args, "quiet", False))
     try:
+        for spec in getattr(args, "imports", []):
+            import_user_module(spec)
         return int(args._module.run(args) or 0)
     except UserError as e:
         print(f"jaxvoice {args.command}: error: {e}", file=sys.stderr)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from jaxvoice.errors import UserError
-from jaxvoice.synth import RATE, synthesize
+from jaxvoice.synth import RATE, singing_corpus
 
 # ---- the whole flow ---------------------------------------------------------------------------------------
 
@@ -166,28 +166,27 @@ def _clock(seconds: float) -> str:
 
 def run_demo(
     out: str | Path, *, minutes: float = 2.0, seconds: float = 180.0, seed: int = 0, force: bool = False,
-    quiet: bool = False,
+    quiet: bool = True, say=None,
 ) -> dict:  # fmt: skip
-    """Synthesise, prepare, train, sample, plot and report into `out`; returns what demo.json records."""
+    """Synthesise, prepare, train, sample, plot and report into `out`; returns what demo.json records.
+    `say(line)` hears what the command prints; without `quiet`, progress bars show on a terminal."""
     from tqdm import tqdm
 
-    from jaxvoice import audio, checkpoint, corpus, report
+    from jaxvoice import checkpoint, corpus, report
 
     check_settings(minutes, seconds, seed)
     out = Path(out)
     _check_out(out, force)
-    say = (lambda *a: None) if quiet else (lambda msg: print(msg, flush=True))
+    say = say or (lambda message: None)
     t_start = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     record = {"seed": seed, "seconds": seconds, "minutes": minutes, "finished": False}
     (out / DEMO_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
     say(f"[1/4] synthesising {_clock(seconds)} of singing at {RATE} Hz (seed {seed})")
-    wav = audio.write_wav(out / "voice.wav", synthesize(seconds, seed), RATE)
-    corpus_dir, run_dir = out / "corpus", out / "run"
-    meta = corpus.prepare([wav], corpus_dir, rate=RATE, codec="linear", quiet=quiet)
-    say(corpus.summary(meta, corpus_dir))
-    data = corpus.open_corpus(corpus_dir)
+    data = singing_corpus(out, seconds=seconds, seed=seed, quiet=quiet)
+    wav, corpus_dir, run_dir = out / "voice.wav", out / "corpus", out / "run"
+    say(corpus.summary(data.meta, corpus_dir))
     order0 = {split: report.order0_bits(data.split(split)) for split in ("val", "test")}
     say(
         f"order-0 entropy of the held-out audio (its symbol histogram): val {order0['val']:.3f}, "

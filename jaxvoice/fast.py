@@ -52,7 +52,9 @@ def _linear_tangent(forward: Callable, transpose: Callable, residuals, tangents:
     def transpose_live(res, cotangent):
         return [ct for ct, alive in zip(transpose(res, cotangent), live, strict=True) if alive]
 
-    return linear_call(forward_live, transpose_live, residuals, [t for t, a in zip(tangents, live, strict=True) if a])
+    return linear_call(
+        forward_live, transpose_live, residuals, [t for t, a in zip(tangents, live, strict=True) if a]
+    )
 
 
 # --- x @ W with the weight gradient as YNNPACK's GEMM ---------------------------------------------------

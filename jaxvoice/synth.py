@@ -201,3 +201,18 @@ def synthesize(seconds: float, seed: int = 0, rate: int = RATE) -> np.ndarray:
     mix = voice + noise * (0.035 * gain_N * pulses + 0.06 * breath_N) + 0.0005 * rng.standard_normal(n)
     mix *= PEAK / (np.max(np.abs(mix)) + 1e-12)
     return mix[: int(round(seconds * rate))].astype(np.float32)
+
+
+def singing_corpus(folder, *, seconds: float = 60.0, seed: int = 0, quiet: bool = True):
+    """`seconds` of this singing as `folder`/voice.wav and prepared (8-bit linear, 11025 Hz, 80/10/10) as the
+    corpus `folder`/corpus, as `jaxvoice demo` makes it; returns the opened corpus. For examples and tests
+    that need a voice-like corpus and have no recording."""
+    from pathlib import Path
+
+    from jaxvoice import audio, corpus
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    wav = audio.write_wav(folder / "voice.wav", synthesize(seconds, seed), RATE)
+    corpus.prepare([wav], folder / "corpus", rate=RATE, codec="linear", quiet=quiet)
+    return corpus.open_corpus(folder / "corpus")

@@ -31,6 +31,7 @@ def run(args):
             seed=args.seed,
             force=args.force,
             quiet=args.quiet,
+            say=None if args.quiet else (lambda message: print(message, flush=True)),
         )
     except demo.Stopped as e:
         import sys
