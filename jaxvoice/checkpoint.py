@@ -9,7 +9,6 @@ renames it when complete, so a kill mid-save leaves the previous checkpoints int
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
@@ -24,8 +23,9 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from jaxvoice import config as config_lib
-from jaxvoice import files, model
+from jaxvoice import manifests, model
 from jaxvoice.errors import UserError
+from jaxvoice.manifests import Damaged
 
 CHECKPOINT_DIR = "checkpoints"
 log = logging.getLogger(__name__)
@@ -125,79 +125,8 @@ def save(mngr: ocp.CheckpointManager, state: Any, meta: dict, val_loss: float | 
         metrics=metrics,
         force=True,
     )
-    _write_manifest(mngr, int(state.step))
-
-
-# --- file manifests: a damaged step is found by its files, before orbax reads a byte of them ----------------
-
-MANIFEST_DIR = "checkpoint_manifests"  # beside checkpoints/, which belongs to orbax
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _manifest_path(mngr: ocp.CheckpointManager, step: int) -> Path:
-    return Path(mngr.directory).parent / MANIFEST_DIR / f"{step}.json"
-
-
-def _write_manifest(mngr: ocp.CheckpointManager, step: int) -> None:
-    """Size and sha256 of every file of a finished step; and forget the steps orbax has deleted."""
-    if jax.process_index() != 0:
-        return
-    step_dir = Path(mngr.directory) / str(step)
-    files = {str(p.relative_to(step_dir)): [p.stat().st_size, _sha256(p)] for p in sorted(step_dir.rglob("*"))
-             if p.is_file()}  # fmt: skip
-    path = _manifest_path(mngr, step)
-    path.parent.mkdir(exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(files, indent=0))
-    os.replace(tmp, path)
-    kept = set(mngr.all_steps())
-    for old in path.parent.glob("*.json"):
-        if old.stem.isdigit() and int(old.stem) not in kept:
-            old.unlink()
-
-
-def _check_manifest(mngr: ocp.CheckpointManager, step: int, items: set[str]) -> None:
-    """Raise Damaged naming the first file of `step` (of its `items`, and its top-level files) that is
-    missing, cut or changed since it was saved.
-
-    A step without a manifest (a kill between the save and the manifest) is left to orbax and the checksums
-    of its arrays."""
-    path = _manifest_path(mngr, step)
-    try:
-        expected = files.read_json(path)
-    except FileNotFoundError:
-        return
-    except (OSError, ValueError) as e:
-        log.warning(f"checkpoint step {step}: its manifest {path} does not read ({e}); using it unverified")
-        return
-    if not _is_manifest(expected):
-        log.warning(
-            f"checkpoint step {step}: its manifest {path} is not a jaxvoice manifest; using it unverified"
-        )
-        return
-    step_dir = Path(mngr.directory) / str(step)
-    for name, (size, sha) in expected.items():
-        if "/" in name and name.split("/")[0] not in items:
-            continue
-        path = step_dir / name
-        if not path.is_file():
-            raise Damaged(f"{name} is missing")
-        if path.stat().st_size != size:
-            raise Damaged(f"{name} has {path.stat().st_size} bytes where {size} were saved")
-        if _sha256(path) != sha:
-            raise Damaged(f"{name} has changed since it was saved")
-
-
-def _is_manifest(value: Any) -> bool:
-    """{relative path: [size, sha256 hex]}, as `_write_manifest` writes it."""
-    return isinstance(value, dict) and all(
-        isinstance(entry, list) and len(entry) == 2 and type(entry[0]) is int and isinstance(entry[1], str)
-        for entry in value.values()
-    )
+    if jax.process_index() == 0:
+        manifests.write(Path(mngr.directory), int(state.step), set(mngr.all_steps()))
 
 
 def _abstract(tree: Any) -> Any:
@@ -206,10 +135,6 @@ def _abstract(tree: Any) -> Any:
 
 def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
     return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-
-
-class Damaged(Exception):
-    """A checkpoint step whose files are missing, truncated or do not match their checksums."""
 
 
 class CheckpointDamaged(UserError):
@@ -223,7 +148,7 @@ def _restore_checked(
 
     Files are checked against the step's manifest first, then the meta is read and `abstract_of(meta)` gives
     the abstract tree of each item (it may raise UserError: a config that is not damage but a user's to fix)."""
-    _check_manifest(mngr, step, {"meta", *names})
+    manifests.check(Path(mngr.directory), step, {"meta", *names})
     meta = _meta_or_damaged(mngr, step)
     abstract = abstract_of(meta)
     try:
@@ -295,7 +220,7 @@ def restore_train(
         if restored["meta"].get("state_format", 1) == 1:
             train["carry"] = _from_legacy(train["carry"], abstract_state.carry)
         return abstract_state.replace(params=restored["params"], **train), restored["meta"]
-    if damaged or _saved_before(mngr):
+    if damaged or manifests.saved_before(Path(mngr.directory)):
         found = "; ".join(f"step {s}: {why}" for s, why in damaged) or "their folders are gone"
         raise UserError(
             f"no intact checkpoint is left in {run_dir / CHECKPOINT_DIR} ({found}), so --resume would start "
@@ -313,12 +238,6 @@ def _meta_or_damaged(mngr: ocp.CheckpointManager, step: int) -> dict:
     if not isinstance(meta, dict):
         raise Damaged("its meta is not a JSON object")
     return meta
-
-
-def _saved_before(mngr: ocp.CheckpointManager) -> bool:
-    """Whether this run has finished a save before (its manifests say so), though no step is there now."""
-    folder = Path(mngr.directory).parent / MANIFEST_DIR
-    return folder.is_dir() and any(p.stem.isdigit() for p in folder.glob("*.json"))
 
 
 def _set_aside(mngr: ocp.CheckpointManager, damaged: list[int]) -> None:

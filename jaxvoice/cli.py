@@ -25,8 +25,8 @@ ORDER = ["demo", "prepare", "info", "encode", "decode", "train", "eval", "sample
 
 
 # Commands that run XLA: it takes fresh 100-300 MB buffers every training step, tens of thousands of page
-# faults per step with glibc's default malloc. glibc's huge-page tunable removes ~99% of them (+14-24%
-# tokens/s here, ../PERF_NOTES), but glibc reads GLIBC_TUNABLES only when a process starts.
+# faults per step with glibc's default malloc. glibc's huge-page tunable removes nearly all of them
+# (docs/performance.md), but glibc reads GLIBC_TUNABLES only when a process starts.
 HUGE_PAGE_COMMANDS = {"demo", "train", "eval", "sample"}
 # Commands that build a model: they can load the user's cells and model families (--import MODULE).
 IMPORT_COMMANDS = {"train", "eval", "sample", "report"}

@@ -1,6 +1,6 @@
 """Typed settings: frozen dataclasses are the schema, TOML files and `--set section.key=value` fill them.
 
-Defaults follow torch-rnn where it has one (see ../shared/DESIGN.md). A config is resolved once
+Defaults follow torch-rnn where it has one (README: Walk-through). A config is resolved once
 (preset file, then overrides), validated, and saved with every run and checkpoint as TOML.
 """
 

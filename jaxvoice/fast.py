@@ -14,7 +14,8 @@ forward, reverse (`jax.grad`) and forward mode (`jax.jvp`), in tests/test_fast.p
 
 Derivatives are `jax.custom_jvp` rules whose tangent part is a `linear_call`: forward mode evaluates the
 tangent recurrence, reverse mode its hand-written transpose. So `jax.grad`, `jax.jvp` and `jax.vmap` all
-work here; derivatives under `vmap` (per-example gradients, `jacfwd`) need `model.kernels = "xla"`.
+work here; derivatives under `vmap` (per-example gradients, `jacfwd`) and second derivatives need
+`model.kernels = "xla"`.
 Performance history: docs/performance.md.
 """
 

@@ -2,7 +2,7 @@
 """Speed and memory benchmarks, JSON out: `python scripts/bench.py {train,sample,plot,prepare} [options]`.
 
 Each part lives in scripts/bench_<part>.py with `main(argv) -> dict`; this prints the dict as JSON.
-Targets are checked here, never by timed tests. See ../shared/PERF_NOTES.md before trusting a number.
+Targets are checked here, never by timed tests. See docs/performance.md before trusting a number.
 """
 
 import importlib

@@ -1,7 +1,7 @@
 """Training speed: `python scripts/bench.py train [--presets tiny,small,voice_2016] [--processes 3] ...`.
 
 What is timed, per preset, in --processes fresh subprocesses (timings here are bimodal from one process to
-the next, and the machine may be shared: see ../shared/PERF_NOTES.md). Inside each process the sides take
+the next, and the machine may be shared: see docs/performance.md). Inside each process the sides take
 turns, one timed window of about --seconds each, for --rounds rounds, so every side sees the same machine
 state (each window after one untimed step: the first step after a switch of sides is slow, and a training
 loop never switches); ratios are taken window pair by window pair, and we quote medians and ranges:
@@ -17,7 +17,7 @@ loop never switches); ratios are taken window pair by window pair, and we quote 
   cross-entropy, grad clamp 5, the hidden state detached and carried; eager (oneDNN's fused LSTM).
 
 Children get GLIBC_TUNABLES=glibc.malloc.hugetlb=1 unless --hugetlb off (both sides alike): it removes
-most page faults from the big per-step buffers of XLA and torch (PERF_NOTES: +14-24%). `--hugetlb both`
+most page faults from the big per-step buffers of XLA and torch (docs/performance.md: +14-24%). `--hugetlb both`
 runs every process both ways and reports each.
 Development: `--variant NAME=DIR` also times DIR/jaxvoice/model.py (another checkout's model) under the
 bench's own train step, and `--own` the installed model under that same step, for side-by-side A/B runs.

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import assert_user_error, jaxvoice_cmd, run_jaxvoice, sawtooth, write_audio
 
-from jaxvoice import checkpoint, config, model, train
+from jaxvoice import checkpoint, config, manifests, model, train
 from jaxvoice.streams import Streams
 
 RATE = 11025
@@ -111,7 +111,7 @@ def _make_legacy(run: Path) -> None:
     mngr.delete(step)
     mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(legacy.params),
               train=ocp.args.StandardSave(train_part), meta=ocp.args.JsonSave(meta)), force=True)  # fmt: skip
-    checkpoint._write_manifest(mngr, step)
+    manifests.write(Path(mngr.directory), step, set(mngr.all_steps()))
     mngr.close()
 
 
