@@ -1,12 +1,11 @@
 """The sampler's CPU matrix products: y[M, O] = x[M, I] @ W with W packed in 16-column panels.
 
 The kernel (native/packed_matmul.cc, built by setup.py as an optional extension) is an XLA FFI custom
-call: it reads the weights panel by panel, float32 or bfloat16 (widened in registers): voice_2016's products
-at 1 stream take 1.4x (float32) to 2.6x (bfloat16) less time than with XLA's CPU dot, and with AVX-512
-(`many_rows()`) 16 streams sample 1.4x faster than with XLA's GEMM (see the .cc). `available()` is False
-where the extension was not built, is not loadable, or the CPU lacks AVX2/FMA: callers then use XLA's dot
-on the unpacked weights.
-Only `sample.py` uses it, and only on CPU devices; training never does (no gradient is defined).
+call: it reads the weights panel by panel, float32 or bfloat16 (widened in registers), which streams them
+faster than XLA's CPU dot at one stream; with AVX-512 (`many_rows()`) it also computes many streams per
+pass over a weight row (figures: docs/performance.md). `available()` is False where the extension was not
+built, is not loadable, or the CPU lacks AVX2/FMA: callers then use XLA's dot on the unpacked weights.
+Only the sampler uses it, and only on CPU devices; training never does (it has no derivative).
 """
 
 from __future__ import annotations
