@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxvoice import __version__, audio
+from jaxvoice import __version__, audio, files
 from jaxvoice import codec as _codec
 from jaxvoice.errors import UserError
 
@@ -313,22 +313,38 @@ _REQUIRED = {
 }  # fmt: skip
 
 
+def _not_a_folder(path: Path) -> str:
+    """Why `path` (which is not a folder) is no corpus, and what to give instead."""
+    if path.is_symlink() and not path.exists():
+        return (
+            f"corpus {path} is a broken symbolic link (to {os.readlink(path)}): point it at a corpus folder"
+        )
+    if not path.exists():
+        return f"corpus {path} does not exist: make one with `jaxvoice prepare INPUT... -o {path}`"
+    if path.name in (META_FILE, DATA_FILE) and (path.parent / META_FILE).is_file():
+        return f"{path} is a file of the corpus {path.parent}: give the folder itself"
+    return (
+        f"{path} is a file, not a corpus folder: give the folder `jaxvoice prepare` wrote "
+        f"(to make one from this file: jaxvoice prepare {path} -o CORPUS_DIR)"
+    )
+
+
 def read_meta(corpus_dir: str | os.PathLike) -> dict:
     """meta.json of a corpus, checked against data.u8; anything wrong -> UserError saying how to fix it."""
     folder = Path(corpus_dir)
     redo = "prepare it again with `jaxvoice prepare INPUT... -o " + str(folder) + " --force`"
     if not folder.is_dir():
-        raise UserError(
-            f"corpus {folder} does not exist: make one with `jaxvoice prepare INPUT... -o {folder}`"
-        )
+        raise UserError(_not_a_folder(folder))
     meta_path = folder / META_FILE
     if not meta_path.is_file():
         raise UserError(
             f"{folder} is not a jaxvoice corpus (no {META_FILE}): point at a folder made by prepare"
         )
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        meta = files.read_json(meta_path)
+    except OSError as e:
+        raise UserError(f"cannot read {meta_path}: {e.strerror or e}") from None
+    except ValueError as e:  # not UTF-8, not JSON, or nested too deeply to parse
         raise UserError(f"{meta_path} is not valid JSON ({e}): {redo}") from None
     if not isinstance(meta, dict):
         raise UserError(f"{meta_path} does not hold a JSON object: {redo}")
@@ -343,6 +359,9 @@ def read_meta(corpus_dir: str | os.PathLike) -> dict:
             raise UserError(f"{meta_path}: '{key}' is missing or not a {kind.__name__}: {redo}")
     if version != FORMAT_VERSION:
         raise UserError(f"{meta_path} has format_version {version}, expected {FORMAT_VERSION}: {redo}")
+    for i, src in enumerate(meta["sources"]):
+        if not (isinstance(src, dict) and isinstance(src.get("path"), str) and type(src.get("bytes")) is int):
+            raise UserError(f"{meta_path}: source {i} is not an object with a 'path' and 'bytes': {redo}")
     if meta["codec"] not in _codec.CODECS or meta["num_symbols"] != _codec.NUM_SYMBOLS:
         raise UserError(
             f"{meta_path}: unknown codec '{meta['codec']}' or num_symbols {meta['num_symbols']}: {redo}"
@@ -410,10 +429,14 @@ def describe(meta: dict, path: str | os.PathLike | None = None) -> str:
     lines.append(f"sources   {len(sources)} file{'s' * (len(sources) != 1)}")
     for src in sources:
         detail = f"{src['bytes']:,} symbols"
-        if src.get("rate"):
+        if src.get("rate"):  # an audio file's details (shown as stored: read_meta checks only path and bytes)
+            seconds = src.get("seconds")
+            length = (
+                _duration(seconds) if isinstance(seconds, int | float) and math.isfinite(seconds) else "?"
+            )
             detail = (
-                f"{src['rate']} Hz {src['channels']} ch {src['format']} {src['subtype']}, "
-                f"{_duration(src['seconds'])}, {detail}"
+                f"{src['rate']} Hz {src.get('channels', '?')} ch {src.get('format', '?')} "
+                f"{src.get('subtype', '?')}, {length}, {detail}"
             )
         lines.append(f"          {src['path']}  ({detail})")
     lines.append(f"sha256    {meta['sha256']}")

@@ -1,0 +1,293 @@
+"""Bad input, one table row per case: what a hostile new user types, and what jaxvoice must do about it.
+
+Each `Case` runs the real `jaxvoice` command in a subprocess after its `setup` made the files it needs. A
+row expecting exit code 2 must end with exactly one line on stderr (`jaxvoice CMD: error: ...`) holding each
+of its `phrases`, no traceback, and no file changed, added or lost, anywhere under the test's folder or in
+the shared corpus and run (sha256 of every file before and after). A row expecting exit code 0 must leave
+every file it found unchanged except those it names in `replaced`, and its phrases must be on stderr
+(warnings) or stdout (notes). `keep` names the user's files a row is about (checked by sha256 on top).
+
+To add a row: append a `Case` to CASES. Arguments and paths may use {tmp} (the test's own folder), {corpus}
+and {run} (a small corpus and a tiny trained run shared by the module: read them, never change them; copy
+them with `copy_corpus` / `copy_run` first). `read_only` folders are mounted read-only for the command
+(as root, in a private mount namespace; otherwise by chmod); `memory_cap` runs it under RLIMIT_DATA so a
+check that fails cannot take the machine down.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import resource
+import shlex
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+from conftest import jaxvoice_cmd, run_jaxvoice, sawtooth, write_audio
+
+RATE = 8000
+
+
+class Env(NamedTuple):
+    """Where a case runs: its own folder, and the module's shared corpus and run (never changed)."""
+
+    tmp: Path
+    corpus: Path
+    run: Path
+
+    def path(self, template: str) -> Path:
+        return Path(template.format(tmp=self.tmp, corpus=self.corpus, run=self.run))
+
+
+class Case(NamedTuple):
+    id: str
+    args: tuple[str, ...]  # after `jaxvoice`, with {tmp}, {corpus}, {run}
+    phrases: tuple[str, ...]  # words the error line (or, for exit 0, stderr + stdout) must hold
+    setup: Callable[[Env], object] | None = None
+    code: int = 2
+    keep: tuple[str, ...] = ()  # files the row protects: present before, the same bytes after
+    absent: tuple[str, ...] = ()  # paths that must not exist afterwards (outputs, folders it would make)
+    replaced: tuple[str, ...] = ()  # exit 0 only: files the command may rewrite
+    read_only: tuple[str, ...] = ()  # folders mounted read-only while the command runs
+    memory_cap: int | None = None  # bytes of RLIMIT_DATA for the command
+    check: Callable[[Env, subprocess.CompletedProcess], None] | None = None  # more, for exit-0 rows
+    slow: bool = False
+
+
+# ---- setup helpers (reusable: each takes the Env and makes files under env.tmp) ------------------------------
+
+
+def wav(name: str, seconds: float = 1.0, subtype: str = "PCM_16", samples=None) -> Callable[[Env], Path]:
+    """A setup that writes a WAV (a sawtooth, or `samples`) at {tmp}/name; any name, even one not UTF-8."""
+
+    def make(env: Env) -> Path:
+        import soundfile as sf
+
+        path = env.tmp / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = sawtooth(220.0, RATE, seconds) if samples is None else samples
+        with open(path, "wb") as f:  # a file object: soundfile cannot take every name that Python can
+            sf.write(f, data, RATE, subtype=subtype, format="WAV")
+        return path
+
+    return make
+
+
+def text(name: str, content: str | bytes) -> Callable[[Env], Path]:
+    def make(env: Env) -> Path:
+        path = env.tmp / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+        return path
+
+    return make
+
+
+def copy_corpus(env: Env, name: str = "corpus") -> Path:
+    return shutil.copytree(env.corpus, env.tmp / name)
+
+
+def copy_run(env: Env, name: str = "run") -> Path:
+    return shutil.copytree(env.run, env.tmp / name, symlinks=True)
+
+
+def steps(*makers: Callable[[Env], object]) -> Callable[[Env], None]:
+    """One setup made of several."""
+
+    def make(env: Env) -> None:
+        for maker in makers:
+            maker(env)
+
+    return make
+
+
+def nested_json(depth: int = 1500) -> str:
+    """Nested objects, 5 bytes a level: 1500 levels is a 7.5 KB file that json's parser cannot descend."""
+    return '{"a":' * depth + "1" + "}" * depth
+
+
+def deep_meta(env: Env) -> None:
+    (copy_corpus(env) / "meta.json").write_text(nested_json())
+
+
+# ---- the table ---------------------------------------------------------------------------------------------
+
+TRAIN_TINY = ("--config", "tiny", "--set", "model.rnn_size=32", "--set", "train.batch_size=8")
+
+CASES = [
+    # -- a corpus given as something else, and meta.json that no parser survives
+    Case("info-of-a-wav", ("info", "{tmp}/a.wav"), ("a.wav is a file, not a corpus folder", "prepare"),
+         setup=wav("a.wav"), keep=("{tmp}/a.wav",)),
+    Case("info-of-data-u8", ("info", "{corpus}/data.u8"), ("is a file of the corpus", "folder itself")),
+    Case("info-of-a-broken-link", ("info", "{tmp}/link"), ("broken symbolic link",),
+         setup=lambda env: (env.tmp / "link").symlink_to(env.tmp / "gone")),
+    Case("train-data-is-a-wav", ("train", *TRAIN_TINY, "--data", "{tmp}/a.wav", "--out", "{tmp}/r"),
+         ("a.wav is a file, not a corpus folder",), setup=wav("a.wav"), absent=("{tmp}/r",)),
+    Case("info-deep-meta", ("info", "{tmp}/corpus"), ("meta.json is not valid JSON", "nested too deeply"),
+         setup=deep_meta, keep=("{tmp}/corpus/meta.json",)),
+    Case("train-deep-meta", ("train", *TRAIN_TINY, "--data", "{tmp}/corpus", "--out", "{tmp}/r"),
+         ("nested too deeply",), setup=deep_meta, absent=("{tmp}/r",)),
+    Case("eval-deep-meta", ("eval", "--run", "{run}", "--data", "{tmp}/corpus"), ("nested too deeply",),
+         setup=deep_meta),
+    Case("info-meta-not-utf8", ("info", "{tmp}/corpus"), ("not UTF-8",),
+         setup=lambda env: (copy_corpus(env) / "meta.json").write_bytes(b'{"codec": "\xff"}')),
+    Case("info-meta-bad-source", ("info", "{tmp}/corpus"), ("source 0 is not an object",),
+         setup=lambda env: _edit_meta(env, sources=[17])),
+    Case("report-deep-config", ("report", "--run", "{tmp}/run"), ("config.toml", "nested too deeply"),
+         setup=lambda env: (copy_run(env) / "config.toml").write_text("a = " + "[" * 3000 + "]" * 3000),
+         absent=("{tmp}/run/report.html",)),
+    Case("report-deep-corpus-json", ("report", "--run", "{tmp}/run"), ("corpus.json", "nested too deeply"),
+         setup=lambda env: (copy_run(env) / "corpus.json").write_text(nested_json()), code=0),
+    Case("report-odd-corpus-json", ("report", "--run", "{tmp}/run"), ("the corpus",), code=0,
+         setup=lambda env: (copy_run(env) / "corpus.json").write_text(
+             '{"splits": {"train": 5, "val": [1]}, "sources": [3, {"path": 4}], "length": 9, "rate": "x"}')),
+]  # fmt: skip
+
+
+def _edit_meta(env: Env, **changes) -> None:
+    import json
+
+    meta_path = copy_corpus(env) / "meta.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), **changes}))
+
+
+# ---- running a case ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> Env:
+    """A 4 s sawtooth prepared at 8000 Hz and a tiny run trained on it (4 steps, checkpoints at 2 and 4)."""
+    root = tmp_path_factory.mktemp("bad_input_shared")
+    source = write_audio(root / "saw.wav", sawtooth(250.0, RATE, 4.0), RATE)
+    run_jaxvoice("prepare", source, "-o", root / "corpus", "--rate", RATE, "--quiet", check=True)
+    run_jaxvoice(
+        "train", "--config", "tiny", "--data", root / "corpus", "--out", root / "run",
+        "--set", "model.rnn_size=32", "--set", "train.batch_size=8", "--set", "train.seq_length=16",
+        "--steps", 4, "--set", "train.checkpoint_every=2", "--quiet", check=True,
+    )  # fmt: skip
+    return Env(root / "unused", root / "corpus", root / "run")
+
+
+def _read_only_method() -> str | None:
+    """`mount` where this process may bind-mount a folder read-only in a private namespace (root), `chmod`
+    where a folder without write permission stops it (not root), else None."""
+    if os.geteuid() != 0:
+        return "chmod"
+    probe = Path(os.environ.get("TMPDIR", "/tmp")) / f"jaxvoice-ro-probe-{os.getpid()}"
+    probe.mkdir(exist_ok=True)
+    try:
+        q = shlex.quote(str(probe))
+        proc = subprocess.run(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c",
+             f"mount --bind -o ro {q} {q} && ! touch {q}/x 2>/dev/null"],
+            capture_output=True,
+        )  # fmt: skip
+        return "mount" if proc.returncode == 0 and not (probe / "x").exists() else None
+    except OSError:
+        return None
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+
+
+READ_ONLY = _read_only_method()
+
+
+def snapshot(*roots: Path) -> dict[str, str]:
+    """sha256 of every file (and "dir"/"link" for folders and symlinks) under `roots`, by path."""
+    found = {}
+    for root in roots:
+        for folder, dirs, names in os.walk(root):
+            for name in dirs + names:
+                path = Path(folder) / name
+                if path.is_symlink():
+                    found[str(path)] = f"link to {os.readlink(path)}"
+                elif path.is_dir():
+                    found[str(path)] = "dir"
+                elif path.is_file():
+                    found[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+                else:
+                    found[str(path)] = "special"
+    return found
+
+
+def run_case(case: Case, env: Env) -> subprocess.CompletedProcess:
+    args = [a.format(tmp=env.tmp, corpus=env.corpus, run=env.run) for a in case.args]
+    cmd = [*jaxvoice_cmd(), *args]
+    folders = [env.path(f) for f in case.read_only]
+    if folders and READ_ONLY == "mount":
+        script = "".join(
+            f"mount --bind -o ro {shlex.quote(str(f))} {shlex.quote(str(f))} && " for f in folders
+        )
+        cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c", script + 'exec "$@"', "sh", *cmd]
+    cap = case.memory_cap
+
+    def limit_memory():
+        resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
+
+    modes = {f: f.stat().st_mode for f in folders} if READ_ONLY == "chmod" else {}
+    for f in modes:
+        f.chmod(0o555)
+    try:
+        return subprocess.run(
+            cmd, capture_output=True, encoding="utf-8", errors="backslashreplace", timeout=600,
+            stdin=subprocess.DEVNULL, preexec_fn=limit_memory if cap else None,
+        )  # fmt: skip
+    finally:
+        for f, mode in modes.items():
+            f.chmod(mode)
+
+
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, id=c.id, marks=[pytest.mark.slow] if c.slow else []) for c in CASES]
+)
+def test_bad_input(case: Case, shared: Env, tmp_path: Path):
+    env = shared._replace(tmp=tmp_path)
+    if case.read_only and READ_ONLY is None:
+        pytest.skip("no way to make a folder read-only here: root without mount namespaces")
+    if case.setup is not None:
+        case.setup(env)
+    kept = {p: hashlib.sha256(env.path(p).read_bytes()).hexdigest() for p in case.keep}
+    before = snapshot(tmp_path, shared.corpus, shared.run)
+
+    proc = run_case(case, env)
+
+    where = f"exit {proc.returncode}\nstdout: {proc.stdout[-3000:]}\nstderr: {proc.stderr[-3000:]}"
+    assert proc.returncode == case.code, where
+    assert "Traceback" not in proc.stderr, where
+    after = snapshot(tmp_path, shared.corpus, shared.run)
+    if case.code == 2:
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1, where
+        assert lines[0].startswith(f"jaxvoice {case.args[0]}: error: "), where
+        for phrase in case.phrases:
+            assert phrase.lower() in lines[0].lower(), (phrase, lines[0])
+        assert after == before, "an error changed files:\n" + _diff(before, after)
+    else:
+        told = proc.stderr + proc.stdout
+        for phrase in case.phrases:
+            assert phrase.lower() in told.lower(), (phrase, where)
+        replaced = {str(env.path(p)) for p in case.replaced}
+        changed = {p for p, h in before.items() if after.get(p) != h and p not in replaced}
+        assert not changed, "files changed or lost:\n" + _diff(before, after)
+        if case.check is not None:
+            case.check(env, proc)
+    for p, digest in kept.items():
+        assert env.path(p).is_file() and hashlib.sha256(env.path(p).read_bytes()).hexdigest() == digest, p
+    for p in case.absent:
+        assert not os.path.lexists(env.path(p)), f"{p} exists"
+
+
+def _diff(before: dict, after: dict) -> str:
+    lines = [f"  lost {p}" for p in before if p not in after]
+    lines += [f"  new {p}" for p in after if p not in before]
+    lines += [f"  changed {p}" for p in before if p in after and before[p] != after[p]]
+    return "\n".join(lines)
+
+
+def test_the_table_has_no_duplicate_ids():
+    ids = [c.id for c in CASES]
+    assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)
