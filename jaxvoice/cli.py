@@ -108,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None and args.command in HUGE_PAGE_COMMANDS:  # the real command line, not a caller's list
         reexec_with_huge_pages()
     _show_library_warnings()
+    # A file name that is not UTF-8 prints as its own bytes (as `ls` does) in any locale, not as a traceback.
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="surrogateescape")
     try:
         return int(args._module.run(args) or 0)
     except UserError as e:

@@ -2,30 +2,35 @@
 
 Each `Case` runs the real `jaxvoice` command in a subprocess after its `setup` made the files it needs. A
 row expecting exit code 2 must end with exactly one line on stderr (`jaxvoice CMD: error: ...`) holding each
-of its `phrases`, no traceback, and no file changed, added or lost, anywhere under the test's folder or in
-the shared corpus and run (sha256 of every file before and after). A row expecting exit code 0 must leave
-every file it found unchanged except those it names in `replaced`, and its phrases must be on stderr
-(warnings) or stdout (notes). `keep` names the user's files a row is about (checked by sha256 on top).
+of its `phrases` and none of its `unsaid` ones, no traceback, and no file changed, added or lost anywhere
+under the test's folder or in the shared corpus and run (sha256 of every file before and after). A row
+expecting exit code 0 must leave every file it found unchanged except those it names in `replaced`, and its
+phrases must be on stderr (warnings) or stdout (notes). `keep` names the user's files a row is about
+(checked by sha256 on top), `absent` the paths that must not exist afterwards.
 
 To add a row: append a `Case` to CASES. Arguments and paths may use {tmp} (the test's own folder), {corpus}
 and {run} (a small corpus and a tiny trained run shared by the module: read them, never change them; copy
-them with `copy_corpus` / `copy_run` first). `read_only` folders are mounted read-only for the command
-(as root, in a private mount namespace; otherwise by chmod); `memory_cap` runs it under RLIMIT_DATA so a
-check that fails cannot take the machine down.
+them with `copy_corpus` / `copy_run` first). `read_only` folders are mounted read-only for the command (as
+root, in a private mount namespace; otherwise by chmod). `limits` run it under resource limits (MEMORY_CAP:
+RLIMIT_DATA, which JAX starts under and memory.host_available sees), so a check that fails cannot take the
+machine down.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import resource
 import shlex
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import pytest
 from conftest import jaxvoice_cmd, run_jaxvoice, sawtooth, write_audio
 
@@ -49,13 +54,19 @@ class Case(NamedTuple):
     phrases: tuple[str, ...]  # words the error line (or, for exit 0, stderr + stdout) must hold
     setup: Callable[[Env], object] | None = None
     code: int = 2
+    unsaid: tuple[str, ...] = ()  # words it must not hold (advice that does not apply to the command)
     keep: tuple[str, ...] = ()  # files the row protects: present before, the same bytes after
     absent: tuple[str, ...] = ()  # paths that must not exist afterwards (outputs, folders it would make)
     replaced: tuple[str, ...] = ()  # exit 0 only: files the command may rewrite
     read_only: tuple[str, ...] = ()  # folders mounted read-only while the command runs
-    memory_cap: int | None = None  # bytes of RLIMIT_DATA for the command
+    limits: tuple[tuple[int, int], ...] = ()  # (resource.RLIMIT_..., value) for the command
+    environ: tuple[tuple[str, str], ...] = ()  # extra environment variables
     check: Callable[[Env, subprocess.CompletedProcess], None] | None = None  # more, for exit-0 rows
     slow: bool = False
+
+
+GiB = 1 << 30
+MEMORY_CAP = ((resource.RLIMIT_DATA, 2 * GiB),)
 
 
 # ---- setup helpers (reusable: each takes the Env and makes files under env.tmp) ------------------------------
@@ -114,17 +125,89 @@ def deep_meta(env: Env) -> None:
     (copy_corpus(env) / "meta.json").write_text(nested_json())
 
 
-# ---- the table ---------------------------------------------------------------------------------------------
+def edit_meta(**changes) -> Callable[[Env], None]:
+    def make(env: Env) -> None:
+        meta_path = copy_corpus(env) / "meta.json"
+        meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), **changes}))
 
+    return make
+
+
+def fifo(name: str) -> Callable[[Env], Path]:
+    def make(env: Env) -> Path:
+        path = env.tmp / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.mkfifo(path)
+        return path
+
+    return make
+
+
+def link(name: str, target: str) -> Callable[[Env], Path]:
+    def make(env: Env) -> Path:
+        (env.tmp / name).symlink_to(env.path(target))
+        return env.tmp / name
+
+    return make
+
+
+def folder(name: str) -> Callable[[Env], Path]:
+    def make(env: Env) -> Path:
+        (env.tmp / name).mkdir(parents=True, exist_ok=True)
+        return env.tmp / name
+
+    return make
+
+
+def damage(step: int) -> Callable[[Env], None]:
+    """A setup that copies the run to {tmp}/run (once) and truncates the biggest params file of a checkpoint."""
+
+    def make(env: Env) -> None:
+        run = env.tmp / "run" if (env.tmp / "run").exists() else copy_run(env)
+        params = run / "checkpoints" / str(step) / "params"  # what sampling reads (and checks)
+        biggest = max((p for p in params.rglob("*") if p.is_file()), key=os.path.getsize)
+        biggest.write_bytes(biggest.read_bytes()[:10])
+
+    return make
+
+
+def audio_file(name: str, fmt: str, frames: int) -> Callable[[Env, subprocess.CompletedProcess], None]:
+    """A check: {tmp}/name is a `fmt` file of `frames` frames that soundfile reads (no temporary files left)."""
+
+    def check(env: Env, proc: subprocess.CompletedProcess) -> None:
+        import soundfile as sf
+
+        info = sf.info(os.fsencode(env.tmp / name))  # bytes: soundfile cannot encode every name
+        assert (info.format, info.frames) == (fmt, frames), info
+        assert not [p for p in os.listdir(env.tmp) if p.endswith(".tmp")]
+
+    return check
+
+
+def exists(*names: str) -> Callable[[Env, subprocess.CompletedProcess], None]:
+    def check(env: Env, proc: subprocess.CompletedProcess) -> None:
+        for name in names:
+            assert env.path(name).is_file(), name
+
+    return check
+
+
+NOT_UTF8 = os.fsdecode(b"voice\xff.wav")  # a name the file system holds but UTF-8 cannot spell
+NAN_WAV = wav("nan.wav", subtype="FLOAT", samples=np.full(RATE, np.nan, np.float32))
+SOME_INF = wav(
+    "inf.wav", subtype="FLOAT", samples=np.where(np.arange(RATE) % 100 == 0, np.inf, 0.25).astype(np.float32)
+)
 TRAIN_TINY = ("--config", "tiny", "--set", "model.rnn_size=32", "--set", "train.batch_size=8")
+SAMPLE = ("sample", "--run", "{run}", "--length", "100")
+HUGE = "10000000000000"  # 10^13 samples: 9.1 TiB
 
 CASES = [
-    # -- a corpus given as something else, and meta.json that no parser survives
+    # -- 1. a corpus given as something else, and JSON or TOML that no parser survives
     Case("info-of-a-wav", ("info", "{tmp}/a.wav"), ("a.wav is a file, not a corpus folder", "prepare"),
          setup=wav("a.wav"), keep=("{tmp}/a.wav",)),
     Case("info-of-data-u8", ("info", "{corpus}/data.u8"), ("is a file of the corpus", "folder itself")),
-    Case("info-of-a-broken-link", ("info", "{tmp}/link"), ("broken symbolic link",),
-         setup=lambda env: (env.tmp / "link").symlink_to(env.tmp / "gone")),
+    Case("info-of-a-broken-link", ("info", "{tmp}/link"), ("broken symbolic link",), setup=link("link", "{tmp}/gone")),
+    Case("info-empty-argument", ("info", ""), ("empty path",)),
     Case("train-data-is-a-wav", ("train", *TRAIN_TINY, "--data", "{tmp}/a.wav", "--out", "{tmp}/r"),
          ("a.wav is a file, not a corpus folder",), setup=wav("a.wav"), absent=("{tmp}/r",)),
     Case("info-deep-meta", ("info", "{tmp}/corpus"), ("meta.json is not valid JSON", "nested too deeply"),
@@ -135,24 +218,59 @@ CASES = [
          setup=deep_meta),
     Case("info-meta-not-utf8", ("info", "{tmp}/corpus"), ("not UTF-8",),
          setup=lambda env: (copy_corpus(env) / "meta.json").write_bytes(b'{"codec": "\xff"}')),
-    Case("info-meta-bad-source", ("info", "{tmp}/corpus"), ("source 0 is not an object",),
-         setup=lambda env: _edit_meta(env, sources=[17])),
+    Case("info-meta-bad-source", ("info", "{tmp}/corpus"), ("source 0 is not an object",), setup=edit_meta(sources=[17])),
     Case("report-deep-config", ("report", "--run", "{tmp}/run"), ("config.toml", "nested too deeply"),
          setup=lambda env: (copy_run(env) / "config.toml").write_text("a = " + "[" * 3000 + "]" * 3000),
-         absent=("{tmp}/run/report.html",)),
+         absent=("{tmp}/run/report.html", "{tmp}/run/report_files")),
     Case("report-deep-corpus-json", ("report", "--run", "{tmp}/run"), ("corpus.json", "nested too deeply"),
          setup=lambda env: (copy_run(env) / "corpus.json").write_text(nested_json()), code=0),
     Case("report-odd-corpus-json", ("report", "--run", "{tmp}/run"), ("the corpus",), code=0,
          setup=lambda env: (copy_run(env) / "corpus.json").write_text(
              '{"splits": {"train": 5, "val": [1]}, "sources": [3, {"path": 4}], "length": 9, "rate": "x"}')),
+
+    # -- 2. advice that is right, and that applies to the command it comes from
+    Case("info-not-utf8-source", ("info", "{tmp}/c"), ("voice",), code=0, environ=(("PYTHONIOENCODING", "utf-8"),),
+         setup=lambda env: (wav(NOT_UTF8)(env), run_jaxvoice("prepare", env.tmp / NOT_UTF8, "-o", env.tmp / "c", check=True))),
+    Case("plot-not-utf8-csv", ("plot", "{tmp}/" + NOT_UTF8 + ".csv", "-o", "{tmp}/p.png"), (), code=0,
+         environ=(("PYTHONIOENCODING", "utf-8"),), check=exists("{tmp}/p.png"),
+         setup=lambda env: shutil.copy(env.run / "train.csv", env.tmp / (NOT_UTF8 + ".csv"))),
+
+    # -- 3. sample writes the format its output's extension names, or refuses it
+
+    # -- 4. lengths, streams and seeds that cannot work, refused before anything is sampled
+
+    # -- 5. sample --checkpoint all goes past a damaged checkpoint
+
+    # -- 6. prepare: audio that is not numbers, and a corpus folder that holds the user's files
+
+    # -- 7. every command makes the missing folders of its outputs (and removes them again if it fails)
+    Case("encode-makes-folders", ("encode", "{tmp}/a.wav", "-o", "{tmp}/x/y/a.txt"), (), code=0, setup=wav("a.wav"),
+         check=exists("{tmp}/x/y/a.txt")),
+    Case("decode-makes-folders", ("decode", "{tmp}/a.txt", "-o", "{tmp}/x/y/a.bin"), (), code=0,
+         setup=text("a.txt", "abc"), check=exists("{tmp}/x/y/a.bin")),
+    Case("decode-fails-and-removes-its-folders", ("decode", "{tmp}/a.txt", "-o", "{tmp}/x/y/a.bin"),
+         ("not one of the 256 characters",), setup=text("a.txt", "abc def"), absent=("{tmp}/x",)),
+    Case("plot-makes-folders", ("plot", "{run}/train.csv", "-o", "{tmp}/x/y/p.png"), (), code=0, check=exists("{tmp}/x/y/p.png")),
+    Case("encode-below-a-file", ("encode", "{tmp}/a.wav", "-o", "{tmp}/a.wav/x/a.txt"), ("a file, not a folder",),
+         setup=wav("a.wav")),
+
+    # -- 8. read-only folders: one line, and nothing left behind
+    Case("plot-into-read-only", ("plot", "{run}/train.csv", "-o", "{tmp}/ro/p.png"), ("cannot write", "read-only"),
+         setup=folder("ro"), read_only=("{tmp}/ro",)),
+    Case("plot-run-read-only", ("plot", "--run", "{tmp}/ro/run"), ("cannot write", "read-only"),
+         setup=lambda env: copy_run(env, "ro/run"), read_only=("{tmp}/ro",)),
+    Case("encode-into-read-only", ("encode", "{run}/train.csv", "-o", "{tmp}/ro/a.txt"), ("read-only",),
+         setup=folder("ro"), read_only=("{tmp}/ro",)),
+    Case("decode-into-read-only-subfolder", ("decode", "{tmp}/a.txt", "-o", "{tmp}/ro/x/a.bin"), ("read-only",),
+         setup=steps(folder("ro"), text("a.txt", "abc")), read_only=("{tmp}/ro",)),
+
+    # -- 10. the neighbours: FIFOs, devices, broken links, folders where files go and files where folders go
+    Case("plot-a-fifo", ("plot", "{tmp}/log.csv", "-o", "{tmp}/p.png"), ("FIFO",), setup=fifo("log.csv")),
+    Case("plot-dev-zero", ("plot", "/dev/zero", "-o", "{tmp}/p.png"), ("character device",)),
+    Case("encode-dev-zero", ("encode", "/dev/zero", "-o", "{tmp}/z.txt"), ("character device",)),
+    Case("decode-a-fifo", ("decode", "{tmp}/t.txt", "-o", "{tmp}/z.bin"), ("FIFO",), setup=fifo("t.txt")),
+
 ]  # fmt: skip
-
-
-def _edit_meta(env: Env, **changes) -> None:
-    import json
-
-    meta_path = copy_corpus(env) / "meta.json"
-    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), **changes}))
 
 
 # ---- running a case ----------------------------------------------------------------------------------------
@@ -214,6 +332,14 @@ def snapshot(*roots: Path) -> dict[str, str]:
     return found
 
 
+_WITH_LIMITS = """
+import json, os, resource, sys
+for kind, value in json.loads(sys.argv[1]):
+    resource.setrlimit(kind, (value, value))
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
 def run_case(case: Case, env: Env) -> subprocess.CompletedProcess:
     args = [a.format(tmp=env.tmp, corpus=env.corpus, run=env.run) for a in case.args]
     cmd = [*jaxvoice_cmd(), *args]
@@ -223,18 +349,17 @@ def run_case(case: Case, env: Env) -> subprocess.CompletedProcess:
             f"mount --bind -o ro {shlex.quote(str(f))} {shlex.quote(str(f))} && " for f in folders
         )
         cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c", script + 'exec "$@"', "sh", *cmd]
-    cap = case.memory_cap
 
-    def limit_memory():
-        resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
-
+    if case.limits:  # set in a fresh Python that then becomes the command: no preexec_fn (fork) in a
+        # test process whose other threads (JAX's, in this worker) could hold a lock the child needs
+        cmd = [sys.executable, "-c", _WITH_LIMITS, json.dumps(case.limits), *cmd]
     modes = {f: f.stat().st_mode for f in folders} if READ_ONLY == "chmod" else {}
     for f in modes:
         f.chmod(0o555)
     try:
         return subprocess.run(
             cmd, capture_output=True, encoding="utf-8", errors="backslashreplace", timeout=600,
-            stdin=subprocess.DEVNULL, preexec_fn=limit_memory if cap else None,
+            stdin=subprocess.DEVNULL, env={**os.environ, **dict(case.environ)},
         )  # fmt: skip
     finally:
         for f, mode in modes.items():
@@ -265,11 +390,15 @@ def test_bad_input(case: Case, shared: Env, tmp_path: Path):
         assert lines[0].startswith(f"jaxvoice {case.args[0]}: error: "), where
         for phrase in case.phrases:
             assert phrase.lower() in lines[0].lower(), (phrase, lines[0])
+        for phrase in case.unsaid:
+            assert phrase.lower() not in lines[0].lower(), (phrase, lines[0])
         assert after == before, "an error changed files:\n" + _diff(before, after)
     else:
         told = proc.stderr + proc.stdout
         for phrase in case.phrases:
             assert phrase.lower() in told.lower(), (phrase, where)
+        for phrase in case.unsaid:
+            assert phrase.lower() not in told.lower(), (phrase, where)
         replaced = {str(env.path(p)) for p in case.replaced}
         changed = {p for p, h in before.items() if after.get(p) != h and p not in replaced}
         assert not changed, "files changed or lost:\n" + _diff(before, after)
