@@ -71,10 +71,7 @@ def sf_name(path: str | os.PathLike) -> str | bytes:
 class NotAudio(UserError):
     """A file that libsndfile cannot open as audio. Commands add their own advice (prepare: --codec bytes)."""
 
-    def __init__(
-        self, path: str, reason: str,
-        advice: str = "give a WAV, FLAC, OGG or MP3 file, or use --codec bytes to take any file as raw bytes",
-    ):  # fmt: skip
+    def __init__(self, path: str, reason: str, advice: str = "give a WAV, FLAC, OGG or MP3 file"):
         super().__init__(f"{path} is not audio that libsndfile can read ({reason}): {advice}")
         self.path, self.reason = path, reason
 

@@ -229,6 +229,14 @@ CASES = [
              '{"splits": {"train": 5, "val": [1]}, "sources": [3, {"path": 4}], "length": 9, "rate": "x"}')),
 
     # -- 2. advice that is right, and that applies to the command it comes from
+    Case("prepare-bytes-empty-folder", ("prepare", "{tmp}/in", "-o", "{tmp}/c", "--codec", "bytes"),
+         ("holds no files",), unsaid=("--codec bytes",), setup=folder("in"), absent=("{tmp}/c",)),
+    Case("prepare-folder-of-text", ("prepare", "{tmp}/in", "-o", "{tmp}/c"),
+         ("holds no audio files", "notes.txt", "--codec bytes"), setup=text("in/notes.txt", "mine"), absent=("{tmp}/c",)),
+    Case("prepare-text-file", ("prepare", "{tmp}/notes.txt", "-o", "{tmp}/c"), ("not audio", "--codec bytes"),
+         setup=text("notes.txt", "hello\n" * 100), absent=("{tmp}/c",)),
+    Case("prepare-not-utf8-name", ("prepare", "{tmp}/" + NOT_UTF8, "-o", "{tmp}/c", "--rate", "8000"), ("8,000 symbols",),
+         code=0, setup=wav(NOT_UTF8), check=exists("{tmp}/c/data.u8")),
     Case("info-not-utf8-source", ("info", "{tmp}/c"), ("voice",), code=0, environ=(("PYTHONIOENCODING", "utf-8"),),
          setup=lambda env: (wav(NOT_UTF8)(env), run_jaxvoice("prepare", env.tmp / NOT_UTF8, "-o", env.tmp / "c", check=True))),
     Case("plot-not-utf8-csv", ("plot", "{tmp}/" + NOT_UTF8 + ".csv", "-o", "{tmp}/p.png"), (), code=0,
@@ -242,6 +250,22 @@ CASES = [
     # -- 5. sample --checkpoint all goes past a damaged checkpoint
 
     # -- 6. prepare: audio that is not numbers, and a corpus folder that holds the user's files
+    Case("prepare-all-nan", ("prepare", "{tmp}/nan.wav", "-o", "{tmp}/c", "--rate", "8000"),
+         ("8,000 of 8,000 samples are NaN or infinite", "silence"), code=0, setup=NAN_WAV, check=exists("{tmp}/c/meta.json")),
+    Case("prepare-some-inf", ("prepare", "{tmp}/inf.wav", "-o", "{tmp}/c", "--rate", "8000"),
+         ("80 of 8,000 samples", "full scale"), code=0, setup=SOME_INF, check=exists("{tmp}/c/meta.json")),
+    Case("prepare-force-over-the-users-files", ("prepare", "{tmp}/a.wav", "-o", "{tmp}/corpus", "--force"),
+         ("notes.txt", "prepare did not write"), setup=steps(wav("a.wav"), copy_corpus, text("corpus/notes.txt", "mine")),
+         keep=("{tmp}/corpus/notes.txt", "{tmp}/corpus/data.u8", "{tmp}/corpus/meta.json")),
+    Case("prepare-force-over-a-corpus", ("prepare", "{tmp}/a.wav", "-o", "{tmp}/corpus", "--force", "--rate", "8000"),
+         ("8,000 symbols",), code=0, setup=steps(wav("a.wav"), copy_corpus),
+         replaced=("{tmp}/corpus/data.u8", "{tmp}/corpus/meta.json")),
+    Case("prepare-over-a-file", ("prepare", "{tmp}/a.wav", "-o", "{tmp}/a.wav", "--force"), ("a file, not a folder",),
+         unsaid=("add --force",), setup=wav("a.wav")),
+    Case("prepare-below-a-file", ("prepare", "{tmp}/a.wav", "-o", "{tmp}/a.wav/c"), ("a file, not a folder",),
+         setup=wav("a.wav")),
+    Case("prepare-into-dev-null", ("prepare", "{tmp}/a.wav", "-o", "/dev/null", "--force"), ("character device",),
+         setup=wav("a.wav")),
 
     # -- 7. every command makes the missing folders of its outputs (and removes them again if it fails)
     Case("encode-makes-folders", ("encode", "{tmp}/a.wav", "-o", "{tmp}/x/y/a.txt"), (), code=0, setup=wav("a.wav"),
@@ -263,12 +287,21 @@ CASES = [
          setup=folder("ro"), read_only=("{tmp}/ro",)),
     Case("decode-into-read-only-subfolder", ("decode", "{tmp}/a.txt", "-o", "{tmp}/ro/x/a.bin"), ("read-only",),
          setup=steps(folder("ro"), text("a.txt", "abc")), read_only=("{tmp}/ro",)),
+    Case("prepare-into-read-only", ("prepare", "{tmp}/a.wav", "-o", "{tmp}/ro/c"), ("read-only",),
+         setup=steps(folder("ro"), wav("a.wav")), read_only=("{tmp}/ro",)),
 
     # -- 10. the neighbours: FIFOs, devices, broken links, folders where files go and files where folders go
     Case("plot-a-fifo", ("plot", "{tmp}/log.csv", "-o", "{tmp}/p.png"), ("FIFO",), setup=fifo("log.csv")),
     Case("plot-dev-zero", ("plot", "/dev/zero", "-o", "{tmp}/p.png"), ("character device",)),
     Case("encode-dev-zero", ("encode", "/dev/zero", "-o", "{tmp}/z.txt"), ("character device",)),
     Case("decode-a-fifo", ("decode", "{tmp}/t.txt", "-o", "{tmp}/z.bin"), ("FIFO",), setup=fifo("t.txt")),
+    Case("prepare-a-fifo", ("prepare", "{tmp}/f.wav", "-o", "{tmp}/c"), ("FIFO",), setup=fifo("f.wav")),
+    Case("prepare-folder-with-a-fifo", ("prepare", "{tmp}/in", "-o", "{tmp}/c", "--codec", "bytes"),
+         ("skipped 1", "FIFO"), code=0, setup=steps(text("in/a.bin", "abcdef" * 10), fifo("in/f.bin")),
+         check=exists("{tmp}/c/data.u8")),
+    Case("prepare-a-broken-link", ("prepare", "{tmp}/l.wav", "-o", "{tmp}/c"), ("broken symbolic link",),
+         setup=link("l.wav", "{tmp}/gone.wav")),
+    Case("prepare-empty-argument", ("prepare", "", "-o", "{tmp}/c"), ("INPUT", "empty path")),
 
 ]  # fmt: skip
 
