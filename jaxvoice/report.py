@@ -19,14 +19,14 @@ import html
 import math
 import os
 import re
-import secrets
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
 
-from jaxvoice import __version__, audio, codec, csvlog, files, plot
+from jaxvoice import __version__, audio, codec, csvlog, files, paths, plot
 from jaxvoice.errors import UserError
 
 REPORT_FILE = "report.html"
@@ -179,7 +179,7 @@ def clip_figure(x: np.ndarray, rate: int, title: str):
 
 def draw_clip(x: np.ndarray, rate: int, out: Path, title: str) -> Path:
     """clip_figure into the PNG `out`, written atomically."""
-    return plot.save_png(clip_figure(x, rate, title), out)
+    return plot.save_png(clip_figure(x, rate, paths.shown(title)), out)
 
 
 # ---- HTML --------------------------------------------------------------------------------------------------
@@ -210,12 +210,13 @@ code { font-size: 13px; background: #f0f0f0; padding: 1px 4px; border-radius: 3p
 
 
 def _e(value) -> str:
-    return html.escape(str(value), quote=True)
+    return html.escape(paths.shown(value), quote=True)
 
 
 def _url(relative: str) -> str:
-    """A relative path as an escaped URL for an attribute (spaces, '#', '?' and quotes in names survive)."""
-    return _e(quote(relative))
+    """A relative path as an escaped URL for an attribute (spaces, '#', '?' and quotes in names survive, and
+    a name that is not UTF-8 is percent-encoded byte for byte, so the browser opens that very file)."""
+    return _e(quote(relative.encode("utf-8", "surrogateescape")))
 
 
 def _bits(nats: float | None) -> str:
@@ -245,16 +246,6 @@ def _clip_html(
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(seconds, 60)
     return f"{int(minutes)} min {secs:.1f} s" if minutes else f"{secs:.2f} s"
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {e.strerror or e}; check free space and permissions") from None
 
 
 def _sample_step(path: Path) -> int | None:
@@ -327,7 +318,7 @@ def _sample_clips(samples: list[Path], val: dict, files_dir: Path, made: set[str
         what = [f"checkpoint step {step}"] if step is not None else []
         if step in val:
             what.append(f"val {_bits(val[step][1])} bits/sample")
-        if path.suffix.lower() != ".wav":
+        if path.suffix.lower() not in audio.AUDIO_EXTENSIONS:  # e.g. a bytes corpus's .bin
             detail = "; ".join([*what, "raw bytes, not audio"])
             clips.append(_clip_html(path.name, detail, None, None, file_rel=rel))
             playable[path] = False
@@ -377,10 +368,15 @@ def build(run_dir: str | os.PathLike, force: bool = False) -> Report:
 
     An existing report.html is replaced only with `force` (the user may have kept or edited it)."""
     run = Path(run_dir)
-    if not run.is_dir():
-        raise UserError(f"run directory {run} does not exist; give --run a directory made by jaxvoice train")
-    if (run / "report.html").exists() and not force:
-        raise UserError(f"{run / 'report.html'} exists; add --force to write it again")
+    found = paths.kind(run)
+    if found != "a folder":
+        what = "does not exist" if found == "missing" else f"is {found}, not a folder"
+        raise UserError(f"run directory {run} {what}; give --run a directory made by jaxvoice train")
+    found = paths.kind(run / REPORT_FILE)
+    if found not in ("missing", "a file"):
+        raise UserError(f"{run / REPORT_FILE} is {found}; move it away, the report is written there")
+    if found == "a file" and not force:
+        raise UserError(f"{run / REPORT_FILE} exists; add --force to write it again")
     config_path = run / "config.toml"
     if not config_path.is_file():
         inside = sorted(p.parent for p in run.glob("*/config.toml"))  # e.g. a demo folder: its run is run/
@@ -412,12 +408,23 @@ def build(run_dir: str | os.PathLike, force: bool = False) -> Report:
     if not steps:
         notes.append("no checkpoints yet: training saves one every train.checkpoint_every steps")
     files_dir = run / FILES_DIR
+    new_dir = not files_dir.exists()
     try:
         files_dir.mkdir(exist_ok=True)
     except OSError as e:
         raise UserError(
             f"cannot create {files_dir}: {e.strerror or e}; check the run directory's permissions"
         ) from None
+    try:
+        return _build(run, config, notes, train, steps, val, files_dir)
+    except BaseException:
+        if new_dir:  # made by this report: holds only its images
+            shutil.rmtree(files_dir, ignore_errors=True)
+        raise
+
+
+def _build(run: Path, config: dict, notes: list[str], train, steps: list[int], val: dict, files_dir: Path):
+    """The part of `build` that writes: images into `files_dir`, then report.html."""
     made: set[str] = set()
 
     plots = ""
@@ -440,8 +447,13 @@ def build(run_dir: str | os.PathLike, force: bool = False) -> Report:
         corpus_clip = _corpus_clip(corpus, files_dir, made, notes)
 
     sample_dir = run / "samples"
+    try:
+        entries = list(sample_dir.iterdir()) if sample_dir.is_dir() else []
+    except OSError as e:
+        notes.append(f"{sample_dir} cannot be listed ({e.strerror or e})")
+        entries = []
     samples = sorted(
-        (p for p in (sample_dir.iterdir() if sample_dir.is_dir() else []) if p.is_file() and not p.name.startswith(".")),
+        (p for p in entries if p.is_file() and not p.name.startswith(".")),
         key=lambda p: (_sample_step(p) is None, _sample_step(p) or 0, p.name),
     )  # fmt: skip
     if not samples:
@@ -456,7 +468,10 @@ def build(run_dir: str | os.PathLike, force: bool = False) -> Report:
     page = _page(run, config, info, train, val, steps, entropy, notes, plots, corpus_clip, clips,
                  _checkpoint_table(steps, val, samples, playable) if steps else "<p>No checkpoints yet.</p>")  # fmt: skip
     out = run / REPORT_FILE
-    _write_text_atomic(out, page)
+    try:
+        files.write_atomic(out, page)
+    except OSError as e:
+        raise UserError(f"cannot write {out}: {e.strerror or e}; check free space and permissions") from None
     for stale in files_dir.iterdir():  # images and excerpts of an earlier report that this one does not use
         if stale.is_file() and stale.name not in made and stale.suffix in (".png", ".wav"):
             stale.unlink(missing_ok=True)

@@ -239,6 +239,9 @@ CASES = [
          code=0, setup=wav(NOT_UTF8), check=exists("{tmp}/c/data.u8")),
     Case("info-not-utf8-source", ("info", "{tmp}/c"), ("voice",), code=0, environ=(("PYTHONIOENCODING", "utf-8"),),
          setup=lambda env: (wav(NOT_UTF8)(env), run_jaxvoice("prepare", env.tmp / NOT_UTF8, "-o", env.tmp / "c", check=True))),
+    Case("report-not-utf8-sample", ("report", "--run", "{tmp}/run"), (), code=0,
+         setup=lambda env: (copy_run(env), wav("run/samples/step_4" + NOT_UTF8)(env)),
+         check=lambda env, proc: "step_4voice%FF.wav" in (env.tmp / "run" / "report.html").read_text()),
     Case("plot-not-utf8-csv", ("plot", "{tmp}/" + NOT_UTF8 + ".csv", "-o", "{tmp}/p.png"), (), code=0,
          environ=(("PYTHONIOENCODING", "utf-8"),), check=exists("{tmp}/p.png"),
          setup=lambda env: shutil.copy(env.run / "train.csv", env.tmp / (NOT_UTF8 + ".csv"))),
@@ -289,6 +292,8 @@ CASES = [
          setup=steps(folder("ro"), text("a.txt", "abc")), read_only=("{tmp}/ro",)),
     Case("prepare-into-read-only", ("prepare", "{tmp}/a.wav", "-o", "{tmp}/ro/c"), ("read-only",),
          setup=steps(folder("ro"), wav("a.wav")), read_only=("{tmp}/ro",)),
+    Case("report-read-only-run", ("report", "--run", "{tmp}/ro/run"), ("read-only",),
+         setup=lambda env: copy_run(env, "ro/run"), read_only=("{tmp}/ro",)),
 
     # -- 10. the neighbours: FIFOs, devices, broken links, folders where files go and files where folders go
     Case("plot-a-fifo", ("plot", "{tmp}/log.csv", "-o", "{tmp}/p.png"), ("FIFO",), setup=fifo("log.csv")),
@@ -302,6 +307,9 @@ CASES = [
     Case("prepare-a-broken-link", ("prepare", "{tmp}/l.wav", "-o", "{tmp}/c"), ("broken symbolic link",),
          setup=link("l.wav", "{tmp}/gone.wav")),
     Case("prepare-empty-argument", ("prepare", "", "-o", "{tmp}/c"), ("INPUT", "empty path")),
+    Case("report-run-is-a-file", ("report", "--run", "{tmp}/a.wav"), ("is a file, not a folder",), setup=wav("a.wav")),
+    Case("report-html-is-a-folder", ("report", "--run", "{tmp}/run", "--force"), ("report.html is a folder",),
+         setup=lambda env: (copy_run(env) / "report.html").mkdir()),
 
 ]  # fmt: skip
 
