@@ -226,9 +226,6 @@ def atomic_output(path: str | os.PathLike, *, force: bool = False) -> Iterator[P
         raise
 
 
-check_output = paths.check_output_file  # the name sample.py knew; goes when sample_files.py checks outputs
-
-
 def _as_int16_from_u8(symbols: np.ndarray) -> np.ndarray:
     """Linear 8-bit symbols as int16 (u - 128) << 8, which libsndfile stores in PCM_U8 as exactly u again."""
     return ((symbols.astype(np.int16) - 128) << 8).astype(np.int16)
