@@ -284,6 +284,12 @@ CASES = [
          limits=((resource.RLIMIT_NOFILE, 256),)),
 
     # -- 5. sample --checkpoint all goes past a damaged checkpoint
+    Case("sample-all-skips-a-damaged-one", ("sample", "--run", "{tmp}/run", "--checkpoint", "all", "--length", "100"),
+         ("checkpoint step 2", "damaged", "skipped 1 damaged checkpoint"), code=0, setup=damage(2),
+         absent=("{tmp}/run/samples/step_2.wav",), check=audio_file("run/samples/step_4.wav", "WAV", 100)),
+    Case("sample-all-damaged", ("sample", "--run", "{tmp}/run", "--checkpoint", "all", "--length", "100"),
+         ("every checkpoint is damaged", "step 2", "step 4"), setup=steps(damage(2), damage(4)),
+         absent=("{tmp}/run/samples",)),
 
     # -- 6. prepare: audio that is not numbers, and a corpus folder that holds the user's files
     Case("prepare-all-nan", ("prepare", "{tmp}/nan.wav", "-o", "{tmp}/c", "--rate", "8000"),
@@ -360,7 +366,6 @@ CASES = [
     Case("report-run-is-a-file", ("report", "--run", "{tmp}/a.wav"), ("is a file, not a folder",), setup=wav("a.wav")),
     Case("report-html-is-a-folder", ("report", "--run", "{tmp}/run", "--force"), ("report.html is a folder",),
          setup=lambda env: (copy_run(env) / "report.html").mkdir()),
-
 ]  # fmt: skip
 
 

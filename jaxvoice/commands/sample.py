@@ -192,8 +192,10 @@ def _sample_one(args, restored, length, chunk, paths, prime, key, dp):
 
 
 def _restore_first(run_dir, which, skipped):
-    """The first checkpoint to sample (`which`, or for "all" the oldest) and the steps to sample."""
+    """The first checkpoint to sample: `which`, or for "all" the oldest intact one (the damaged ones before
+    it are warned about and added to `skipped`); and the steps to sample."""
     from jaxvoice import checkpoint
+    from jaxvoice.errors import UserError
 
     if which != "all":
         first = checkpoint.restore_for_inference(run_dir, which)
@@ -201,7 +203,31 @@ def _restore_first(run_dir, which, skipped):
     steps = checkpoint.available_steps(run_dir)
     if not steps:
         checkpoint.restore_for_inference(run_dir, "latest")  # raises the error that says why
-    return checkpoint.restore_for_inference(run_dir, steps[0]), steps
+    reasons = []
+    for step in steps:
+        try:
+            first = checkpoint.restore_for_inference(run_dir, step)
+        except checkpoint.CheckpointDamaged as e:
+            reasons.append(_damage(e))
+            skipped.append(step)
+            continue
+        for reason in reasons:
+            _log().warning(f"{reason}: skipped")
+        return first, steps
+    raise UserError(
+        f"every checkpoint is damaged ({'; '.join(reasons)}): train again or restore them from a backup"
+    )
+
+
+def _damage(error):
+    """A CheckpointDamaged message without its advice to choose another step (sample goes on by itself)."""
+    return str(error).removesuffix("; choose another step")
+
+
+def _log():
+    import logging
+
+    return logging.getLogger(__name__)
 
 
 def _check_open_files(num_streams):
@@ -265,12 +291,24 @@ def run(args):
         files.make_parents(every[0][0])
     except OSError as e:
         raise UserError(f"cannot create {e.filename or every[0][0].parent}: {e.strerror or e}") from None
+    written = 0
     try:
         for step in outputs:
-            restored = first if step == first.step else checkpoint.restore_for_inference(run_dir, step)
+            try:
+                restored = first if step == first.step else checkpoint.restore_for_inference(run_dir, step)
+            except checkpoint.CheckpointDamaged as e:
+                _log().warning(f"{_damage(e)}: skipped")
+                skipped.append(step)
+                continue
             code = _sample_one(args, restored, length, chunk, outputs[step], prime, key, dp)
             if code:
                 return code
+            written += 1
     finally:  # on a failure or an interrupt: the folders made that are still empty (none after a sample)
         files.remove_made(made)
+    if skipped:
+        _log().warning(
+            f"skipped {len(skipped)} damaged checkpoint{'s' * (len(skipped) != 1)} (step "
+            f"{', '.join(map(str, sorted(skipped)))}); sampled the other {written}"
+        )
     return 0
