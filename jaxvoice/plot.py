@@ -87,6 +87,7 @@ def moving_average(y: np.ndarray, n: int) -> np.ndarray:
     y = np.asarray(y, np.float64)
     if n <= 1 or len(y) < 2:
         return y.copy()
+    n = min(n, 2 * len(y) + 1)  # any longer window covers every row at every i (and would overflow int64)
     c = np.concatenate(([0.0], np.cumsum(y)))
     first = np.arange(len(y)) - (n - 1) // 2
     lo, hi = np.clip(first, 0, len(y)), np.clip(first + n, 0, len(y))

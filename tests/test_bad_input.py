@@ -342,6 +342,8 @@ CASES = [
          setup=lambda env: copy_run(env, "ro/run"), read_only=("{tmp}/ro",)),
 
     # -- 10. the neighbours: FIFOs, devices, broken links, folders where files go and files where folders go
+    Case("plot-smooth-beyond-int64", ("plot", "{run}/train.csv", "-o", "{tmp}/p.png", "--smooth", str(10**20)), (),
+         code=0, check=exists("{tmp}/p.png")),
     Case("plot-a-fifo", ("plot", "{tmp}/log.csv", "-o", "{tmp}/p.png"), ("FIFO",), setup=fifo("log.csv")),
     Case("plot-dev-zero", ("plot", "/dev/zero", "-o", "{tmp}/p.png"), ("character device",)),
     Case("encode-dev-zero", ("encode", "/dev/zero", "-o", "{tmp}/z.txt"), ("character device",)),

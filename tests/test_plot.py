@@ -83,8 +83,9 @@ def test_bucket_stats_integer_steps_uneven_buckets():
 
 
 @pytest.mark.parametrize(
-    "n_rows, window", [(1, 5), (10, 1), (10, 3), (10, 4), (50, 50), (50, 200), (997, 64)]
-)
+    "n_rows, window",
+    [(1, 5), (10, 1), (10, 3), (10, 4), (10, 19), (10, 20), (10, 21), (10, 10**20), (50, 50), (50, 200), (997, 64)],
+)  # fmt: skip
 def test_moving_average_equals_brute_force(n_rows, window):
     y = np.random.default_rng(n_rows).normal(size=n_rows)
     got = plot.moving_average(y, window)
