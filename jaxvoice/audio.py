@@ -8,9 +8,11 @@ is what `sox rate` uses by default), so a 1 GB WAV costs a few MB of RAM.
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
-import secrets
 import struct
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,15 +21,18 @@ import numpy as np
 import soundfile
 import soxr
 
-from jaxvoice import codec
+from jaxvoice import codec, files, paths
 from jaxvoice.errors import UserError
 
+_log = logging.getLogger(__name__)
 BLOCK_FRAMES = 1 << 17
 # Extensions taken from folders for the audio codecs (files named on the command line are always tried).
 AUDIO_EXTENSIONS = frozenset(
     [".wav", ".wave", ".bwf", ".rf64", ".w64", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff",
      ".aifc", ".caf", ".au", ".snd", ".voc"]
 )  # fmt: skip
+# Integer PCM cannot hold NaN or inf: no need to look for them (float, lossy and unknown subtypes are checked).
+_INTEGER_SUBTYPES = frozenset({"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", "ULAW", "ALAW"})
 # Compressed formats whose frame count in the header may be an estimate.
 _INEXACT_SUBTYPES = frozenset({"MPEG_LAYER_I", "MPEG_LAYER_II", "MPEG_LAYER_III", "VORBIS", "OPUS"})
 
@@ -51,22 +56,34 @@ def _reason(e: Exception) -> str:
     return text.strip().rstrip(".")
 
 
+def sf_name(path: str | os.PathLike) -> str | bytes:
+    """`path` as soundfile takes it. soundfile encodes a str name with the file system encoding, which fails
+    for a name that is not valid there (Python holds its undecodable bytes as surrogates, e.g. b"voice\\xff.wav");
+    such a name goes to libsndfile as its own bytes, by the same open call. Every other name is unchanged."""
+    path = os.fspath(path)
+    try:
+        path.encode(sys.getfilesystemencoding())
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+    return path
+
+
+class NotAudio(UserError):
+    """A file that libsndfile cannot open as audio. Commands add their own advice (prepare: --codec bytes)."""
+
+    def __init__(self, path: str, reason: str, advice: str = "give a WAV, FLAC, OGG or MP3 file"):
+        super().__init__(f"{path} is not audio that libsndfile can read ({reason}): {advice}")
+        self.path, self.reason = path, reason
+
+
 def _open(path: str) -> soundfile.SoundFile:
-    if not os.path.exists(path):
-        raise UserError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise UserError(f"{path} is a folder, not an audio file")
-    if not os.access(path, os.R_OK):
-        raise UserError(f"cannot read {path}: permission denied")
+    paths.check_input_file(path, give="an audio file")
     if os.path.getsize(path) == 0:
         raise UserError(f"{path} is empty (0 bytes): give a real audio file")
     try:
-        return soundfile.SoundFile(path)
+        return soundfile.SoundFile(sf_name(path))
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        raise UserError(
-            f"{path} is not audio that libsndfile can read ({_reason(e)}): give a WAV, FLAC, OGG or MP3 file, "
-            "or use --codec bytes to take any file as raw bytes"
-        ) from None
+        raise NotAudio(path, _reason(e)) from None
 
 
 def _check_riff_complete(path: str) -> None:
@@ -124,7 +141,8 @@ def stream_mono(
     if info.rate != rate:
         resampler = soxr.ResampleStream(info.rate, rate, 1, dtype="float32", quality="HQ")
     buffer_FxC = np.empty((block_frames, info.channels), dtype=np.float32)
-    frames_read = 0
+    frames_read = nonfinite = 0
+    may_be_nonfinite = info.subtype not in _INTEGER_SUBTYPES
     with _open(info.path) as f:
         while True:
             try:
@@ -142,11 +160,18 @@ def stream_mono(
                 mono += block_FxC[:, channel]
             if info.channels > 1:
                 mono *= np.float32(1.0 / info.channels)
+            if may_be_nonfinite:  # before the resampler, whose filter would spread one NaN over its length
+                nonfinite += _replace_nonfinite(mono)
             if on_read is not None:
                 on_read(n)
             out = resampler.resample_chunk(mono, last=False) if resampler is not None else mono
             if len(out):
                 yield out
+    if nonfinite:
+        _log.warning(
+            f"{info.path}: {nonfinite:,} of {frames_read:,} samples are NaN or infinite; they were taken as "
+            f"{'silence' if nonfinite == frames_read else 'silence (NaN) or full scale (±inf)'}"
+        )
     if frames_read < info.frames and info.subtype not in _INEXACT_SUBTYPES:
         raise UserError(
             f"{info.path} is truncated: {frames_read} of {info.frames} frames could be read; "
@@ -158,6 +183,15 @@ def stream_mono(
             yield tail
 
 
+def _replace_nonfinite(mono: np.ndarray) -> int:
+    """Set NaN to 0 and ±inf to ±1 in place, as the codecs would; returns how many there were."""
+    finite = np.isfinite(mono)
+    count = len(mono) - int(np.count_nonzero(finite))
+    if count:
+        np.nan_to_num(mono, copy=False, nan=0.0, posinf=1.0, neginf=-1.0)
+    return count
+
+
 def read_mono(path: str | os.PathLike, rate: int) -> np.ndarray:
     """A whole (short) file as float32 mono at `rate` Hz."""
     blocks = list(stream_mono(path, rate))
@@ -167,40 +201,40 @@ def read_mono(path: str | os.PathLike, rate: int) -> np.ndarray:
 # ---- writing -----------------------------------------------------------------------------------------------
 
 
-def check_output(path: str | os.PathLike, *, force: bool = False) -> Path:
-    """`path` as a Path if a file may be written there; else a UserError (a folder, an existing file without
-    `force`, a missing parent folder). Called before any work, so a refusal costs nothing."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{path} is a folder: give a file name for the output")
-    if path.exists() and not force:
-        raise UserError(f"{path} already exists: choose another output name or add --force to replace it")
-    if not path.parent.is_dir():
-        raise UserError(f"folder {path.parent} does not exist: create it first or choose another output")
-    return path
-
-
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, *, force: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary path next to `path`; on success it replaces `path`, on any error it is removed.
 
     So an output is either complete or absent, and an existing file survives a failed run. Without `force`
-    an existing `path` is a UserError. The temporary file is created by the caller (so it gets the umask).
+    an existing `path` is a UserError (checked by paths.check_output_file, before any work). Missing parent
+    folders are made, and removed again if the block fails. The caller creates the temporary file (so it
+    gets the umask); an OSError in the block becomes a UserError naming the file.
     """
-    path = check_output(path, force=force)
-    tmp = path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    path = paths.check_output_file(path, force=force)
+    made, tmp = files.missing_parents(path), None
     try:
-        yield tmp
-        os.replace(tmp, path)
+        files.make_parents(path)
+        with files.replacing(path) as tmp:
+            yield tmp
+    except OSError as e:
+        files.remove_made(made)
+        if e.filename not in (None, str(path), str(tmp)):  # e.g. an input read in the block
+            raise UserError(f"{e.filename}: {e.strerror or e}") from None
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        files.remove_made(made)
         raise
 
 
 def _as_int16_from_u8(symbols: np.ndarray) -> np.ndarray:
     """Linear 8-bit symbols as int16 (u - 128) << 8, which libsndfile stores in PCM_U8 as exactly u again."""
     return ((symbols.astype(np.int16) - 128) << 8).astype(np.int16)
+
+
+def _as_int16(audio: np.ndarray) -> np.ndarray:
+    """Float audio in [-1, 1] as int16: round half up of x * 32768, clipped (NaN -> 0)."""
+    scaled = np.floor(np.nan_to_num(np.asarray(audio, np.float64)) * 32768.0 + 0.5)
+    return np.clip(scaled, -32768, 32767).astype(np.int16)
 
 
 def write_wav(path: str | os.PathLike, samples, rate: int, subtype: str | None = None) -> Path:
@@ -223,7 +257,11 @@ def write_wav(path: str | os.PathLike, samples, rate: int, subtype: str | None =
     if not soundfile.check_format("WAV", subtype):
         raise UserError(f"WAV cannot hold subtype '{subtype}': use PCM_U8, PCM_16, PCM_24, PCM_32 or FLOAT")
     with atomic_output(path, force=True) as tmp:
-        soundfile.write(tmp, data, rate, subtype=subtype, format="WAV")
+        open(tmp, "xb").close()  # by Python first, so a folder that cannot be written is named plainly
+        try:
+            soundfile.write(sf_name(tmp), data, rate, subtype=subtype, format="WAV")
+        except (soundfile.LibsndfileError, RuntimeError) as e:
+            raise UserError(f"cannot write {path}: {_reason(e)}; check the free space") from None
     return Path(path)
 
 
@@ -286,8 +324,7 @@ class WavStreamWriter:
         if self.subtype == "PCM_U8":
             return codec.linear_encode(audio).tobytes()
         if self.subtype == "PCM_16":
-            scaled = np.floor(np.nan_to_num(audio.astype(np.float64)) * 32768.0 + 0.5)
-            return np.clip(scaled, -32768, 32767).astype("<i2").tobytes()
+            return _as_int16(audio).astype("<i2").tobytes()
         return audio.astype("<f4").tobytes()
 
     def write(self, samples) -> None:
@@ -316,3 +353,64 @@ class WavStreamWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# ---- other formats: what libsndfile writes, for sampled audio (finalised on close) ---------------------------
+
+
+def format_subtypes(fmt: str) -> list[str]:
+    """The subtypes libsndfile writes in the major format `fmt` ("FLAC" -> PCM_S8, PCM_16, PCM_24); [] if
+    this libsndfile has no such format (MP3 needs libsndfile >= 1.1)."""
+    return list(soundfile.available_subtypes(fmt)) if fmt in soundfile.available_formats() else []
+
+
+def cannot_write(fmt: str, subtype: str, rate: int) -> str | None:
+    """Why libsndfile cannot write mono `fmt`/`subtype` at `rate` Hz (Opus at 11025 Hz, say), or None.
+    Tried on a file in memory, so a refusal comes before anything is sampled."""
+    try:
+        with soundfile.SoundFile(io.BytesIO(), "w", rate, 1, subtype, format=fmt) as f:
+            f.write(np.zeros(64, np.float32))
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        return _reason(e)
+    return None
+
+
+class SoundFileWriter:
+    """Mono audio of any format libsndfile writes (FLAC, OGG, MP3, AIFF ...), appended block by block; the
+    file is complete only after close(). `path` must not exist (callers write to a temporary name)."""
+
+    def __init__(
+        self, path: str | os.PathLike, rate: int, fmt: str, subtype: str, *, name: str | None = None
+    ):
+        self.path = Path(path)
+        self.name = name or str(path)  # in messages: the output the user named, not a temporary file
+        self.frames = 0
+        self._pcm = subtype.startswith("PCM")
+        try:
+            open(self.path, "xb").close()  # by Python first: a folder that cannot be written is named plainly
+            self._file = soundfile.SoundFile(sf_name(path), "w", check_rate(rate), 1, subtype, format=fmt)
+        except OSError as e:
+            raise UserError(f"cannot write {self.name}: {e.strerror or e}") from None
+        except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+            self.path.unlink(missing_ok=True)
+            raise UserError(f"cannot write {self.name} as {fmt} {subtype}: {_reason(e)}") from None
+
+    def write(self, samples) -> None:
+        """Append uint8 linear symbols (stored exactly, as int16) or float audio in [-1, 1]."""
+        samples = np.asarray(samples).reshape(-1)
+        if samples.dtype == np.uint8:
+            data = _as_int16_from_u8(samples)
+        else:  # PCM rounded as WavStreamWriter does; lossy encoders take the floats
+            data = _as_int16(samples) if self._pcm else samples.astype(np.float32)
+        try:
+            self._file.write(data)
+        except (soundfile.LibsndfileError, RuntimeError) as e:
+            raise UserError(f"cannot write {self.name}: {_reason(e)}; check the free space") from None
+        self.frames += len(data)
+
+    def close(self) -> None:
+        if not self._file.closed:
+            try:
+                self._file.close()
+            except (soundfile.LibsndfileError, RuntimeError) as e:
+                raise UserError(f"cannot finish {self.name}: {_reason(e)}; check the free space") from None

@@ -126,6 +126,10 @@ def _hide_orbax_read_leftovers(unraisable, previous=sys.unraisablehook) -> None:
 def _own_the_process(quiet: bool) -> None:
     """What the command (not the library) sets for its process: how warnings and leftovers show."""
     _show_library_warnings(quiet)
+    # A file name that is not UTF-8 prints as its own bytes (as `ls` does) in any locale, not as a traceback.
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="surrogateescape")
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.CRITICAL)
     sys.unraisablehook = _hide_orbax_read_leftovers

@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxvoice import memory, paths
 from jaxvoice.errors import UserError
 
 _NL, _CR, _COMMA = ord("\n"), ord("\r"), ord(",")
@@ -54,12 +55,19 @@ def parse_header(line: bytes | str) -> list[str]:
 
 
 def _read_bytes(path: Path) -> bytes:
+    found = paths.kind(path)  # before opening: a FIFO would wait for a writer, /dev/zero never end
+    if found == "a folder":
+        raise UserError(f"{path} is a directory, not a CSV file; name the CSV file inside it")
+    if found not in ("a file", "missing"):
+        raise UserError(f"{path} is {found}, not a CSV file; pass a CSV log")
     try:
+        # The bytes, then about as much again for the line index and the values (see _parse_body).
+        size = path.stat().st_size
+        memory.check_fits({"the file": size, "its index": 2 * size}, memory.host_available(),
+                          "plot a smaller log", f"reading {path}")  # fmt: skip
         return path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"{path}: no such file; check the path") from None
-    except IsADirectoryError:
-        raise UserError(f"{path} is a directory, not a CSV file; name the CSV file inside it") from None
     except OSError as e:
         raise UserError(
             f"cannot read {path}: {e.strerror or e}; check the path and its permissions"
@@ -94,7 +102,12 @@ def read_columns(
     if header_end < 0 or body_end <= header_end + 1:
         raise NoRowsError(f"{path} has a header but no complete data rows yet; plot it once rows are logged")
     usecols = [header.index(c) for c in wanted]
-    values, n_skipped = _parse_body(data, header_end + 1, body_end, len(header), usecols)
+    try:
+        values, n_skipped = _parse_body(data, header_end + 1, body_end, len(header), usecols)
+    except MemoryError:  # lines far shorter than a log's (e.g. only newlines): an index bigger than guessed
+        raise UserError(
+            f"{path} has too many lines to index in the memory left; plot a smaller log"
+        ) from None
     del data
     if drop_nonfinite and len(values):
         finite = np.isfinite(values).all(axis=1)

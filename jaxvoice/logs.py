@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxvoice import files
+
 TRAIN_COLUMNS = ("step", "epoch", "loss", "bits", "lr", "grad_norm", "tokens_per_s", "wall_s")
 VAL_COLUMNS = ("step", "epoch", "val_loss", "val_bits")
 
@@ -52,9 +54,7 @@ class CsvLog:
             first = line.split(",", 1)[0]
             if first.isdigit() and int(first) <= step:
                 kept.append(line + "\n")
-        tmp = self.path.with_suffix(".csv.tmp")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, self.path)
+        files.write_atomic(self.path, "".join(kept), sync=True)  # the kept rows survive a crash right after
 
     def write(self, *values) -> None:
         self._file.write(",".join(map(_format, values)) + "\n")

@@ -12,20 +12,18 @@ pixel columns is drawn as its plain line; few rows (validation) get a marker per
   label then says e.g. "step + 1 (log scale)".
 - The figure is matplotlib (Agg, no pyplot) at DPI = 128, a power of two, so width/DPI * DPI is exact and
   the PNG has exactly the requested pixels; the axes are placed with fixed pixel margins, so bucket b is
-  pixel column b of the axes. PNGs are written atomically (temp file + rename).
+  pixel column b of the axes. PNGs are written atomically (files.replacing: temp file + rename).
 """
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from jaxvoice import csvlog
+from jaxvoice import csvlog, files, paths
 from jaxvoice.errors import UserError
 
 if TYPE_CHECKING:
@@ -89,6 +87,7 @@ def moving_average(y: np.ndarray, n: int) -> np.ndarray:
     y = np.asarray(y, np.float64)
     if n <= 1 or len(y) < 2:
         return y.copy()
+    n = min(n, 2 * len(y) + 1)  # any longer window covers every row at every i (and would overflow int64)
     c = np.concatenate(([0.0], np.cumsum(y)))
     first = np.arange(len(y)) - (n - 1) // 2
     lo, hi = np.clip(first, 0, len(y)), np.clip(first + n, 0, len(y))
@@ -127,7 +126,8 @@ def make_figure(
     from matplotlib.figure import Figure
 
     check_options(width, height, colors, background, smooth)
-    series = [s for s in series if len(s.x)]
+    series = [s._replace(label=paths.shown(s.label)) for s in series if len(s.x)]
+    title, xlabel, ylabel = (None if t is None else paths.shown(t) for t in (title, xlabel, ylabel))
     if not series:
         raise UserError("nothing to plot: no rows left in any series")
     fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, facecolor=background)
@@ -227,38 +227,37 @@ def _plain_log_formatter(**kwargs):
 
 
 def check_output(path: str | Path) -> Path:
-    """UserError unless `path` can be a PNG we write: a .png name in an existing directory."""
+    """UserError unless `path` can be a PNG we write: a .png name that is not a folder, device or FIFO, and
+    not below a file (missing folders above it are made when it is written)."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise UserError(f"{path}: the output must be a .png file; name it e.g. {path.with_suffix('.png')}")
     if path.is_dir():
         raise UserError(f"{path} is a directory; give a file name such as {path / 'loss.png'}")
-    if not path.parent.is_dir():
-        raise UserError(f"{path.parent} does not exist; create the directory or pick another output path")
-    return path
+    return paths.check_output_file(path, force=True)
 
 
 def save_png(fig: Figure, path: str | Path) -> Path:
-    """Draw `fig` and write it as a PNG at `path` atomically: a failed write never leaves a broken PNG."""
+    """Draw `fig` and write it as a PNG at `path` atomically: a failed write never leaves a broken PNG, and
+    folders made for it are removed again."""
     path = check_output(path)
     from matplotlib import image
 
     fig.canvas.draw()
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    made = files.missing_parents(path)
     try:
-        with open(tmp, "xb") as f:
+        files.make_parents(path)
+        with files.replacing(path) as tmp, open(tmp, "xb") as f:
             # The drawn buffer, encoded by matplotlib (Pillow) at zlib level 1: no second draw, and the
             # default level 6 took seconds on a 16383-pixel-wide plot for a file only slightly smaller.
             image.imsave(
                 f, np.asarray(fig.canvas.buffer_rgba()), format="png", pil_kwargs={"compress_level": 1}
             )
-        os.replace(tmp, path)
     except OSError as e:
+        files.remove_made(made)
         raise UserError(
-            f"cannot write {path}: {e.strerror or e}; check the directory's permissions"
+            f"cannot write {path}: {e.strerror or e}; check the directory's permissions and free space"
         ) from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -342,11 +341,7 @@ def plot_run(run_dir: str | Path, *, title: str | None = None, **style) -> Plott
     nonpos = 0
     if style.get("logy"):
         series, nonpos = _for_logy(series)
-    plots = run / "plots"
-    try:
-        plots.mkdir(exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create {plots}: {e.strerror or e}; check the run directory") from None
+    plots = run / "plots"  # made by save_png (and removed again if nothing could be written)
     title = title if title is not None else f"{run.resolve().name}: loss"
     written = []
     for logx, name in ((False, "loss.png"), (True, "loss_logx.png")):

@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import datetime
 import html
-import json
 import math
 import os
 import re
-import secrets
-import tomllib
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
 
-from jaxvoice import __version__, audio, codec, csvlog, plot
+from jaxvoice import __version__, audio, codec, csvlog, files, paths, plot
 from jaxvoice.errors import UserError
 
 REPORT_FILE = "report.html"
@@ -83,12 +81,17 @@ def _read_csv(path: Path, columns: list[str], notes: list[str]) -> dict[str, np.
 
 def _read_json(path: Path, notes: list[str]) -> dict | None:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        value = files.read_json(path)
     except FileNotFoundError:
         notes.append(f"no {path.name}: the corpus is unknown")
-    except (OSError, ValueError) as e:
+        return None
+    except (OSError, ValueError) as e:  # ValueError: not UTF-8, not JSON, or nested too deeply
         notes.append(f"{path.name} does not read as JSON ({e}): the corpus is unknown")
-    return None
+        return None
+    if not isinstance(value, dict):
+        notes.append(f"{path.name} does not hold a JSON object: the corpus is unknown")
+        return None
+    return value
 
 
 def _corpus_data(meta: dict, notes: list[str]) -> np.ndarray | None:
@@ -176,7 +179,7 @@ def clip_figure(x: np.ndarray, rate: int, title: str):
 
 def draw_clip(x: np.ndarray, rate: int, out: Path, title: str) -> Path:
     """clip_figure into the PNG `out`, written atomically."""
-    return plot.save_png(clip_figure(x, rate, title), out)
+    return plot.save_png(clip_figure(x, rate, paths.shown(title)), out)
 
 
 # ---- HTML --------------------------------------------------------------------------------------------------
@@ -207,12 +210,13 @@ code { font-size: 13px; background: #f0f0f0; padding: 1px 4px; border-radius: 3p
 
 
 def _e(value) -> str:
-    return html.escape(str(value), quote=True)
+    return html.escape(paths.shown(value), quote=True)
 
 
 def _url(relative: str) -> str:
-    """A relative path as an escaped URL for an attribute (spaces, '#', '?' and quotes in names survive)."""
-    return _e(quote(relative))
+    """A relative path as an escaped URL for an attribute (spaces, '#', '?' and quotes in names survive, and
+    a name that is not UTF-8 is percent-encoded byte for byte, so the browser opens that very file)."""
+    return _e(quote(relative.encode("utf-8", "surrogateescape")))
 
 
 def _bits(nats: float | None) -> str:
@@ -242,16 +246,6 @@ def _clip_html(
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(seconds, 60)
     return f"{int(minutes)} min {secs:.1f} s" if minutes else f"{secs:.2f} s"
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {e.strerror or e}; check free space and permissions") from None
 
 
 def _sample_step(path: Path) -> int | None:
@@ -292,7 +286,7 @@ def _open_corpus(run: Path, notes: list[str]):
     return info, corpus
 
 
-def _corpus_clip(corpus, files: Path, made: set[str], notes: list[str]) -> str:
+def _corpus_clip(corpus, files_dir: Path, made: set[str], notes: list[str]) -> str:
     meta = corpus.meta
     if meta["codec"] not in codec.AUDIO_CODECS:
         notes.append("the corpus is raw bytes, not audio: no excerpt to play or draw")
@@ -301,8 +295,10 @@ def _corpus_clip(corpus, files: Path, made: set[str], notes: list[str]) -> str:
     where = "the start of the val split" if start else "the start of the corpus"
     symbols = np.array(corpus.data[start : start + int(EXCERPT_SECONDS * meta["rate"])])
     x = codec.decode(meta["codec"], symbols)
-    audio.write_wav(files / "corpus_excerpt.wav", symbols if meta["codec"] == "linear" else x, meta["rate"])
-    draw_clip(x, meta["rate"], files / "corpus_excerpt.png", "corpus excerpt")
+    audio.write_wav(
+        files_dir / "corpus_excerpt.wav", symbols if meta["codec"] == "linear" else x, meta["rate"]
+    )
+    draw_clip(x, meta["rate"], files_dir / "corpus_excerpt.png", "corpus excerpt")
     made.update({"corpus_excerpt.wav", "corpus_excerpt.png"})
     detail = (
         f"{len(symbols) / meta['rate']:.2f} s from {where}, as the network sees it ({meta['codec']} 8-bit)"
@@ -312,7 +308,7 @@ def _corpus_clip(corpus, files: Path, made: set[str], notes: list[str]) -> str:
     )
 
 
-def _sample_clips(samples: list[Path], val: dict, files: Path, made: set[str], notes: list[str]):
+def _sample_clips(samples: list[Path], val: dict, files_dir: Path, made: set[str], notes: list[str]):
     """A clip (player + image) per sample; returns the HTML and, per sample, whether it plays."""
     clips, playable = [], {}
     names: set[str] = set()
@@ -322,7 +318,7 @@ def _sample_clips(samples: list[Path], val: dict, files: Path, made: set[str], n
         what = [f"checkpoint step {step}"] if step is not None else []
         if step in val:
             what.append(f"val {_bits(val[step][1])} bits/sample")
-        if path.suffix.lower() != ".wav":
+        if path.suffix.lower() not in audio.AUDIO_EXTENSIONS:  # e.g. a bytes corpus's .bin
             detail = "; ".join([*what, "raw bytes, not audio"])
             clips.append(_clip_html(path.name, detail, None, None, file_rel=rel))
             playable[path] = False
@@ -334,7 +330,7 @@ def _sample_clips(samples: list[Path], val: dict, files: Path, made: set[str], n
             playable[path] = False
             continue
         image = f"sample_{_safe_name(path.stem, names)}.png"
-        draw_clip(x, rate, files / image, path.name)
+        draw_clip(x, rate, files_dir / image, path.name)
         made.add(image)
         shown = "" if seconds <= MAX_SHOW_SECONDS else f", the image shows the first {MAX_SHOW_SECONDS:g} s"
         what.append(f"{_duration(seconds)} at {rate} Hz{shown}")
@@ -372,10 +368,15 @@ def build(run_dir: str | os.PathLike, force: bool = False) -> Report:
 
     An existing report.html is replaced only with `force` (the user may have kept or edited it)."""
     run = Path(run_dir)
-    if not run.is_dir():
-        raise UserError(f"run directory {run} does not exist; give --run a directory made by jaxvoice train")
-    if (run / "report.html").exists() and not force:
-        raise UserError(f"{run / 'report.html'} exists; add --force to write it again")
+    found = paths.kind(run)
+    if found != "a folder":
+        what = "does not exist" if found == "missing" else f"is {found}, not a folder"
+        raise UserError(f"run directory {run} {what}; give --run a directory made by jaxvoice train")
+    found = paths.kind(run / REPORT_FILE)
+    if found not in ("missing", "a file"):
+        raise UserError(f"{run / REPORT_FILE} is {found}; move it away, the report is written there")
+    if found == "a file" and not force:
+        raise UserError(f"{run / REPORT_FILE} exists; add --force to write it again")
     config_path = run / "config.toml"
     if not config_path.is_file():
         inside = sorted(p.parent for p in run.glob("*/config.toml"))  # e.g. a demo folder: its run is run/
@@ -384,8 +385,8 @@ def build(run_dir: str | os.PathLike, force: bool = False) -> Report:
             f"{run} is not a run directory (no config.toml){hint}; give --run a directory made by jaxvoice train"
         )
     try:
-        config = tomllib.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        config = files.loads_toml(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: not UTF-8, not TOML, or nested too deeply
         raise UserError(
             f"{config_path} does not read as TOML ({e}); it is not a jaxvoice run's config"
         ) from None
@@ -406,13 +407,24 @@ def build(run_dir: str | os.PathLike, force: bool = False) -> Report:
         }
     if not steps:
         notes.append("no checkpoints yet: training saves one every train.checkpoint_every steps")
-    files = run / FILES_DIR
+    files_dir = run / FILES_DIR
+    new_dir = not files_dir.exists()
     try:
-        files.mkdir(exist_ok=True)
+        files_dir.mkdir(exist_ok=True)
     except OSError as e:
         raise UserError(
-            f"cannot create {files}: {e.strerror or e}; check the run directory's permissions"
+            f"cannot create {files_dir}: {e.strerror or e}; check the run directory's permissions"
         ) from None
+    try:
+        return _build(run, config, notes, train, steps, val, files_dir)
+    except BaseException:
+        if new_dir:  # made by this report: holds only its images
+            shutil.rmtree(files_dir, ignore_errors=True)
+        raise
+
+
+def _build(run: Path, config: dict, notes: list[str], train, steps: list[int], val: dict, files_dir: Path):
+    """The part of `build` that writes: images into `files_dir`, then report.html."""
     made: set[str] = set()
 
     plots = ""
@@ -432,18 +444,23 @@ def build(run_dir: str | os.PathLike, force: bool = False) -> Report:
     corpus_clip = ""
     if corpus is not None:
         entropy = {s: order0_bits(corpus.split(s)) for s in ("val", "test") if len(corpus.split(s))}
-        corpus_clip = _corpus_clip(corpus, files, made, notes)
+        corpus_clip = _corpus_clip(corpus, files_dir, made, notes)
 
     sample_dir = run / "samples"
+    try:
+        entries = list(sample_dir.iterdir()) if sample_dir.is_dir() else []
+    except OSError as e:
+        notes.append(f"{sample_dir} cannot be listed ({e.strerror or e})")
+        entries = []
     samples = sorted(
-        (p for p in (sample_dir.iterdir() if sample_dir.is_dir() else []) if p.is_file() and not p.name.startswith(".")),
+        (p for p in entries if p.is_file() and not p.name.startswith(".")),
         key=lambda p: (_sample_step(p) is None, _sample_step(p) or 0, p.name),
     )  # fmt: skip
     if not samples:
         notes.append(
             f"no samples yet: make them with jaxvoice sample --run {run} --checkpoint all --seconds 2"
         )
-    clips, playable = _sample_clips(samples, val, files, made, notes)
+    clips, playable = _sample_clips(samples, val, files_dir, made, notes)
     unsampled = [s for s in steps if not any(_sample_step(p) == s for p in samples)]
     if samples and unsampled:
         notes.append(f"checkpoint steps without a sample: {', '.join(map(str, unsampled))}")
@@ -451,8 +468,11 @@ def build(run_dir: str | os.PathLike, force: bool = False) -> Report:
     page = _page(run, config, info, train, val, steps, entropy, notes, plots, corpus_clip, clips,
                  _checkpoint_table(steps, val, samples, playable) if steps else "<p>No checkpoints yet.</p>")  # fmt: skip
     out = run / REPORT_FILE
-    _write_text_atomic(out, page)
-    for stale in files.iterdir():  # images and excerpts of an earlier report that this one does not use
+    try:
+        files.write_atomic(out, page)
+    except OSError as e:
+        raise UserError(f"cannot write {out}: {e.strerror or e}; check free space and permissions") from None
+    for stale in files_dir.iterdir():  # images and excerpts of an earlier report that this one does not use
         if stale.is_file() and stale.name not in made and stale.suffix in (".png", ".wav"):
             stale.unlink(missing_ok=True)
     return Report(out, notes)
@@ -484,19 +504,29 @@ def _corpus_rows(info: dict | None, entropy: dict) -> list[tuple[str, str]]:
         ("codec", info.get("codec", "?")),
         ("rate", f"{info.get('rate')} Hz"),
     ]
-    length, rate = info.get("length"), info.get("rate")
-    if isinstance(length, int):
-        rows.append(("length", f"{length:,} symbols" + (f" = {_duration(length / rate)}" if rate else "")))
-    for split, (start, end) in (info.get("splits") or {}).items():
+    # corpus.json is shown as it is: any value of any type gives a row, never a crash.
+    length, rate, splits, sources = (info.get(k) for k in ("length", "rate", "splits", "sources"))
+    if _whole(length):
+        seconds = f" = {_duration(length / rate)}" if _whole(rate) and rate > 0 else ""
+        rows.append(("length", f"{length:,} symbols{seconds}"))
+    for split, span in splits.items() if isinstance(splits, dict) else ():
+        if not (isinstance(span, list) and len(span) == 2 and all(map(_whole, span))):
+            rows.append((f"{split} split", repr(span)[:80]))
+            continue
+        start, end = span
         extra = f"; order-0 entropy {entropy[split]:.4f} bits/sample" if split in entropy else ""
         rows.append((f"{split} split", f"[{start:,}, {end:,}): {end - start:,} symbols{extra}"))
-    sources = info.get("sources") or []
+    sources = sources if isinstance(sources, list) else []
     rows.append(("sources", f"{len(sources)} file{'s' * (len(sources) != 1)}"))
-    rows += [("", str(s.get("path", "?"))) for s in sources[:5]]
+    rows += [("", str(s.get("path", "?") if isinstance(s, dict) else s)[:300]) for s in sources[:5]]
     if len(sources) > 5:
         rows.append(("", f"... and {len(sources) - 5} more"))
     rows.append(("sha256", str(info.get("sha256", "?"))))
     return rows
+
+
+def _whole(value) -> bool:
+    return type(value) is int
 
 
 def _name(run: Path) -> str:

@@ -25,18 +25,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from functools import partial
-from pathlib import Path
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvoice import audio, model, packed_matmul
-from jaxvoice import codec as codec_lib
+from jaxvoice import memory, model, packed_matmul
 from jaxvoice.config import ModelConfig
 from jaxvoice.errors import UserError
 from jaxvoice.parallel import DataParallel
+from jaxvoice.sample_files import SymbolWriter, check_outputs, extension, output_paths  # noqa: F401 (public)
 
 V = model.V
 DEFAULT_CHUNK = 2048
@@ -71,6 +70,21 @@ def check_settings(
         raise UserError(f"top-p must be in (0, 1], got {top_p}")
     if chunk < 1:
         raise UserError(f"chunk must be at least 1 step, got {chunk}")
+
+
+def memory_needed(params: dict, cfg: ModelConfig, num_streams: int, chunk: int) -> dict[str, int]:
+    """Bytes that sampling `num_streams` streams in chunks of `chunk` steps takes on top of the loaded params,
+    by part (for memory.check_fits): the weights rearranged for sampling, the carried state (in, out and a
+    broadcast copy; counted from the family's abstract carry), per step and stream the uniform, its key and
+    the tokens, and per stream a step's logits with the softmax's temporaries and its output file's buffer.
+    The per-step and per-stream figures were measured on peak RSS (docs/performance.md)."""
+    state_bytes = memory.tree_bytes(jax.eval_shape(lambda: model.init_carry(cfg, num_streams)))
+    return {
+        "sampling weights": memory.tree_bytes(params),
+        "stream state": 3 * state_bytes,
+        "per-step uniforms, keys and tokens": 40 * chunk * num_streams,
+        "per-stream logits and file buffers": (4 * V * 4 + 8192) * num_streams,
+    }
 
 
 # --- the sampling step ----------------------------------------------------------------------------------
@@ -373,68 +387,3 @@ def _generate(
         pending = (tokens_BxC, min(chunk, length - done))
         done += chunk
     yield np.asarray(pending[0])[:B, : pending[1]]
-
-
-# --- writing streams to files ---------------------------------------------------------------------------
-
-
-def output_paths(out: str | Path, num_streams: int) -> list[Path]:
-    """One path per stream: `out` itself for one stream, else out's stem plus _0 ... _N-1 (out.wav -> out_0.wav)."""
-    out = Path(out)
-    if num_streams == 1:
-        return [out]
-    return [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(num_streams)]
-
-
-def extension(codec_name: str) -> str:
-    return ".bin" if codec_name == "bytes" else ".wav"
-
-
-class SymbolWriter:
-    """Appends uint8 symbols to a file that is complete after every write: a WAV at the corpus rate (linear:
-    the symbols are the PCM_U8 bytes; mulaw: decoded and written as PCM_16) or, for a bytes corpus, raw bytes.
-    An existing file is replaced: callers check first (see `check_outputs`)."""
-
-    def __init__(self, path: str | Path, codec_name: str, rate: int | None):
-        self.path = Path(path)
-        self.codec = codec_lib.check_codec(codec_name)
-        self.samples = 0
-        if self.codec == "bytes":
-            try:
-                self._raw = open(self.path, "wb")  # noqa: SIM115 (closed in close())
-            except OSError as e:
-                raise UserError(f"cannot write {self.path}: {e.strerror}") from None
-            self._wav = None
-        else:
-            self._raw = None
-            subtype = "PCM_U8" if self.codec == "linear" else "PCM_16"
-            self._wav = audio.WavStreamWriter(self.path, rate, subtype)
-
-    def write(self, symbols: np.ndarray) -> None:
-        symbols = np.asarray(symbols, np.uint8).reshape(-1)
-        try:
-            if self._raw is not None:
-                self._raw.write(symbols.tobytes())
-                self._raw.flush()
-            elif self.codec == "linear":
-                self._wav.write(symbols)
-            else:
-                self._wav.write(codec_lib.decode(self.codec, symbols))
-        except OSError as e:
-            raise UserError(f"cannot write {self.path}: {e.strerror or e}") from None
-        self.samples += symbols.size
-
-    def close(self) -> None:
-        (self._raw or self._wav).close()
-
-    def __enter__(self) -> SymbolWriter:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def check_outputs(paths: list[Path], force: bool) -> None:
-    """UserError before any work if an output exists (without `force`), is a folder, or has no folder."""
-    for path in paths:
-        audio.check_output(path, force=force)

@@ -280,7 +280,7 @@ def test_disk_full_is_a_user_error_and_leaves_nothing(tmp_path, audio_folder, mo
     def full(self, symbols):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(corpus._Sink, "write", full)
+    monkeypatch.setattr("jaxvoice.preparing._Sink.write", full)
     with pytest.raises(UserError, match="No space left on device"):
         corpus.prepare([audio_folder], tmp_path / "new" / "c", quiet=True)
     assert sorted(os.listdir(tmp_path)) == ["voice"]

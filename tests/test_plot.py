@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from jaxvoice import csvlog, plot
+from jaxvoice import csvlog, files, plot
 from jaxvoice.errors import UserError
 
 TRAIN_HEADER = "step,epoch,loss,bits,lr,grad_norm,tokens_per_s,wall_s"
@@ -83,8 +83,9 @@ def test_bucket_stats_integer_steps_uneven_buckets():
 
 
 @pytest.mark.parametrize(
-    "n_rows, window", [(1, 5), (10, 1), (10, 3), (10, 4), (50, 50), (50, 200), (997, 64)]
-)
+    "n_rows, window",
+    [(1, 5), (10, 1), (10, 3), (10, 4), (10, 19), (10, 20), (10, 21), (10, 10**20), (50, 50), (50, 200), (997, 64)],
+)  # fmt: skip
 def test_moving_average_equals_brute_force(n_rows, window):
     y = np.random.default_rng(n_rows).normal(size=n_rows)
     got = plot.moving_average(y, window)
@@ -300,7 +301,7 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatc
     def fail(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(plot.os, "replace", fail)
+    monkeypatch.setattr(files.os, "replace", fail)
     with pytest.raises(UserError, match="No space left"):
         plot.save_png(fig, out)
     assert out.read_bytes() == b"old"
@@ -387,7 +388,9 @@ def test_cli_bad_paths_are_one_line_errors(tmp_path):
     assert_user_error(
         run_jaxvoice("plot", tmp_path / "missing.csv", "-o", tmp_path / "o.png"), "no such file"
     )
-    assert_user_error(run_jaxvoice("plot", csv, "-o", tmp_path / "no" / "o.png"), "does not exist")
+    made = run_jaxvoice("plot", csv, "-o", tmp_path / "no" / "o.png")  # missing folders are made
+    assert made.returncode == 0 and (tmp_path / "no" / "o.png").is_file(), made.stderr
+    assert_user_error(run_jaxvoice("plot", csv, "-o", csv / "o.png"), "not a folder")
     assert_user_error(run_jaxvoice("plot", csv, "-o", tmp_path / "o.jpg"), ".png")
     assert_user_error(run_jaxvoice("plot", csv), "-o")
     assert_user_error(run_jaxvoice("plot", "--run", tmp_path), "no train.csv")

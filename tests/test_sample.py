@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 from functools import partial
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -337,7 +338,7 @@ def test_primed_model_continues_the_period(periodic_model):
 
 
 def test_output_paths():
-    assert sample.output_paths("x/out.wav", 1) == [sample.Path("x/out.wav")]
+    assert sample.output_paths("x/out.wav", 1) == [Path("x/out.wav")]
     assert [p.name for p in sample.output_paths("x/out.wav", 3)] == ["out_0.wav", "out_1.wav", "out_2.wav"]
 
 
@@ -362,6 +363,71 @@ def test_symbol_writer_is_complete_after_every_write(tmp_path, codec_name):
                 assert info.subtype == "PCM_16"
                 audio, _ = sf.read(str(path), dtype="float32")
                 np.testing.assert_allclose(audio, codec.decode("mulaw", symbols[:end]), atol=1 / 32768)
+
+
+@pytest.mark.parametrize(
+    ("name", "codec_name", "fmt", "subtype"),
+    [
+        ("x.flac", "linear", "FLAC", "PCM_S8"),
+        ("x.aiff", "linear", "AIFF", "PCM_U8"),
+        ("x.caf", "mulaw", "CAF", "PCM_16"),
+        ("x.rf64", "mulaw", "RF64", "PCM_16"),
+    ],
+)
+def test_symbol_writer_writes_the_format_the_extension_names(tmp_path, name, codec_name, fmt, subtype):
+    """Lossless formats hold the symbols exactly (linear: 8-bit PCM; mulaw: decoded as a WAV would be), and
+    the file appears, complete, only when the writer closes."""
+    from jaxvoice import codec
+
+    symbols = np.random.default_rng(1).integers(0, 256, 3000).astype(np.uint8)
+    path = tmp_path / name
+    with sample.SymbolWriter(path, codec_name, 8000) as writer:
+        writer.write(symbols[:1000])
+        writer.write(symbols[1000:])
+        assert not path.exists()  # being written under a temporary name
+    info = sf.info(str(path))
+    assert (info.format, info.subtype, info.frames, info.samplerate) == (fmt, subtype, 3000, 8000)
+    audio, _ = sf.read(str(path), dtype="float32")
+    expected = codec.linear_decode(symbols) if codec_name == "linear" else codec.decode("mulaw", symbols)
+    np.testing.assert_allclose(audio, expected, atol=1 / 32768 if codec_name == "mulaw" else 0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_symbol_writer_lossy_and_raw_bytes(tmp_path):
+    symbols = np.random.default_rng(2).integers(100, 156, 4000).astype(np.uint8)
+    with sample.SymbolWriter(tmp_path / "x.ogg", "linear", 8000) as writer:
+        writer.write(symbols)
+    assert sf.info(str(tmp_path / "x.ogg")).subtype == "VORBIS"
+    with sample.SymbolWriter(tmp_path / "x.mp3", "bytes", None) as writer:  # a bytes corpus: raw, any name
+        writer.write(symbols)
+    assert (tmp_path / "x.mp3").read_bytes() == symbols.tobytes()
+
+
+def test_a_failed_or_interrupted_writer_leaves_a_complete_file_or_nothing(tmp_path):
+    symbols = np.full(500, 130, np.uint8)
+    with pytest.raises(RuntimeError), sample.SymbolWriter(tmp_path / "failed.flac", "linear", 8000) as writer:
+        writer.write(symbols)
+        raise RuntimeError("the model failed")
+    with (
+        pytest.raises(KeyboardInterrupt),
+        sample.SymbolWriter(tmp_path / "kept.flac", "linear", 8000) as writer,
+    ):
+        writer.write(symbols)
+        raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.flac"]
+    assert sf.info(str(tmp_path / "kept.flac")).frames == 500
+
+
+def test_extensions_that_cannot_be_written_are_refused_before_sampling(tmp_path):
+    from jaxvoice import sample_files
+
+    with pytest.raises(UserError, match=r"'\.xyz'.*\.wav, \.flac"):
+        sample_files.output_format(tmp_path / "x.xyz", "linear", 8000)
+    if ".opus" in sample_files.writable_extensions():  # Opus takes 8, 12, 16, 24 and 48 kHz only
+        assert sample_files.output_format(tmp_path / "x.opus", "linear", 8000).name == "OGG"
+        with pytest.raises(UserError, match="11025 Hz"):
+            sample_files.output_format(tmp_path / "x.opus", "linear", 11025)
+    assert not list(tmp_path.iterdir())
 
 
 # --- the command ---------------------------------------------------------------------------------------------

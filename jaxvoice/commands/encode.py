@@ -12,14 +12,10 @@ def add_arguments(parser):
 
 
 def run(args):
-    from pathlib import Path
+    from jaxvoice import audio, codec, paths
 
-    from jaxvoice import audio, codec
-    from jaxvoice.errors import UserError
-
-    source = Path(args.input)
-    if not source.is_file():
-        raise UserError(f"{source} is not a file" if source.exists() else f"{source}: no such file")
+    paths.check_given(FILE=args.input, **{"-o": args.output})
+    source = paths.check_input_file(args.input, give="a file")
     with (
         audio.atomic_output(args.output, force=args.force) as tmp,
         open(source, "rb") as src,

@@ -12,8 +12,9 @@ def add_arguments(parser):
 def run(args):
     import json
 
-    from jaxvoice import corpus
+    from jaxvoice import corpus, paths
 
+    paths.check_given(CORPUS_DIR=args.corpus)
     if args.verify:
         opened = corpus.open_corpus(args.corpus)
         opened.verify()

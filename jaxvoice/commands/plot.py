@@ -32,8 +32,10 @@ def _split(text):
 
 
 def run(args):
-    from jaxvoice import plot
+    from jaxvoice import paths, plot
     from jaxvoice.errors import UserError
+
+    paths.check_given(CSV=args.csv, **{"-o": args.output, "--run": args.run})
 
     style = dict(
         width=args.width, height=args.height, logx=args.logx, logy=args.logy,

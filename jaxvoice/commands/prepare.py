@@ -23,8 +23,9 @@ def add_arguments(parser):
 
 
 def run(args):
-    from jaxvoice import corpus
+    from jaxvoice import corpus, paths
 
+    paths.check_given(INPUT=args.inputs, **{"-o": args.output})
     meta = corpus.prepare(
         args.inputs, args.output, rate=args.rate, codec=args.codec, val_frac=args.val_frac,
         test_frac=args.test_frac, force=args.force, quiet=args.quiet,

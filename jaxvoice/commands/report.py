@@ -9,8 +9,9 @@ def add_arguments(parser):
 
 
 def run(args):
-    from jaxvoice import report
+    from jaxvoice import paths, report
 
+    paths.check_given(**{"--run": args.run})
     made = report.build(args.run, force=args.force)
     if not args.quiet:
         for note in made.notes:
