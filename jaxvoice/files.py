@@ -79,9 +79,16 @@ def missing_parents(path: str | os.PathLike) -> list[Path]:
 
 
 def make_parents(path: str | os.PathLike) -> list[Path]:
-    """Create the missing folders above `path`; returns them deepest first, for `remove_made` on failure."""
-    made = missing_parents(path)
-    Path(path).absolute().parent.mkdir(parents=True, exist_ok=True)
+    """Create the missing folders above `path`; returns them deepest first, for `remove_made` on failure.
+    If one cannot be made, those made before it are removed again and the OSError raised."""
+    made: list[Path] = []
+    try:
+        for folder in reversed(missing_parents(path)):  # outermost first
+            folder.mkdir()
+            made.insert(0, folder)
+    except OSError:
+        remove_made(made)
+        raise
     return made
 
 

@@ -52,14 +52,26 @@ def _cgroup_room() -> int | None:
         return None
 
 
+def _status_bytes(field: str) -> int:
+    """A size from /proc/self/status (VmSize, VmData), in bytes; 0 where it cannot be read."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def _rlimit_room() -> int | None:
-    """The soft address-space / data-segment limits of this process (`ulimit -v`, `ulimit -d`), if set."""
-    limits = []
-    for kind in (resource.RLIMIT_AS, resource.RLIMIT_DATA):
+    """What is left under the soft address-space / data-segment limits of this process (`ulimit -v`,
+    `ulimit -d`), if set: the limit minus what the process already maps (VmSize) or holds as data (VmData)."""
+    rooms = []
+    for kind, used in ((resource.RLIMIT_AS, "VmSize"), (resource.RLIMIT_DATA, "VmData")):
         soft, _ = resource.getrlimit(kind)
         if soft != resource.RLIM_INFINITY:
-            limits.append(soft)
-    return min(limits) if limits else None
+            rooms.append(soft - _status_bytes(used))
+    return min(rooms) if rooms else None
 
 
 def host_available() -> int | None:

@@ -108,19 +108,6 @@ def test_a_damaged_checkpoint_is_named_and_the_previous_one_used(runs, tmp_path,
     assert_same_params(run, to40)
 
 
-def test_when_every_checkpoint_is_damaged_resume_refuses_and_moves_nothing(runs, tmp_path):
-    at30, _ = runs
-    run = tmp_path / "run"
-    shutil.copytree(at30, run)
-    for step in (10, 20, 30):
-        _truncate(_largest_file(run / "checkpoints" / str(step) / "params"))
-    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    proc = run_jaxvoice("train", "--out", run, "--resume", "--steps", "40")
-    assert_user_error(proc, "no intact checkpoint", "step 30", "step 10", "backup", "--out")
-    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
-    assert not (run / "damaged_checkpoints").exists()
-
-
 def test_an_unfinished_save_is_ignored(runs, tmp_path):
     at30, to40 = runs
     run = tmp_path / "run"

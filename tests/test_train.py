@@ -209,50 +209,9 @@ def test_existing_run_without_resume_is_refused_and_untouched(saw_corpus, tmp_pa
     assert digest() == before
 
 
-def _digest(folder: Path) -> dict:
-    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
-
-
-def test_resume_continues_only_a_jaxvoice_run(saw_corpus, tmp_path):
-    mine = tmp_path / "mine"
-    mine.mkdir()
-    (mine / "train.csv").write_text("my,own\n1,2\n")
-    (mine / "config.toml").write_text("[mine]\nx = 1\n")
-    before = _digest(mine)
-    for extra in (
-        ["--resume"],
-        ["--resume", "--data", saw_corpus, "--config", "tiny"],
-        ["--data", saw_corpus],
-    ):
-        proc = run_jaxvoice("train", "--out", mine, *extra, *FAST, "--steps", "2")
-        assert_user_error(proc, "not a jaxvoice run", "another --out")
-        assert "--data" not in proc.stderr  # the old advice turned any folder into a run
-    assert _digest(mine) == before and sorted(p.name for p in mine.iterdir()) == ["config.toml", "train.csv"]
-    a_file = tmp_path / "a_file"
-    a_file.write_text("mine")
-    assert_user_error(run_jaxvoice("train", "--out", a_file, "--resume"), "is a file", "--out")
-    assert a_file.read_text() == "mine"
-
-
-def test_a_hand_edited_config_is_named_not_called_damaged(saw_corpus, tmp_path):
-    run = tmp_path / "run"
-    run_jaxvoice(*train_cmd(saw_corpus, run, "--steps", "4", "--set", "train.checkpoint_every=2"), check=True)
-    config_toml = run / "config.toml"
-    config_toml.write_text(config_toml.read_text().replace("rnn_size = 32", "rnn_size = 16"))
-    before = _digest(run)
-    proc = run_jaxvoice("train", "--out", run, "--resume", "--steps", "6")
-    assert_user_error(proc, "model.rnn_size", "32 in the checkpoint", "16 in config.toml")
-    assert "damaged" not in proc.stderr
-    assert _digest(run) == before and not (run / "damaged_checkpoints").exists()
-
-
 @pytest.mark.parametrize(
     ("extra", "words"),
     [
-        (["--set", "train.seed=99999999999999999999"], ["train.seed", "4294967295"]),
-        (["--set", "train.eval_every=99999999999999"], ["train.eval_every", "at most"]),
-        (["--steps", "3000000000"], ["--steps"]),
-        (["--set", "model.rnn_size=1000000000"], ["memory", "model.rnn_size"]),
         (["--set", "model.cell=transformer"], ["model.cell", "lstm"]),
         (["--set", "train.batchsize=4"], ["train.batch_size"]),
         (["--set", "train.batch_size=1000", "--set", "train.seq_length=1000"], ["train split", "batch_size"]),

@@ -19,6 +19,9 @@ def add_arguments(parser):
 
 
 def run(args):
+    from jaxvoice import paths
+
+    paths.check_given(**{"--out": args.out})
     from jaxvoice import demo
 
     # before the heavy imports: a usage error is instant

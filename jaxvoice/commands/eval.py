@@ -16,6 +16,9 @@ def add_arguments(parser):
 
 
 def run(args):
+    from jaxvoice import paths
+
+    paths.check_given(**{"--run": args.run, "--data": args.data})
     import json
     import time
 

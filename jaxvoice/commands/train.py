@@ -35,6 +35,9 @@ def add_arguments(parser):
 
 
 def run(args):
+    from jaxvoice import paths
+
+    paths.check_given(**{"--out": args.out, "--data": args.data, "--config": args.config})
     from jaxvoice.errors import UserError
 
     if args.steps is not None and not 1 <= args.steps <= MAX_STEP:
