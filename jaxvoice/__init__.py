@@ -39,6 +39,7 @@ _EXPORTS = {
     "train_streams": ("streams", "train_streams"),
     "eval_streams": ("streams", "eval_streams"),
     "open_corpus": ("corpus", "open_corpus"),
+    "corpus_from_array": ("corpus", "from_array"),
     "Corpus": ("corpus", "Corpus"),
     # cells and models
     "Cell": ("cells", "Cell"),

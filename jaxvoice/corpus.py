@@ -209,11 +209,12 @@ def describe(meta: dict, path: str | os.PathLike | None = None) -> str:
 
 @dataclass(frozen=True, eq=False)
 class Corpus:
-    """An opened corpus: `data` is the whole stream, memory-mapped read-only; `split(name)` is a view of it."""
+    """An opened corpus: `data` is the whole stream, memory-mapped read-only; `split(name)` is a view of it.
+    A corpus made in memory (`from_array`) has no `path` until a run writes it (`Run.create`)."""
 
-    path: Path
+    path: Path | None
     meta: dict
-    data: np.memmap
+    data: np.ndarray
 
     def split(self, name: str) -> np.ndarray:
         if name not in SPLITS:
@@ -223,6 +224,8 @@ class Corpus:
 
     def verify(self) -> None:
         """Recompute data.u8's sha256 (reads the whole file); a mismatch -> UserError."""
+        if self.path is None:
+            return  # in memory: its meta was computed from these very bytes
         sha = hashlib.sha256()
         with open(self.path / DATA_FILE, "rb") as f:
             while block := f.read(1 << 22):
@@ -242,6 +245,27 @@ def open_corpus(corpus_dir: str | os.PathLike) -> Corpus:
         raise UserError(f"corpus {path} is empty: prepare it again from inputs with audio in them")
     data = np.memmap(path / DATA_FILE, dtype=np.uint8, mode="r")
     return Corpus(path=path, meta=meta, data=data)
+
+
+def from_array(
+    symbols, *, codec: str = "linear", rate: int | None = 11025, val_frac: float = 0.1, test_frac: float = 0.1
+) -> Corpus:
+    """A corpus of symbols already in memory (uint8, 1-D; e.g. `codec.encode("linear", audio)`), split like a
+    prepared one, for experiments: `jaxvoice.fit` on a `Run.create`d run writes it into RUN/corpus/ so the
+    command line can read the run too. (The lower-level `train_streams` takes any uint8 array as it is.)"""
+    from jaxvoice import preparing
+
+    data = np.asarray(symbols)
+    if data.ndim != 1 or data.dtype != np.uint8 or data.size == 0:
+        raise UserError("a corpus from memory must be a non-empty 1-D array of uint8 symbols")
+    codec = _codec.check_codec(codec)
+    rate = audio.check_rate(rate) if codec in _codec.AUDIO_CODECS else None
+    sha = hashlib.sha256(np.ascontiguousarray(data)).hexdigest()
+    source = [
+        {"path": "an array", "bytes": int(data.size), "seconds": round(data.size / rate, 6) if rate else None}
+    ]
+    meta = preparing.describe_symbols(int(data.size), sha, codec, rate, val_frac, test_frac, source)
+    return Corpus(path=None, meta=meta, data=data)
 
 
 def load_audio_symbols(path: str | os.PathLike, rate: int | None, codec: str) -> np.ndarray:

@@ -172,7 +172,7 @@ def run_demo(
     `say(line)` hears what the command prints; without `quiet`, progress bars show on a terminal."""
     from tqdm import tqdm
 
-    from jaxvoice import checkpoint, corpus, report
+    from jaxvoice import checkpoint, clips, corpus, report
 
     check_settings(minutes, seconds, seed)
     out = Path(out)
@@ -187,7 +187,7 @@ def run_demo(
     data = singing_corpus(out, seconds=seconds, seed=seed, quiet=quiet)
     wav, corpus_dir, run_dir = out / "voice.wav", out / "corpus", out / "run"
     say(corpus.summary(data.meta, corpus_dir))
-    order0 = {split: report.order0_bits(data.split(split)) for split in ("val", "test")}
+    order0 = {split: clips.order0_bits(data.split(split)) for split in ("val", "test")}
     say(
         f"order-0 entropy of the held-out audio (its symbol histogram): val {order0['val']:.3f}, "
         f"test {order0['test']:.3f} bits/sample"

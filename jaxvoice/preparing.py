@@ -271,39 +271,54 @@ def prepare(
             if f.stat().st_size == 0:
                 raise UserError(f"{f} is empty (0 bytes): remove it from the inputs")
 
+    def fill(sink: _Sink) -> list[dict]:
+        total = sum(f.stat().st_size for f in input_files)
+        # disable=None: a bar only when stderr is a terminal, so logs and error messages stay clean.
+        off = True if quiet else None
+        progress = tqdm(total=total, unit="B", unit_scale=True, desc="prepare", file=sys.stderr, disable=off)
+        with progress:
+            if is_audio:
+                return [_add_audio(sink, info, rate, codec, progress) for info in infos]
+            return [_add_bytes(sink, f, progress) for f in input_files]
+
+    return _write(out_dir, fill, codec, rate, val_frac, test_frac)
+
+
+def describe_symbols(
+    length: int, sha256: str, codec: str, rate: int | None, val_frac: float, test_frac: float, sources: list
+) -> dict:
+    """The meta.json of a corpus of `length` symbols (checked: the splits must be able to hold data)."""
+    is_audio = codec in _codec.AUDIO_CODECS
+    return {
+        "format_version": FORMAT_VERSION,
+        "codec": codec,
+        "rate": rate,
+        "num_symbols": _codec.NUM_SYMBOLS,
+        "length": length,
+        "seconds": round(length / rate, 6) if is_audio else None,
+        "splits": split_offsets(length, val_frac, test_frac),
+        "val_frac": val_frac,
+        "test_frac": test_frac,
+        "sources": sources,
+        "sha256": sha256,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "jaxvoice_version": __version__,
+    }
+
+
+def _write(out_dir: Path, fill, codec: str, rate: int | None, val_frac: float, test_frac: float) -> dict:
+    """Write a corpus into a temporary folder beside `out_dir` and rename it into place: `fill(sink)` writes
+    the symbols and returns the sources' descriptions. A failure leaves nothing (not even made parents)."""
     made_parents = files.missing_parents(out_dir)
     tmp = None
     try:
         files.make_parents(out_dir)
         tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a corpus is an ordinary folder
-        sources = []
-        total = sum(f.stat().st_size for f in input_files)
-        # disable=None: a bar only when stderr is a terminal, so logs and error messages stay clean.
-        off = True if quiet else None
-        progress = tqdm(total=total, unit="B", unit_scale=True, desc="prepare", file=sys.stderr, disable=off)
         sink = _Sink(tmp / DATA_FILE)
-        with progress, contextlib.closing(sink):
-            for i, f in enumerate(input_files):
-                if is_audio:
-                    sources.append(_add_audio(sink, infos[i], rate, codec, progress))
-                else:
-                    sources.append(_add_bytes(sink, f, progress))
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "codec": codec,
-            "rate": rate,
-            "num_symbols": _codec.NUM_SYMBOLS,
-            "length": sink.length,
-            "seconds": round(sink.length / rate, 6) if is_audio else None,
-            "splits": split_offsets(sink.length, val_frac, test_frac),
-            "val_frac": val_frac,
-            "test_frac": test_frac,
-            "sources": sources,
-            "sha256": sink.sha.hexdigest(),
-            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "jaxvoice_version": __version__,
-        }
+        with contextlib.closing(sink):
+            sources = fill(sink)
+        meta = describe_symbols(sink.length, sink.sha.hexdigest(), codec, rate, val_frac, test_frac, sources)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         _replace_dir(tmp, out_dir)
     except BaseException as e:
@@ -316,3 +331,16 @@ def prepare(
             ) from None
         raise
     return meta
+
+
+def write_corpus(corpus, out_dir: str | os.PathLike) -> dict:
+    """Write a corpus made in memory (`corpus.from_array`) as the folder `out_dir`; returns its meta."""
+    meta = corpus.meta
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir, force=False)
+
+    def fill(sink: _Sink) -> list[dict]:
+        sink.write(corpus.data)
+        return meta["sources"]
+
+    return _write(out_dir, fill, meta["codec"], meta["rate"], meta["val_frac"], meta["test_frac"])

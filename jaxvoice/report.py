@@ -5,11 +5,9 @@ plot.plot_run), samples/ (the WAVs, each with an <audio> player) and report_file
 spectrogram image per sample and for a corpus excerpt, and the excerpt as a WAV). So the run folder can be
 copied anywhere and opened without a network; the page has no script at all.
 
-Every spectrogram uses the same analysis (a Hann window of ~46 ms, 75% overlap), the same level reference
-(0 dBFS = a full-scale sine) and the same colour range DB_RANGE, and every waveform the same [-1, 1]
-axis, so the images compare directly. Reading only files (config.toml, corpus.json, train.csv, val.csv,
-the corpus's data.u8, samples/), this module never imports JAX. Regenerating is the expected use:
-report.html and its images are replaced atomically (temporary file + rename).
+The images are `jaxvoice.clips`' (one analysis and one colour scale for all). Reading only files
+(config.toml, corpus.json, train.csv, val.csv, the corpus's data.u8, samples/), this module never imports
+JAX. Regenerating is the expected use: report.html and its images are replaced atomically.
 """
 
 from __future__ import annotations
@@ -26,15 +24,13 @@ from urllib.parse import quote
 
 import numpy as np
 
-from jaxvoice import __version__, audio, codec, csvlog, files, paths, plot
+from jaxvoice import __version__, audio, clips, codec, csvlog, files, paths, plot
 from jaxvoice.errors import UserError
 
 REPORT_FILE = "report.html"
 FILES_DIR = "report_files"
-DB_RANGE = (-90.0, 0.0)  # dBFS, the colour scale of every spectrogram
 EXCERPT_SECONDS = 4.0  # of the corpus, from the start of its val split
 MAX_SHOW_SECONDS = 10.0  # of each sample drawn (the player plays all of it)
-IMAGE_SIZE = (1000, 330)  # pixels
 _STEP = re.compile(r"(?:^|[^0-9A-Za-z])step_(\d+)(?![0-9])")  # step_40.wav, best_step_40_10s.wav
 
 
@@ -42,15 +38,6 @@ _STEP = re.compile(r"(?:^|[^0-9A-Za-z])step_(\d+)(?![0-9])")  # step_40.wav, bes
 class Report:
     path: Path
     notes: list[str]  # what is missing or could not be shown
-
-
-def order0_bits(symbols) -> float:
-    """Entropy in bits/sample of the symbols' own histogram: the best any model without context can do."""
-    counts = np.bincount(np.asarray(symbols, np.uint8).ravel(), minlength=codec.NUM_SYMBOLS)
-    if counts.sum() == 0:
-        return float("nan")
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log2(p)).sum())
 
 
 # ---- reading the run ---------------------------------------------------------------------------------------
@@ -106,80 +93,6 @@ def _corpus_data(meta: dict, notes: list[str]) -> np.ndarray | None:
     if meta["length"] == 0:
         return None
     return np.memmap(path, dtype=np.uint8, mode="r")
-
-
-def _read_head(path: Path, seconds: float) -> tuple[np.ndarray, int, float]:
-    """The first `seconds` of an audio file as float32 mono, its rate and its full length in seconds."""
-    info = audio.probe(path)
-    blocks, have = [], 0
-    want = int(seconds * info.rate)
-    for block in audio.stream_mono(path, info.rate):
-        blocks.append(block)
-        have += len(block)
-        if have >= want:
-            break
-    return np.concatenate(blocks)[:want], info.rate, info.seconds
-
-
-# ---- images ------------------------------------------------------------------------------------------------
-
-
-def spectrogram_db(x: np.ndarray, rate: int) -> tuple[np.ndarray, int, int]:
-    """|STFT| in dBFS (a full-scale sine peaks at 0 dB), frequency x frame; returns (db_FxT, n_fft, hop)."""
-    n_fft = 1 << max(6, round(math.log2(0.046 * rate)))  # ~46 ms: 512 at 11025 Hz
-    hop = n_fft // 4
-    x = np.asarray(x, np.float64)
-    if len(x) < n_fft:
-        x = np.pad(x, (0, n_fft - len(x)))
-    window = np.hanning(n_fft)
-    frames_TxN = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop] * window
-    magnitude = np.abs(np.fft.rfft(frames_TxN, axis=-1)) / (window.sum() / 2)
-    return 20.0 * np.log10(np.maximum(magnitude, 1e-10)).T, n_fft, hop
-
-
-def _min_max_columns(x: np.ndarray, columns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per pixel column, the min and max of the samples in it (a waveform's outline at any length)."""
-    columns = max(1, min(columns, len(x)))
-    starts = np.linspace(0, len(x), columns, endpoint=False).astype(np.int64)
-    return starts, np.minimum.reduceat(x, starts), np.maximum.reduceat(x, starts)
-
-
-def clip_figure(x: np.ndarray, rate: int, title: str):
-    """A matplotlib Figure (Agg) of the waveform over the spectrogram of mono audio `x` at `rate`."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    width, height = IMAGE_SIZE
-    dpi = 100
-    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi, facecolor="white")
-    FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(2, 2, height_ratios=(1, 3), width_ratios=(60, 1), left=0.065, right=0.93,
-                            top=0.9, bottom=0.13, hspace=0.08, wspace=0.02)  # fmt: skip
-    wave, spec, bar = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[1, 1])
-    seconds = max(len(x), 1) / rate
-    starts, lo, hi = _min_max_columns(np.asarray(x, np.float32), 2 * width)
-    wave.fill_between(starts / rate, lo, hi, color="#1f77b4", lw=0.6, step="post")
-    wave.set(xlim=(0, seconds), ylim=(-1, 1), yticks=[-1, 0, 1])
-    wave.tick_params(labelbottom=False, labelsize=8)
-    wave.set_title(title, fontsize=10, loc="left")
-    db_FxT, n_fft, hop = spectrogram_db(x, rate)
-    image = spec.imshow(
-        db_FxT, origin="lower", aspect="auto", cmap="magma", vmin=DB_RANGE[0], vmax=DB_RANGE[1],
-        extent=(0, ((db_FxT.shape[1] - 1) * hop + n_fft) / rate, 0, rate / 2000), interpolation="nearest",
-    )  # fmt: skip
-    spec.set_xlim(0, seconds)
-    spec.set_xlabel("seconds", fontsize=9)
-    spec.set_ylabel("kHz", fontsize=9)
-    spec.tick_params(labelsize=8)
-    colorbar = fig.colorbar(image, cax=bar)
-    colorbar.set_label("dBFS", fontsize=8)
-    colorbar.ax.tick_params(labelsize=7)
-    return fig
-
-
-def draw_clip(x: np.ndarray, rate: int, out: Path, title: str) -> Path:
-    """clip_figure into the PNG `out`, written atomically."""
-    return plot.save_png(clip_figure(x, rate, paths.shown(title)), out)
 
 
 # ---- HTML --------------------------------------------------------------------------------------------------
@@ -239,7 +152,7 @@ def _clip_html(
         parts.append(f'<audio controls preload="metadata" src="{_url(audio_rel)}"></audio>')
     if image_rel:
         parts.append(f'<img src="{_url(image_rel)}" alt="waveform and spectrogram of {_e(title)}" '
-                     f'width="{IMAGE_SIZE[0]}" height="{IMAGE_SIZE[1]}">')  # fmt: skip
+                     f'width="{clips.IMAGE_SIZE[0]}" height="{clips.IMAGE_SIZE[1]}">')  # fmt: skip
     return "".join(parts) + "</div>"
 
 
@@ -298,7 +211,7 @@ def _corpus_clip(corpus, files_dir: Path, made: set[str], notes: list[str]) -> s
     audio.write_wav(
         files_dir / "corpus_excerpt.wav", symbols if meta["codec"] == "linear" else x, meta["rate"]
     )
-    draw_clip(x, meta["rate"], files_dir / "corpus_excerpt.png", "corpus excerpt")
+    clips.draw_clip(x, meta["rate"], files_dir / "corpus_excerpt.png", "corpus excerpt")
     made.update({"corpus_excerpt.wav", "corpus_excerpt.png"})
     detail = (
         f"{len(symbols) / meta['rate']:.2f} s from {where}, as the network sees it ({meta['codec']} 8-bit)"
@@ -310,7 +223,7 @@ def _corpus_clip(corpus, files_dir: Path, made: set[str], notes: list[str]) -> s
 
 def _sample_clips(samples: list[Path], val: dict, files_dir: Path, made: set[str], notes: list[str]):
     """A clip (player + image) per sample; returns the HTML and, per sample, whether it plays."""
-    clips, playable = [], {}
+    blocks, playable = [], {}
     names: set[str] = set()
     for path in samples:
         rel = f"samples/{path.name}"
@@ -320,23 +233,23 @@ def _sample_clips(samples: list[Path], val: dict, files_dir: Path, made: set[str
             what.append(f"val {_bits(val[step][1])} bits/sample")
         if path.suffix.lower() not in audio.AUDIO_EXTENSIONS:  # e.g. a bytes corpus's .bin
             detail = "; ".join([*what, "raw bytes, not audio"])
-            clips.append(_clip_html(path.name, detail, None, None, file_rel=rel))
+            blocks.append(_clip_html(path.name, detail, None, None, file_rel=rel))
             playable[path] = False
             continue
         try:
-            x, rate, seconds = _read_head(path, MAX_SHOW_SECONDS)
+            x, rate, seconds = clips.read_head(path, MAX_SHOW_SECONDS)
         except UserError as e:
             notes.append(f"{rel} cannot be shown: {e}")
             playable[path] = False
             continue
         image = f"sample_{_safe_name(path.stem, names)}.png"
-        draw_clip(x, rate, files_dir / image, path.name)
+        clips.draw_clip(x, rate, files_dir / image, path.name)
         made.add(image)
         shown = "" if seconds <= MAX_SHOW_SECONDS else f", the image shows the first {MAX_SHOW_SECONDS:g} s"
         what.append(f"{_duration(seconds)} at {rate} Hz{shown}")
-        clips.append(_clip_html(path.name, "; ".join(what), rel, f"{FILES_DIR}/{image}"))
+        blocks.append(_clip_html(path.name, "; ".join(what), rel, f"{FILES_DIR}/{image}"))
         playable[path] = True
-    return "".join(clips), playable
+    return "".join(blocks), playable
 
 
 def _checkpoint_table(steps: list[int], val: dict, samples: list[Path], playable: dict) -> str:
@@ -443,7 +356,7 @@ def _build(run: Path, config: dict, notes: list[str], train, steps: list[int], v
     entropy = {}
     corpus_clip = ""
     if corpus is not None:
-        entropy = {s: order0_bits(corpus.split(s)) for s in ("val", "test") if len(corpus.split(s))}
+        entropy = {s: clips.order0_bits(corpus.split(s)) for s in ("val", "test") if len(corpus.split(s))}
         corpus_clip = _corpus_clip(corpus, files_dir, made, notes)
 
     sample_dir = run / "samples"
@@ -460,12 +373,12 @@ def _build(run: Path, config: dict, notes: list[str], train, steps: list[int], v
         notes.append(
             f"no samples yet: make them with jaxvoice sample --run {run} --checkpoint all --seconds 2"
         )
-    clips, playable = _sample_clips(samples, val, files_dir, made, notes)
+    sample_blocks, playable = _sample_clips(samples, val, files_dir, made, notes)
     unsampled = [s for s in steps if not any(_sample_step(p) == s for p in samples)]
     if samples and unsampled:
         notes.append(f"checkpoint steps without a sample: {', '.join(map(str, unsampled))}")
 
-    page = _page(run, config, info, train, val, steps, entropy, notes, plots, corpus_clip, clips,
+    page = _page(run, config, info, train, val, steps, entropy, notes, plots, corpus_clip, sample_blocks,
                  _checkpoint_table(steps, val, samples, playable) if steps else "<p>No checkpoints yet.</p>")  # fmt: skip
     out = run / REPORT_FILE
     try:
@@ -534,7 +447,9 @@ def _name(run: Path) -> str:
     return "/".join(run.resolve().parts[-2:])
 
 
-def _page(run, config, info, train, val, steps, entropy, notes, plots, corpus_clip, clips, table) -> str:
+def _page(
+    run, config, info, train, val, steps, entropy, notes, plots, corpus_clip, sample_blocks, table
+) -> str:
     name = _name(run)
     now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     notes_html = ""
@@ -558,10 +473,10 @@ def _page(run, config, info, train, val, steps, entropy, notes, plots, corpus_cl
 <h2>Checkpoints</h2>
 {table}
 <h2>Listen and look</h2>
-<p class="sub">Every spectrogram: Hann window of ~46 ms, 75% overlap, colours from {DB_RANGE[0]:g} to {DB_RANGE[1]:g} dBFS
+<p class="sub">Every spectrogram: Hann window of ~46 ms, 75% overlap, colours from {clips.DB_RANGE[0]:g} to {clips.DB_RANGE[1]:g} dBFS
 (0 dBFS = a full-scale sine); every waveform on the same -1..1 axis. So they compare directly.</p>
 {corpus_clip}
-{clips or "<p>No samples yet.</p>"}
+{sample_blocks or "<p>No samples yet.</p>"}
 <h2>Config</h2>
 <div class="tables">{config_tables}</div>
 <h2>Corpus</h2>

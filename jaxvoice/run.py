@@ -101,11 +101,17 @@ class Run:
     def create(
         cls, path: str | Path, config: config_lib.Config, corpus: corpus_lib.Corpus | str | Path
     ) -> Run:
-        """A new run in `path` (absent or an empty folder): writes its config.toml and corpus.json."""
+        """A new run in `path` (absent or an empty folder): writes its config.toml and corpus.json. A corpus
+        made in memory (`corpus.from_array`) is written into the run first, as RUN/corpus/."""
         corpus = corpus if isinstance(corpus, corpus_lib.Corpus) else _open_checked(corpus, None, "")
         run_dir = Path(path)
         _existing_run(run_dir, resume=False)  # refuses anything but an absent or empty folder
         train_streams(corpus.split("train"), config.train.batch_size, config.train.seq_length)
+        if corpus.path is None:
+            from jaxvoice import preparing
+
+            preparing.write_corpus(corpus, run_dir / "corpus")
+            corpus = _open_checked(run_dir / "corpus", None, "")
         run = cls(run_dir, config, corpus, new=True)
         create(run)
         return replace(run, new=False)

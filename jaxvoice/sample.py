@@ -1,4 +1,4 @@
-"""Generation: a trained stack run forward one symbol at a time, in chunks of steps inside one `lax.scan`.
+"""Generation: a trained model run forward one symbol at a time, in chunks of steps inside one `lax.scan`.
 
 `generate` yields uint8 chunks [B, n] (B parallel streams). Each chunk of `chunk` steps is one jitted call
 (sampling included: no host round trip per symbol); chunks are chained by carrying (state, last token) and
@@ -8,16 +8,15 @@ trimmed), so a model compiles once per (model, streams, chunk, sampler) whatever
 
 Randomness is a function of (key, stream, absolute step) only: u[b, t] = uniform(fold_in(fold_in(key, b), t)),
 so the same seed gives the same bytes for any chunk size, and streams differ. A symbol is drawn from the
-uniform by inverse CDF (the count of cumulative probabilities <= u * total), which is ~2x cheaper per step
-than `jax.random.categorical` and lets the uniforms of a whole chunk be drawn in one vectorised call.
+uniform by inverse CDF (the count of cumulative probabilities <= u * total), cheaper per step than
+`jax.random.categorical`, and the uniforms of a whole chunk are drawn in one vectorised call.
 
-The step used here is the LSTM step of `model.step` rearranged for speed (see `sampling_params`):
-layer 0's input projection is a row of a (embed @ W_x + b) table, each gate row is one tanh (sigmoid(x) =
-(1 + tanh(x / 2)) / 2, with the halving folded exactly into the weights), and layers above 0 do one GEMV
-over [x, h]; the weights' layout (and optionally bfloat16 weights) is chosen per stream count (`Layout`):
-at 1-2 streams on one CPU device the products run in jaxvoice's own kernel (`packed_matmul`), which reads
-the weights 1.4-2.6x faster than XLA's CPU dot. GRU/RNN stacks and bfloat16 compute use `model.step`
-itself. Both are tested against `model.step`.
+Any model steps with `model.step`. A float32 LSTM stack with `model.kernels = "auto"` steps with
+`fast_step`, its step rearranged for speed (`sampling_params`): layer 0's input projection is a row of an
+(embed @ W_x + b) table, each gate row is one tanh (sigmoid(x) = (1 + tanh(x / 2)) / 2, the halving folded
+exactly into the weights), layers above 0 do one product over [x, h], and the weights' layout (`Layout`) is
+chosen per stream count, on a CPU in jaxvoice's own kernel (`packed_matmul`). Tested against `model.step`;
+figures in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -94,14 +93,12 @@ class Layout(NamedTuple):
     """How the fast step stores its weights. Static: each distinct value compiles its own chunk function.
 
     `packed` stores each product's weights in 16-column panels for jaxvoice's own CPU kernel
-    (`packed_matmul`), which streams them 1.4x (float32) to 2.6x (bfloat16) faster than XLA's CPU dot at one
-    stream, and at 3+ streams (with AVX-512) computes 8 streams x 32 columns per pass over a weight row, 1.4-1.6x
-    the samples/s of XLA's GEMM on voice_2016; used on one CPU device where the kernel is built, at any number of
-    streams with AVX-512 and at up to `PACKED_MAX_STREAMS` without.
-    Otherwise `transposed` keeps each product's weights as [out, in] rows, which XLA's CPU matrix-vector
-    product streams ~30% faster at one stream (at 4+ streams [in, out] is faster in float32).
-    `weights` "bfloat16" rounds the weights (not the state, sums or sampling) to bfloat16: half the bytes to
-    read per step; a slightly different model."""
+    (`packed_matmul`), which streams them faster than XLA's CPU dot at one stream and, with AVX-512, computes
+    many streams per pass over a weight row; used on one CPU device where the kernel is built, at any number
+    of streams with AVX-512 and at up to `PACKED_MAX_STREAMS` without. Otherwise `transposed` keeps each
+    product's weights as [out, in] rows, which XLA's CPU matrix-vector product streams faster at one stream
+    (from a few streams on [in, out] is faster). `weights` "bfloat16" rounds the weights (not the state, sums
+    or sampling) to bfloat16: half the bytes to read per step; a slightly different model."""
 
     transposed: bool = False
     weights: str = "float32"
@@ -109,10 +106,7 @@ class Layout(NamedTuple):
 
 
 DEFAULT_LAYOUT = Layout()
-# Without AVX-512 (measured with the kernel's AVX2 tiles, bench_sample's products): at 4 streams the kernel
-# wins on voice_2016 and loses on small; from 8 on XLA's GEMM wins everywhere. With AVX-512 the kernel won at
-# every count measured (4-64 streams; voice_2016 float32 at 16: 4,891 -> 7,038 samples/s, at 64: 6,625 ->
-# 9,925; small float32 at 64: 81,097 -> 83,311).
+# Without AVX-512 the kernel's AVX2 tiles lost to XLA's GEMM from a few streams on (docs/performance.md).
 PACKED_MAX_STREAMS = 2
 
 

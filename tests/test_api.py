@@ -154,3 +154,17 @@ def test_importing_jaxvoice_changes_no_logger_hook_or_signal_handler():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_a_corpus_from_memory_trains_and_the_run_holds_it(tmp_path):
+    t = np.arange(40_000)
+    symbols = (128 + 90 * np.sin(2 * np.pi * t / 37)).astype(np.uint8)
+    corpus = jaxvoice.corpus_from_array(symbols, rate=8000)
+    assert corpus.path is None and corpus.meta["length"] == 40_000 and len(corpus.split("val")) == 4_000
+    run = jaxvoice.Run.create(tmp_path / "mem", jaxvoice.load_config("tiny", SMALL), corpus)
+    assert (run.path / "corpus" / "data.u8").read_bytes() == symbols.tobytes()
+    assert run.corpus.meta["sha256"] == corpus.meta["sha256"]
+    jaxvoice.fit(run, steps=2)
+    assert run_jaxvoice("eval", "--run", run.path, "--json").returncode == 0
+    with pytest.raises(jaxvoice.UserError, match="uint8"):
+        jaxvoice.corpus_from_array(symbols.astype(np.int16))

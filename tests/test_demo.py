@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import assert_user_error, run_jaxvoice, sawtooth
 
-from jaxvoice import audio, checkpoint, codec, corpus, demo, report, synth
+from jaxvoice import audio, checkpoint, clips, codec, corpus, demo, synth
 
 RATE = synth.RATE
 
@@ -149,7 +149,7 @@ def test_short_demo_writes_every_promised_file(short_demo):
     # What it prints: where everything is, the figures, and last the report to open.
     lines = proc.stdout.strip().splitlines()
     assert lines[-1] == str(run / "report.html")
-    order0 = report.order0_bits(data.split("val"))
+    order0 = clips.order0_bits(data.split("val"))
     assert f"val {order0:.3f}" in proc.stdout
     figures = re.search(r"held-out loss at step (\d+): val ([\d.]+) bits/sample", proc.stdout)
     assert figures and int(figures[1]) == best and float(figures[2]) == pytest.approx(val[best], abs=6e-4)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import assert_user_error, run_jaxvoice
 
-from jaxvoice import audio, checkpoint, corpus, report, synth
+from jaxvoice import audio, checkpoint, clips, corpus, report, synth
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -108,7 +108,7 @@ def test_report_in_headless_chromium_loads_every_image_and_plays_every_sample(ru
     for src, complete, width in images:
         assert complete and width > 0, src
     widths = {Path(src).name: width for src, _, width in images}
-    assert widths["loss.png"] == 2000 and widths["corpus_excerpt.png"] == report.IMAGE_SIZE[0]
+    assert widths["loss.png"] == 2000 and widths["corpus_excerpt.png"] == clips.IMAGE_SIZE[0]
     # An <audio> per sample in the checkpoint table (step 20 has 1, step 40 has 2) and per clip (4).
     assert len(durations) == 3 + 4
     for src, duration, error in durations:
@@ -214,9 +214,9 @@ def test_bad_runs_are_one_line_errors(tmp_path):
 
 
 def test_order0_entropy():
-    assert report.order0_bits(np.arange(256, dtype=np.uint8).repeat(3)) == pytest.approx(8.0)
-    assert report.order0_bits(np.full(100, 7, np.uint8)) == 0.0
-    assert report.order0_bits(np.array([1, 2, 1, 2, 3, 3, 3, 3], np.uint8)) == pytest.approx(1.5)
+    assert clips.order0_bits(np.arange(256, dtype=np.uint8).repeat(3)) == pytest.approx(8.0)
+    assert clips.order0_bits(np.full(100, 7, np.uint8)) == 0.0
+    assert clips.order0_bits(np.array([1, 2, 1, 2, 3, 3, 3, 3], np.uint8)) == pytest.approx(1.5)
 
 
 def test_spectrograms_share_one_calibrated_colour_scale(tmp_path):
@@ -225,12 +225,12 @@ def test_spectrograms_share_one_calibrated_colour_scale(tmp_path):
     t = np.arange(rate) / rate
     for amplitude, expected in [(1.0, 0.0), (0.1, -20.0)]:
         x = amplitude * np.sin(2 * np.pi * (1000 + 0.37) * t)
-        db, n_fft, _ = report.spectrogram_db(x, rate)
+        db, n_fft, _ = clips.spectrogram_db(x, rate)
         bin_1000 = round(1000 * n_fft / rate)
         assert db[bin_1000 - 1 : bin_1000 + 2].max(axis=0).mean() == pytest.approx(expected, abs=1.5)
     loud, quiet = np.sin(2 * np.pi * 440 * t), 0.01 * np.sin(2 * np.pi * 440 * t)
     for x in (loud, quiet, np.zeros(rate // 3)):
-        fig = report.clip_figure(x.astype(np.float32), rate, "clip")
+        fig = clips.clip_figure(x.astype(np.float32), rate, "clip")
         spectrogram = [ax for ax in fig.axes if ax.images][0]
-        assert spectrogram.images[0].get_clim() == report.DB_RANGE
+        assert spectrogram.images[0].get_clim() == clips.DB_RANGE
         assert [ax for ax in fig.axes if ax.lines or ax.collections][0].get_ylim() == (-1.0, 1.0)
