@@ -28,9 +28,14 @@ class ModelConfig:
     wordvec_size: int = 64
     dropout: float = 0.0  # between layers, training only
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
-    kernels: str = (
-        "auto"  # auto: the fast implementations (jaxvoice.fast) where they apply | xla: the equations
-    )
+    kernels: str = "auto"  # auto: the fast implementations (jaxvoice.fast) | xla: the cells' equations
+    # kind = "tiered" (SampleRNN's frame-level tier, jaxvoice.tiered): cell x rnn_size x num_layers step once
+    # per frame; wordvec_size is the sample embedding
+    frame_size: int = 16  # samples per frame (train.seq_length must be a multiple)
+    frame_input: str = "scaled"  # scaled: the frame's samples in [-2, 2] | embedded: their wordvecs
+    sample_level: str = "mlp"  # mlp: over the last frame_size samples | rnn: one cell layer over every sample
+    sample_size: int = 256  # width of the sample level
+    sample_layers: int = 2  # the MLP's hidden layers
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,7 @@ class TrainConfig:
     checkpoint_every: int = 1000  # steps
     keep_checkpoints: int = 3  # newest K kept, plus the best by val loss
     seed: int = 123
+    sample_seconds: float = 0.0  # at every checkpoint, RUN/samples/step_N.wav of this length (0: off)
 
 
 @dataclass(frozen=True)
@@ -142,6 +148,9 @@ def _validate(cfg: Config) -> Config:
         "model.rnn_size",
         "model.num_layers",
         "model.wordvec_size",
+        "model.frame_size",
+        "model.sample_size",
+        "model.sample_layers",
         "train.batch_size",
         "train.seq_length",
         "train.lr_decay_every",
@@ -165,6 +174,10 @@ def _validate(cfg: Config) -> Config:
         (cfg.train.grad_clip > 0, "train.grad_clip must be positive"),
         (0.0 < cfg.train.lr_decay_factor <= 1.0, "train.lr_decay_factor must be in (0, 1]"),
         (cfg.sample.temperature > 0, "sample.temperature must be > 0"),
+        (
+            math.isfinite(cfg.train.sample_seconds) and 0 <= cfg.train.sample_seconds <= 3600,
+            "train.sample_seconds must be from 0 (off) to 3600",
+        ),
         (cfg.sample.top_k >= 0, "sample.top_k must be >= 0 (0 turns it off)"),
         (0.0 < cfg.sample.top_p <= 1.0, "sample.top_p must be in (0, 1]"),
         (cfg.sample.length >= 0, "sample.length must be >= 0"),
@@ -175,6 +188,12 @@ def _validate(cfg: Config) -> Config:
     from jaxvoice import model  # the registries of model families and cells (and so JAX), only here
 
     model.check(cfg.model)
+    multiple = model.window_multiple(cfg.model)
+    if cfg.train.seq_length % multiple:
+        raise UserError(
+            f"train.seq_length must be a multiple of {multiple} for model.kind {cfg.model.kind} "
+            f"(model.frame_size), got {cfg.train.seq_length}"
+        )
     check_seed(cfg.train.seed, "train.seed")
     check_seed(cfg.sample.seed, "sample.seed")
     for key in all_keys():  # sizes and counts end up in int32 shapes and step counters inside jit
@@ -250,6 +269,7 @@ RESUMABLE_CHANGES = frozenset(
         "train.eval_every",
         "train.checkpoint_every",
         "train.keep_checkpoints",
+        "train.sample_seconds",
         "model.kernels",
     }
 )

@@ -10,7 +10,6 @@ import dataclasses
 import json
 import math
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -76,14 +75,9 @@ def _train(corpus_dir: Path, run_dir: Path, minutes: float, quiet: bool, say) ->
     from jaxvoice.run import CONFIG_FILE, Run
 
     t0 = time.monotonic()
-    cfg = config.load(
-        "tiny",
-        [
-            f"train.eval_every={WARMUP_STEPS}",
-            f"train.checkpoint_every={WARMUP_STEPS}",
-            f"train.keep_checkpoints={N_EVALS + 3}",
-        ],
-    )  # fmt: skip  (keep them all)
+    every, keep_all = f"every={WARMUP_STEPS}", f"train.keep_checkpoints={N_EVALS + 3}"
+    sampled = f"train.sample_seconds={SHORT_SECONDS}"  # each checkpoint heard as it is saved
+    cfg = config.load("tiny", [f"train.eval_{every}", f"train.checkpoint_{every}", keep_all, sampled])
     run = Run.create(run_dir, cfg, corpus.open_corpus(corpus_dir))
 
     class Calibrate(loop.Hook):
@@ -110,7 +104,7 @@ def _train(corpus_dir: Path, run_dir: Path, minutes: float, quiet: bool, say) ->
             limit = max(remaining, 0.0) + 2.0 * MIN_CHECKPOINTS * WARMUP_STEPS / max(speed, 1.0)
             lp.until = target
             for hook in lp.hooks:
-                if isinstance(hook, hooks.Evaluate | hooks.Checkpoint):
+                if isinstance(hook, hooks.Evaluate | hooks.Checkpoint | hooks.Sample):
                     hook.every = interval
                 elif isinstance(hook, hooks.TimeBudget):
                     hook.deadline = time.monotonic() + limit
@@ -126,23 +120,21 @@ def _train(corpus_dir: Path, run_dir: Path, minutes: float, quiet: bool, say) ->
         raise Stopped(1) from e
 
 
-def _write_sample(run_dir: Path, which, seconds: float, name: str, quiet: bool):
-    """`seconds` of audio from one checkpoint into RUN/samples/<name with its step>; returns (restored, path)."""
+def _best_sample(run_dir: Path, seconds: float):
+    """`seconds` of audio from the best checkpoint into RUN/samples/best_step_<N>_<seconds>s.wav, with the
+    run's sampling settings (as `jaxvoice sample` would); returns (restored, path)."""
     import jax
 
-    from jaxvoice import checkpoint, sample
+    from jaxvoice import checkpoint, sample_files
 
-    restored = checkpoint.restore_for_inference(run_dir, which)
+    restored = checkpoint.restore_for_inference(run_dir, "best")
     cfg, meta = restored.config, restored.corpus_meta
-    path = run_dir / "samples" / name.format(step=restored.step)
+    path = run_dir / "samples" / f"best_step_{restored.step}_{seconds:g}s.wav"
     path.parent.mkdir(exist_ok=True)
-    chunks = sample.generate(
-        restored.params, cfg.model, jax.random.key(cfg.sample.seed), length=round(seconds * meta["rate"]),
-        temperature=cfg.sample.temperature, chunk=cfg.sample.chunk,
+    sample_files.sample_to_files(
+        restored.params, cfg.model, cfg.sample, meta, [path], length=round(seconds * meta["rate"]),
+        key=jax.random.key(cfg.sample.seed),
     )  # fmt: skip
-    with sample.SymbolWriter(path, meta["codec"], meta["rate"]) as writer:
-        for chunk_1xN in chunks:
-            writer.write(chunk_1xN[0])
     return restored, path
 
 
@@ -154,7 +146,11 @@ def _test_bits(run_dir: Path, restored) -> float:
     test = run_lib.open_run_corpus(run_dir).split("test")
     cfg = restored.config
     loss = train.evaluate(
-        restored.params, cfg.model, streams.eval_streams(test, cfg.train.batch_size, cfg.train.seq_length)
+        restored.params,
+        cfg.model,
+        streams.eval_streams(
+            test, cfg.train.batch_size, cfg.train.seq_length, model.window_multiple(cfg.model)
+        ),
     )
     return loss * model.BITS_PER_NAT
 
@@ -170,8 +166,6 @@ def run_demo(
 ) -> dict:  # fmt: skip
     """Synthesise, prepare, train, sample, plot and report into `out`; returns what demo.json records.
     `say(line)` hears what the command prints; without `quiet`, progress bars show on a terminal."""
-    from tqdm import tqdm
-
     from jaxvoice import checkpoint, clips, corpus, report
 
     check_settings(minutes, seconds, seed)
@@ -200,15 +194,9 @@ def run_demo(
 
     steps = checkpoint.available_steps(run_dir)
     say(
-        f"[3/4] sampling {SHORT_SECONDS:g} s from each checkpoint ({len(steps)}) and {BEST_SECONDS:g} s from the best"
+        f"[3/4] {BEST_SECONDS:g} s from the best checkpoint (each of the {len(steps)} was sampled as it was saved)"
     )
-    for step in tqdm(
-        steps, desc="sample", unit="checkpoint", disable=True if quiet else None, file=sys.stderr
-    ):
-        _write_sample(run_dir, step, SHORT_SECONDS, "step_{step}.wav", quiet)
-    best, best_wav = _write_sample(
-        run_dir, "best", BEST_SECONDS, f"best_step_{{step}}_{BEST_SECONDS:g}s.wav", quiet
-    )
+    best, best_wav = _best_sample(run_dir, BEST_SECONDS)
 
     say("[4/4] plots and report")
     made = report.build(run_dir, force=True)  # the demo made this run itself

@@ -62,9 +62,8 @@ def _linear_tangent(forward: Callable, transpose: Callable, residuals, tangents:
 
 
 def _transposed(x_TxBxK):
-    """x as [K, T * B], the lhs of a weight gradient's GEMM."""
-    T, B, K = x_TxBxK.shape
-    x_KxN = x_TxBxK.reshape(T * B, K).T
+    """x ([..., K], e.g. [T, B, K]) as [K, N] (N all the rows), the lhs of a weight gradient's GEMM."""
+    x_KxN = x_TxBxK.reshape(-1, x_TxBxK.shape[-1]).T
     if jax.default_backend() == "cpu":
         # XLA would fold the transpose into the dot, and a dot that contracts the lhs's rows is not one for
         # YNNPACK but for Eigen, slower per FLOP; copying x^T out first costs less. Accelerators' GEMMs take
@@ -82,16 +81,17 @@ def _weight_grad(x_KxN, dy_TxBxG, dtype):
 
 
 def _input_grad(dy_TxBxV, w_KxV):
-    """dy @ w^T (YNNPACK takes the transposed rhs as it is)."""
+    """dy @ w^T (YNNPACK takes the transposed rhs as it is); dy of any rank, its last axis V."""
     return jax.lax.dot_general(
-        dy_TxBxV.astype(w_KxV.dtype), w_KxV, (((2,), (1,)), ((), ())),
+        dy_TxBxV.astype(w_KxV.dtype), w_KxV, (((dy_TxBxV.ndim - 1,), (1,)), ((), ())),
         preferred_element_type=jnp.promote_types(w_KxV.dtype, jnp.float32),
     )  # fmt: skip
 
 
 @partial(jax.custom_jvp)
 def projection(x_TxBxK: jax.Array, w_KxV: jax.Array) -> jax.Array:
-    """x @ w (float32 sums) whose reverse pass computes dW as one GEMM over a copied x^T."""
+    """x @ w (float32 sums; x of any rank, e.g. [T, B, K]) whose reverse pass computes dW as one GEMM over
+    a copied x^T."""
     return _dot(x_TxBxK, w_KxV)
 
 

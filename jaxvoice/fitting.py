@@ -19,7 +19,7 @@ import jax
 
 from jaxvoice import checkpoint, logs, model, parallel, train
 from jaxvoice.errors import UserError
-from jaxvoice.hooks import Checkpoint, Evaluate, TimeBudget, TrainLog, checkpoint_saver
+from jaxvoice.hooks import Checkpoint, Evaluate, Sample, TimeBudget, TrainLog, checkpoint_saver
 from jaxvoice.loop import Hook, train_loop
 from jaxvoice.run import Run
 from jaxvoice.streams import Streams, eval_streams, train_streams
@@ -55,7 +55,7 @@ def fit(
 ) -> FitResult:
     """Train `run` until step `steps` in total (default: train.max_epochs epochs), for `minutes` of wall time,
     or until a hook stops it, evaluating every train.eval_every steps and saving every train.checkpoint_every
-    and at the end. Raises `loop.Diverged` (NaN/Inf; the last good checkpoint stays), `hooks.SaveFailed`
+    and at the end (and, with train.sample_seconds, sampling each checkpoint into RUN/samples/). Raises `loop.Diverged` (NaN/Inf; the last good checkpoint stays), `hooks.SaveFailed`
     (the disk is full or gone; the previous checkpoint stays), UserError for what the user can fix."""
     cfg, say = run.config, say or (lambda message: None)
     B, T = cfg.train.batch_size, cfg.train.seq_length
@@ -66,7 +66,8 @@ def fit(
     streams = Streams(streams.data, B, T, first_stream=first, num_local=count)  # this process's streams
     steps_per_epoch = streams.steps
     val_data = run.corpus.split("val")
-    val = eval_streams(val_data, B, T) if len(val_data) > 1 else None
+    multiple = model.window_multiple(cfg.model)
+    val = eval_streams(val_data, B, T, multiple) if len(val_data) > multiple else None
     primary = jax.process_index() == 0  # only process 0 writes logs
 
     state = train.init_state(cfg, steps_per_epoch, B)
@@ -113,6 +114,9 @@ def fit(
             val_log.close()
         save = checkpoint_saver(mngr, meta, logs_to_sync=(train_log, val_log))
         standard.append(Checkpoint(save, cfg.train.checkpoint_every))
+        if cfg.train.sample_seconds > 0 and primary:
+            sample_log = logs.CsvLog(run.samples_csv, logs.SAMPLE_COLUMNS, keep_through_step=start)
+            standard.append(Sample(run, cfg.train.sample_seconds, sample_log))
         if minutes is not None:
             standard.append(TimeBudget(minutes))
 

@@ -3,19 +3,22 @@
 - `TrainLog`: train.csv, one row per step: step, epoch, loss, bits, lr, grad_norm, tokens_per_s, wall_s.
 - `Evaluate`: the held-out loss every `every` steps and at the end (not after a Ctrl-C), into val.csv.
 - `Checkpoint`: an orbax checkpoint every `every` steps and at any end, with the val loss of that step.
+- `Sample`: at every checkpoint, a few seconds of audio from the params just saved (train.sample_seconds).
 - `TimeBudget`: stop after so many minutes (the end hooks still evaluate and save).
 - `Progress`: a tqdm bar on stderr with the loss and speed, and the evaluations as lines.
-Order matters where one reads another's result: Evaluate before Checkpoint (`run.fit` does this).
+Order matters where one reads another's result: Evaluate, then Checkpoint, then Sample (`fit` does this).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 from jaxvoice import checkpoint, logs, model
+from jaxvoice.errors import UserError
 from jaxvoice.loop import Hook, Loop
 
 
@@ -108,6 +111,67 @@ class Checkpoint(Hook):
     def on_end(self, loop: Loop) -> None:
         if self.last_step != loop.step:
             self._save(loop)
+
+
+class Sample(Hook):
+    """At every checkpoint, right after it is saved, `seconds` of audio from the params just saved, into
+    RUN/samples/step_N.wav exactly as `jaxvoice sample --checkpoint N --seconds S` writes it (the run's
+    sample.* settings and seed), so a run can be heard as it learns. The time it takes goes to
+    RUN/samples.csv (step, audio seconds, seconds taken), not into tokens/s. A sample file that is already
+    there is never replaced, and a run resumed from a checkpoint whose sample was cut off writes it then, so
+    each checkpoint's sample is written once. Goes after `Checkpoint` in the hooks."""
+
+    def __init__(self, run, seconds: float, log: logs.CsvLog | logs.NullLog):
+        meta = run.corpus.meta
+        if meta["codec"] == "bytes":
+            raise UserError("train.sample_seconds needs an audio corpus; this run's corpus is raw bytes")
+        self.run, self.log, self.every = (
+            run,
+            log,
+            run.config.train.checkpoint_every,
+        )  # the checkpoints' cadence
+        self.length = max(1, round(seconds * meta["rate"]))
+        self.done: set[int] = set()
+
+    def on_start(self, loop: Loop) -> None:
+        if loop.start_step in self.run.checkpoints():  # resumed from it: its sample may have been cut off
+            self._write(loop)
+
+    def _write(self, loop: Loop) -> None:
+        import jax
+
+        from jaxvoice import sample_files
+
+        step, cfg = loop.step, self.run.config
+        path = self.run.samples_dir / f"step_{step}{sample_files.extension(self.run.corpus.meta['codec'])}"
+        self.done.add(step)
+        if path.exists():
+            return
+        path.parent.mkdir(exist_ok=True)
+        t0 = time.monotonic()
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # the suffix names the format
+        try:
+            sample_files.sample_to_files(
+                loop.state.params, cfg.model, cfg.sample, self.run.corpus.meta, [tmp], length=self.length,
+                key=jax.random.key(cfg.sample.seed),
+            )  # fmt: skip
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.log.write(
+            step, round(self.length / self.run.corpus.meta["rate"], 6), round(time.monotonic() - t0, 3)
+        )
+        self.log.flush()
+
+    def _after_a_save(self, loop: Loop) -> None:
+        saved = [hook.last_step for hook in loop.hooks if isinstance(hook, Checkpoint)]
+        if loop.step in saved and loop.step not in self.done:
+            self._write(loop)
+
+    on_boundary = on_end = _after_a_save
+
+    def close(self) -> None:
+        self.log.close()
 
 
 class TimeBudget(Hook):

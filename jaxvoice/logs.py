@@ -16,6 +16,7 @@ from jaxvoice import files
 
 TRAIN_COLUMNS = ("step", "epoch", "loss", "bits", "lr", "grad_norm", "tokens_per_s", "wall_s")
 VAL_COLUMNS = ("step", "epoch", "val_loss", "val_bits")
+SAMPLE_COLUMNS = ("step", "audio_s", "sample_s")  # samples.csv: sampling while training, and its cost
 
 
 def _format(value) -> str:

@@ -35,13 +35,18 @@ BITS_PER_NAT = 1.0 / math.log(2.0)
 
 class Family(NamedTuple):
     """A model family: pure functions of (params, carry, cfg). `logits` is time-major (logits_TxBxV), the
-    layout the loss reads without a transpose. `check(cfg)` raises UserError for settings it cannot build."""
+    layout the loss reads without a transpose. `check(cfg)` raises UserError for settings it cannot build.
+    `window(cfg)`: the windows it reads (training, evaluation, priming) are a multiple of this many steps.
+    `sample_scan(params, carry, token_B, u_CxB, choose, cfg) -> (carry, token_B, tokens_CxB)`: its own
+    generation loop over C steps (`choose(logits_BxV, u_B) -> token_B`); by default `step` in a scan."""
 
     init_params: Callable[[jax.Array, ModelConfig], dict]
     init_carry: Callable[[ModelConfig, int], Any]
     logits: Callable[[dict, jax.Array, Any, ModelConfig, jax.Array | None], tuple[jax.Array, Any]]
     step: Callable[[dict, Any, jax.Array, ModelConfig], tuple[jax.Array, Any]]
     check: Callable[[ModelConfig], None] = lambda cfg: None
+    window: Callable[[ModelConfig], int] = lambda cfg: 1
+    sample_scan: Callable | None = None
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -54,11 +59,20 @@ def register_family(name: str, family: Family) -> None:
     _FAMILIES[name] = family
 
 
+def _builtin_families() -> None:
+    """The families that ship with jaxvoice but live in their own modules (imported on first use)."""
+    if "tiered" not in _FAMILIES:
+        import jaxvoice.tiered  # noqa: F401 (registers "tiered")
+
+
 def family_names() -> list[str]:
+    _builtin_families()
     return sorted(_FAMILIES)
 
 
 def get_family(cfg: ModelConfig) -> Family:
+    if cfg.kind not in _FAMILIES:
+        _builtin_families()
     try:
         return _FAMILIES[cfg.kind]
     except KeyError:
@@ -71,6 +85,11 @@ def get_family(cfg: ModelConfig) -> Family:
 def check(cfg: ModelConfig) -> None:
     """UserError for a model config that no registered family or cell can build."""
     get_family(cfg).check(cfg)
+
+
+def window_multiple(cfg: ModelConfig) -> int:
+    """Training, evaluation and priming windows are a multiple of this many symbols (1 for the stack)."""
+    return get_family(cfg).window(cfg)
 
 
 # --- the public functions -----------------------------------------------------------------------------------
@@ -172,43 +191,62 @@ def _uses_fast(cfg: ModelConfig, cell: cells.Cell) -> bool:
     return cfg.kernels == "auto" and cell.fast is not None
 
 
-def _stack_logits(params, tokens_BxT, carry, cfg, dropout_key):
-    """Time-major logits_TxBxV and the new carry, layer by layer: each layer's T steps at once."""
+def dense(cfg: ModelConfig, x: jax.Array, w: jax.Array) -> jax.Array:
+    """x @ w in the compute dtype (float32 sums) for a big whole-sequence product; with kernels "auto" on a
+    CPU its weight gradient is YNNPACK's GEMM (`fast.projection`)."""
+    w = w.astype(jnp.dtype(cfg.dtype))
+    on_cpu_fast = cfg.kernels == "auto" and jax.default_backend() == "cpu"  # a CPU-only GEMM trick
+    return fast.projection(x, w) if on_cpu_fast else cells.dot(x, w)
+
+
+def run_layers(cfg, layers: list, carry: tuple, table_RxI, index_TxB, masks=None):
+    """`cfg.cell` layers over T steps, each layer's steps at once: (hs_TxBxH of the last, new carry). The first
+    layer's inputs are rows of `table_RxI` by `index_TxB` ([T, B]; or with index None the T * B rows in
+    order); `masks[l]` (dropout, [T, B, H]) multiplies the input of layer l > 0."""
     cell, dtype = cells.get_cell(cfg.cell), jnp.dtype(cfg.dtype)
     layer_fn = cell.fast if _uses_fast(cfg, cell) else (lambda *a: _scan_layer(cell, *a))
-    B, T = tokens_BxT.shape
-    masks = None
-    if dropout_key is not None and cfg.dropout > 0:
-        masks = dropout_masks(dropout_key, cfg, (T, B, cfg.rnn_size))
     new_carry, hs_TxBxH = [], None
-    for layer, lp in enumerate(params["layers"]):
-        if layer == 0:  # the input is one-hot: each step reads a row of the embedding table
-            table_RxI, index_TxB = params["embed_VxE"], tokens_BxT.T.astype(jnp.int32)
-        else:
+    for layer, lp in enumerate(layers):
+        if layer > 0:
             if masks is not None:
                 hs_TxBxH = hs_TxBxH * masks[layer]
+            T, B = hs_TxBxH.shape[:2]
             table_RxI, index_TxB = hs_TxBxH.reshape(T * B, -1), None
         hs_TxBxH, layer_carry = layer_fn(_in_compute_dtype(lp, dtype), carry[layer], table_RxI, index_TxB)
         new_carry.append(layer_carry)
-    if masks is not None:
-        hs_TxBxH = hs_TxBxH * masks[0]
-    out_HxV = params["out_HxV"].astype(dtype)
-    on_cpu_fast = cfg.kernels == "auto" and jax.default_backend() == "cpu"  # a CPU-only GEMM trick
-    project = fast.projection if on_cpu_fast else cells.dot
-    return project(hs_TxBxH, out_HxV) + params["out_b_V"], tuple(new_carry)
+    return hs_TxBxH, tuple(new_carry)
 
 
-def _stack_step(params, carry, token_B, cfg):
-    """One step of every layer, as the cell's equations say."""
+def step_layers(cfg, layers: list, carry: tuple, x_BxI):
+    """One step of `cfg.cell` layers, as the cell's equations say: (h_BxH of the last, new carry)."""
     cell, dtype = cells.get_cell(cfg.cell), jnp.dtype(cfg.dtype)
-    x_BxI = params["embed_VxE"][token_B.astype(jnp.int32)]
     new_carry = []
-    for layer, lp in enumerate(params["layers"]):
+    for layer, lp in enumerate(layers):
         lp = _in_compute_dtype(lp, dtype)
         xproj_BxG = x_BxI if cell.project is None else cell.project(lp, x_BxI)
         layer_carry, x_BxI = cell.step(lp, carry[layer], xproj_BxG)
         new_carry.append(layer_carry)
-    return cells.dot(x_BxI, params["out_HxV"].astype(dtype)) + params["out_b_V"], tuple(new_carry)
+    return x_BxI, tuple(new_carry)
+
+
+def _stack_logits(params, tokens_BxT, carry, cfg, dropout_key):
+    """Time-major logits_TxBxV and the new carry, layer by layer: each layer's T steps at once. The first
+    layer's input is one-hot: each step reads a row of the embedding table."""
+    B, T = tokens_BxT.shape
+    masks = None
+    if dropout_key is not None and cfg.dropout > 0:
+        masks = dropout_masks(dropout_key, cfg, (T, B, cfg.rnn_size))
+    index_TxB = tokens_BxT.T.astype(jnp.int32)
+    hs_TxBxH, new_carry = run_layers(cfg, params["layers"], carry, params["embed_VxE"], index_TxB, masks)
+    if masks is not None:
+        hs_TxBxH = hs_TxBxH * masks[0]
+    return dense(cfg, hs_TxBxH, params["out_HxV"]) + params["out_b_V"], new_carry
+
+
+def _stack_step(params, carry, token_B, cfg):
+    x_BxI = params["embed_VxE"][token_B.astype(jnp.int32)]
+    h_BxH, new_carry = step_layers(cfg, params["layers"], carry, x_BxI)
+    return cells.dot(h_BxH, params["out_HxV"].astype(jnp.dtype(cfg.dtype))) + params["out_b_V"], new_carry
 
 
 def _stack_check(cfg: ModelConfig) -> None:

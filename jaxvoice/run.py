@@ -145,6 +145,10 @@ class Run:
     def samples_dir(self) -> Path:
         return self.path / "samples"
 
+    @property
+    def samples_csv(self) -> Path:
+        return self.path / "samples.csv"
+
     def checkpoint_meta(self, step: int, val_loss: float | None = None, wall_s: float = 0.0) -> dict:
         """The JSON saved with a checkpoint at `step`: what `jaxvoice eval`/`sample` need to use it alone
         (the config, the corpus meta) and what a resume needs to continue (the data cursor, the time)."""

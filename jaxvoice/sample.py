@@ -269,10 +269,16 @@ def _run_chunk(sp, carry, token_B, key, start, temperature, top_p, *, cfg, chunk
     B = token_B.shape[0]
     u_CxB = uniforms(key, start, chunk, B) if not sampler.greedy else jnp.zeros((chunk, B), jnp.float32)
 
+    pick = lambda logits_BxV, u_B: choose(logits_BxV, u_B, temperature, sampler, top_p)
+    family = model.get_family(cfg)
+    if family.sample_scan is not None and not _fast_path(cfg):  # the family's own loop (e.g. frame by frame)
+        compute_cfg = cfg if layout.weights == "float32" else dataclasses.replace(cfg, dtype=layout.weights)
+        return family.sample_scan(sp, carry, token_B, u_CxB, pick, compute_cfg)
+
     def body(state, u_B):
         carry, token = state
         logits_BxV, carry = step(sp, carry, token)
-        token = choose(logits_BxV, u_B, temperature, sampler, top_p)
+        token = pick(logits_BxV, u_B)
         return (carry, token), token.astype(jnp.uint8)
 
     (carry, token_B), tokens_CxB = jax.lax.scan(body, (carry, token_B), u_CxB, unroll=min(UNROLL, chunk))
@@ -285,12 +291,20 @@ def _prime_window(params, tokens_1xW, carry, cfg):
     return model.forward(params, tokens_1xW, carry, cfg)[1]
 
 
+def aligned_prime(prime: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+    """`prime` without its first symbols where the model reads whole windows of M symbols (a frame-level
+    model: M = frame_size): all but the last symbol must be whole windows, so at most M - 1 are left out."""
+    return prime[(len(prime) - 1) % model.window_multiple(cfg) :]
+
+
 def primed_carry(params: dict, cfg: ModelConfig, prime: np.ndarray):
-    """The carry of one stream after running all of `prime` but its last symbol from a zero state."""
+    """The carry of one stream after running all of `prime` but its last symbol from a zero state (for a
+    family with windows of M symbols, `prime` is `aligned_prime`'s)."""
     carry = model.init_carry(cfg, 1)
     body = np.asarray(prime, np.uint8)[:-1]
-    for s in range(0, len(body), PRIME_WINDOW):  # full windows share one compile; the rest compiles once
-        carry = _prime_window(params, jnp.asarray(body[None, s : s + PRIME_WINDOW]), carry, cfg)
+    window = PRIME_WINDOW - PRIME_WINDOW % model.window_multiple(cfg)
+    for s in range(0, len(body), window):  # full windows share one compile; the rest compiles once
+        carry = _prime_window(params, jnp.asarray(body[None, s : s + window]), carry, cfg)
     return carry
 
 
@@ -324,6 +338,8 @@ def generate(
     b gets the same symbols on any number of devices (its randomness depends only on b and the step).
     """
     top_k = None if top_k == 0 else top_k  # 0 = off, as in the config
+    multiple = model.window_multiple(model_cfg)
+    chunk = -(-chunk // multiple) * multiple  # a frame-level model generates whole frames
     check_settings(
         length=length, num_streams=num_streams, temperature=temperature, top_k=top_k, top_p=top_p, chunk=chunk
     )
@@ -353,6 +369,8 @@ def _generate(
     platform = jax.devices()[0].platform if dp is None else dp.mesh.devices.flat[0].platform
     # by the streams each device steps
     layout = layout_for(B_run // num_devices, weights, platform, num_devices)
+    if prime is not None:
+        prime = aligned_prime(prime, cfg)
     if prime is None or prime.size == 1:
         carry = model.init_carry(cfg, B_run)
         first = start_token if prime is None else int(prime[0])

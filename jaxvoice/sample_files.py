@@ -215,3 +215,74 @@ class SymbolWriter:
     def __exit__(self, kind, value, traceback) -> None:
         # Interrupted (Ctrl-C): keep what was sampled, as a complete file. Failed: no half-written output.
         self.close(keep=kind is None or issubclass(kind, KeyboardInterrupt))
+
+
+def sample_to_files(
+    params: dict,
+    model_cfg,
+    sample_cfg,
+    corpus_meta: dict,
+    paths_: list[Path],
+    *,
+    length: int,
+    key,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    greedy: bool = False,
+    weights: str | None = None,
+    chunk: int | None = None,
+    prime: np.ndarray | None = None,
+    include_prime: bool = False,
+    dp=None,
+    on_chunk=None,
+) -> list[SymbolWriter]:
+    """Sample `length` symbols per stream (one stream per path) from `params` and write them as they come:
+    what `jaxvoice sample` and sampling while training (`hooks.Sample`) both do, so the same settings give the
+    same files. Settings left None come from `sample_cfg` (the run's config.sample). `on_chunk(n)` after each
+    chunk of n symbols. Returns the closed writers; on Ctrl-C what was written is kept (complete files), on a
+    failure files with nothing in them are removed and the error raised."""
+    import contextlib
+
+    from jaxvoice import sample
+
+    rate = corpus_meta.get("rate") if corpus_meta["codec"] != "bytes" else None
+    chunks = sample.generate(
+        params, model_cfg, key, length=length, num_streams=len(paths_),
+        temperature=sample_cfg.temperature if temperature is None else temperature,
+        prime=prime, greedy=greedy,
+        top_k=top_k if top_k is not None else (sample_cfg.top_k or None),
+        top_p=sample_cfg.top_p if top_p is None else top_p,
+        chunk=min(chunk or sample_cfg.chunk, length),  # a longer chunk would be computed and dropped
+        start_token=sample.SILENCE if rate else sample.BYTES_START, dp=dp,
+        weights=weights or sample_cfg.weights,
+    )  # fmt: skip
+    writers: list[SymbolWriter] = []
+    try:
+        with contextlib.ExitStack() as stack:
+            for path in paths_:
+                writers.append(stack.enter_context(SymbolWriter(path, corpus_meta["codec"], rate)))
+            if include_prime:
+                for writer in writers:
+                    writer.write(prime)
+            for chunk_BxN in chunks:
+                for writer, row in zip(writers, chunk_BxN, strict=True):
+                    writer.write(row)
+                if on_chunk is not None:
+                    on_chunk(chunk_BxN.size)
+    except KeyboardInterrupt as e:
+        raise Interrupted(writers) from e
+    except BaseException:
+        for writer in writers:
+            if not writer.samples:
+                writer.path.unlink(missing_ok=True)
+        raise
+    return writers
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C while sampling; `writers` are the outputs, closed, with what they hold (`samples`)."""
+
+    def __init__(self, writers: list[SymbolWriter]):
+        super().__init__()
+        self.writers = writers

@@ -51,14 +51,16 @@ def train_streams(data: np.ndarray, batch_size: int, seq_length: int) -> Streams
     return streams
 
 
-def eval_streams(data: np.ndarray, batch_size: int, seq_length: int) -> Streams:
+def eval_streams(data: np.ndarray, batch_size: int, seq_length: int, multiple: int = 1) -> Streams:
     """Streams over a held-out split: B streams if it is long enough, fewer (down to 1) where it is short,
-    and a shorter T if even one stream of T steps does not fit."""
+    and a shorter T if even one stream of T steps does not fit (kept a multiple of `multiple`: a frame-level
+    model reads whole frames)."""
     usable = len(data) - 1
-    if usable < 1:
+    if usable < multiple:
         raise UserError(
             f"the held-out split has {len(data)} symbols; prepare a corpus with a larger val/test split"
         )
     seq_length = min(seq_length, usable)
+    seq_length -= seq_length % multiple
     batch_size = max(1, min(batch_size, usable // seq_length))
     return Streams(data, batch_size, seq_length)

@@ -85,7 +85,8 @@ def init_state(
 def _train_step(state: TrainState, inputs_BxT, targets_BxT, *, cfg, steps_per_epoch, loss_fn, optimizer):
     # A new epoch starts the streams from their beginnings: reset the carried state there.
     new_epoch = state.step % steps_per_epoch == 0
-    carry = jax.tree.map(lambda c: jnp.where(new_epoch, jnp.zeros_like(c), c), state.carry)
+    fresh = model.init_carry(cfg.model, inputs_BxT.shape[0])
+    carry = jax.tree.map(lambda c, f: jnp.where(new_epoch, f, c), state.carry, fresh)
     dropout_key = None
     if cfg.model.dropout > 0:
         dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-PARTS = ["train", "sample", "plot", "prepare"]
+PARTS = ["train", "sample", "plot", "prepare", "quality"]
 
 
 def main() -> int:

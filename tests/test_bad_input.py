@@ -437,6 +437,25 @@ CASES = [
     Case("demo-seed-too-big", ("demo", "--out", "{tmp}/d", "--seed", "99999999999999999999"), ("--seed",),
          absent=("{tmp}/d",)),
     Case("demo-out-empty-argument", ("demo", "--out", ""), ("--out", "empty path")),
+    # -- model families: sizes a frame-level tier cannot read, names nobody registered
+    Case("train-tiered-window-not-whole-frames", ("train", *TRAIN_TINY, "--set", "model.kind=tiered",
+                                                  "--set", "train.seq_length=50", "--data", "{corpus}", "--out", "{tmp}/r"),
+         ("train.seq_length must be a multiple of 16",), absent=("{tmp}/r",)),
+    Case("train-tiered-window-shorter-than-a-frame", ("train", *TRAIN_TINY, "--set", "model.kind=tiered", "--set",
+                                                      "model.frame_size=64", "--set", "train.seq_length=32",
+                                                      "--data", "{corpus}", "--out", "{tmp}/r"),
+         ("multiple of 64",), absent=("{tmp}/r",)),
+    Case("train-tiered-unknown-cell", ("train", *TRAIN_TINY, "--set", "model.kind=tiered", "--set", "model.cell=mgu",
+                                       "--data", "{corpus}", "--out", "{tmp}/r"), ("model.cell 'mgu'", "--import"),
+         absent=("{tmp}/r",)),
+    Case("train-unknown-family", ("train", *TRAIN_TINY, "--set", "model.kind=wavenet", "--data", "{corpus}", "--out",
+                                  "{tmp}/r"), ("model.kind 'wavenet'", "stack", "tiered"), absent=("{tmp}/r",)),
+    Case("train-tiered-dropout", ("train", *TRAIN_TINY, "--set", "model.kind=tiered", "--set", "model.dropout=0.2",
+                                  "--data", "{corpus}", "--out", "{tmp}/r"), ("model.dropout",), absent=("{tmp}/r",)),
+    Case("train-sampling-a-bytes-corpus", ("train", *TRAIN_TINY, "--set", "train.sample_seconds=1", "--data", "{tmp}/c",
+                                           "--out", "{tmp}/r"), ("train.sample_seconds", "audio corpus"),
+         setup=lambda env: run_jaxvoice("prepare", text("t.txt", "hello " * 2000)(env), "-o", env.tmp / "c",
+                                        "--codec", "bytes", "-q", check=True), absent=("{tmp}/r",)),
 ]  # fmt: skip
 
 

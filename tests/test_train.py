@@ -127,6 +127,34 @@ def test_a_checkpoint_from_before_model_families_resumes_exactly(saw_corpus, tmp
     assert loss(old) == loss(straight) and len(loss(old)) == 4
 
 
+def test_sampling_while_training_writes_what_jaxvoice_sample_writes_once(saw_corpus, tmp_path):
+    run = tmp_path / "run"
+    extra = ["--set", "train.checkpoint_every=2", "--set", "train.sample_seconds=0.05"]
+    run_jaxvoice(*train_cmd(saw_corpus, run, "--steps", "4", *extra), check=True)
+    samples = run / "samples"
+    assert sorted(p.name for p in samples.iterdir()) == ["step_2.wav", "step_4.wav"]
+    audio_s = repr(round(round(0.05 * RATE) / RATE, 6))  # 551 samples
+    assert [(r["step"], r["audio_s"]) for r in read_csv(run / "samples.csv")] == [
+        ("2", audio_s),
+        ("4", audio_s),
+    ]
+    for step in (2, 4):
+        out = tmp_path / f"cli_{step}.wav"
+        run_jaxvoice("sample", "--run", run, "--checkpoint", step, "--seconds", "0.05", "-o", out, check=True)
+        assert out.read_bytes() == (samples / f"step_{step}.wav").read_bytes()
+    # A run stopped after saving step 4 but before sampling it writes that sample when it resumes; the
+    # samples already there are not written again.
+    (samples / "step_4.wav").unlink()
+    (run / "samples.csv").write_text(f"step,audio_s,sample_s\n2,{audio_s},0.1\n")
+    before = (samples / "step_2.wav").stat().st_mtime_ns
+    run_jaxvoice("train", "--out", run, "--resume", "--steps", "6", "-q", check=True)
+    assert [r["step"] for r in read_csv(run / "samples.csv")] == ["2", "4", "6"]
+    assert (samples / "step_2.wav").stat().st_mtime_ns == before
+    out = tmp_path / "cli_4_again.wav"
+    run_jaxvoice("sample", "--run", run, "--checkpoint", "4", "--seconds", "0.05", "-o", out, check=True)
+    assert out.read_bytes() == (samples / "step_4.wav").read_bytes()
+
+
 def _popen_train(corpus: Path, out: Path, *extra) -> subprocess.Popen:
     args = [*jaxvoice_cmd(), *map(str, train_cmd(corpus, out, *extra))]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

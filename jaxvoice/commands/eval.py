@@ -30,7 +30,9 @@ def run(args):
     corpus = run_lib.open_run_corpus(args.run, args.data)
     split = corpus.split(args.split)
     cfg = restored.config
-    held_out = streams.eval_streams(split, cfg.train.batch_size, cfg.train.seq_length)
+    held_out = streams.eval_streams(
+        split, cfg.train.batch_size, cfg.train.seq_length, model.window_multiple(cfg.model)
+    )
     t0 = time.monotonic()
     loss = train.evaluate(restored.params, cfg.model, held_out, dp=parallel.data_parallel())
     result = {

@@ -122,64 +122,45 @@ def _describe(samples, meta):
 
 def _sample_one(args, restored, length, chunk, paths, prime, key, dp):
     """Sample one checkpoint into `paths`; returns the exit code (130 when interrupted)."""
-    import contextlib
     import sys
     import time
 
     from tqdm import tqdm
 
-    from jaxvoice import sample
+    from jaxvoice import sample_files
 
     cfg, meta = restored.config, restored.corpus_meta
     rate = meta.get("rate") if meta["codec"] != "bytes" else None
-    top_k = args.top_k if args.top_k is not None else (cfg.sample.top_k or None)
-    top_p = args.top_p if args.top_p is not None else cfg.sample.top_p
-    temperature = args.temperature if args.temperature is not None else cfg.sample.temperature
-    chunks = sample.generate(
-        restored.params, cfg.model, key, length=length, num_streams=len(paths), temperature=temperature,
-        prime=prime, greedy=args.greedy, top_k=top_k, top_p=top_p, chunk=chunk,
-        start_token=sample.SILENCE if rate else sample.BYTES_START, dp=dp,
-        weights=args.weights or cfg.sample.weights,
+    t0, done = time.monotonic(), 0
+    # disable=None: a bar only when stderr is a terminal, so logs and error messages stay clean.
+    bar = tqdm(
+        total=length * len(paths), unit="sample", unit_scale=True, file=sys.stderr,
+        disable=True if args.quiet else None, desc=f"step {restored.step}", dynamic_ncols=True,
     )  # fmt: skip
-    t0 = time.monotonic()
-    done = 0
-    writers = []
-    with contextlib.ExitStack() as stack:
-        try:
-            for path in paths:
-                writers.append(stack.enter_context(sample.SymbolWriter(path, meta["codec"], rate)))
-            # disable=None: a bar only when stderr is a terminal, so logs and error messages stay clean.
-            bar = stack.enter_context(tqdm(
-                total=length * len(paths), unit="sample", unit_scale=True, file=sys.stderr,
-                disable=True if args.quiet else None, desc=f"step {restored.step}", dynamic_ncols=True,
-            ))  # fmt: skip
-            if args.include_prime:
-                for writer in writers:
-                    writer.write(prime)
-            for chunk_BxN in chunks:
-                for writer, row in zip(writers, chunk_BxN, strict=True):
-                    writer.write(row)
-                done += chunk_BxN.size
-                bar.update(chunk_BxN.size)
-                if rate:
-                    bar.set_postfix_str(f"{done / rate / (time.monotonic() - t0):.2f}x real time")
-        except KeyboardInterrupt:
-            stack.close()
-            for writer in writers:
-                if writer.samples:
-                    print(
-                        f"interrupted: kept {writer.path}: {_describe(writer.samples, meta)}", file=sys.stderr
-                    )
-                else:  # interrupted before the first chunk: no empty file left behind
-                    writer.path.unlink(missing_ok=True)
-                    print(f"interrupted: nothing written to {writer.path}", file=sys.stderr)
-            return 130
-        except BaseException:  # a failure: the writers close (a WAV keeps what it has), empty files go
-            stack.close()
-            for writer in writers:
-                if not writer.samples:
-                    writer.path.unlink(missing_ok=True)
-            raise
+
+    def on_chunk(n: int) -> None:
+        nonlocal done
+        done += n
+        bar.update(n)
+        if rate:
+            bar.set_postfix_str(f"{done / rate / (time.monotonic() - t0):.2f}x real time")
+
+    try:
+        with bar:
+            writers = sample_files.sample_to_files(
+                restored.params, cfg.model, cfg.sample, meta, paths, length=length, key=key,
+                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, greedy=args.greedy,
+                weights=args.weights, chunk=chunk, prime=prime, include_prime=args.include_prime, dp=dp,
+                on_chunk=on_chunk,
+            )  # fmt: skip
+    except sample_files.Interrupted as interrupted:
+        for writer in interrupted.writers:
+            if writer.samples:
+                print(f"interrupted: kept {writer.path}: {_describe(writer.samples, meta)}", file=sys.stderr)
+            else:  # interrupted before the first chunk: no empty file left behind
+                writer.path.unlink(missing_ok=True)
+                print(f"interrupted: nothing written to {writer.path}", file=sys.stderr)
+        return 130
     seconds = time.monotonic() - t0
     if not args.quiet:
         for writer in writers:

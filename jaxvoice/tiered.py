@@ -1,0 +1,246 @@
+"""The frame-level tier (SampleRNN, Mehri et al. 2017) as a model family: `model.kind = "tiered"`.
+
+A frame tier, `model.num_layers` layers of the registered `model.cell` of width `model.rnn_size`, steps once
+per frame of F = `model.frame_size` samples and reads the F samples before the frame (scaled to [-2, 2],
+or embedded: `model.frame_input`). Its output, mapped by a learned linear upsampling to F conditioning
+vectors, drives a sample level of width D = `model.sample_size` that predicts each sample from the F
+samples before it: an MLP over their embeddings (`model.sample_level = "mlp"`, `model.sample_layers`
+hidden layers), or one layer of the cell over every sample (`"rnn"`), given its embedding and its
+conditioning vector. The recurrence runs F times less often than a flat stack's and spans F times more
+audio per step; most of the work is whole-window matrix products.
+
+Windows are a multiple of F long and start at frame boundaries. The carry (batch-first, like every
+family's) is {"frame": the frame tier's cells, "window": the last F input symbols [B, F], "sample": the
+sample-level cell's state (rnn) or (), "cond": the current frame's conditioning [B, F, D], "pos": the
+position in it [B]}. Generation (`sample_scan`) is a `lax.scan` over frames whose body steps the frame tier
+once and scans the F samples of the frame; `step` does one sample (the frame tier at frame starts).
+
+Shape letters: B batch, T samples (K = T / F frames), F frame size, E wordvec_size, H rnn_size, D
+sample_size, V 256.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from jaxvoice import cells, model
+from jaxvoice.config import ModelConfig
+from jaxvoice.errors import UserError
+
+V = model.V
+SILENCE = 128  # the linear and μ-law code of 0.0: what the history of a fresh stream holds
+
+
+def _dense_init(key, fan_in: int, fan_out: int) -> jax.Array:
+    return jax.random.normal(key, (fan_in, fan_out), jnp.float32) / math.sqrt(fan_in)
+
+
+def _frame_input_size(cfg: ModelConfig) -> int:
+    return cfg.frame_size * (cfg.wordvec_size if cfg.frame_input == "embedded" else 1)
+
+
+def init_params(key: jax.Array, cfg: ModelConfig) -> dict:
+    F, E, H, D = cfg.frame_size, cfg.wordvec_size, cfg.rnn_size, cfg.sample_size
+    cell = cells.get_cell(cfg.cell)
+    keys = iter(jax.random.split(key, cfg.num_layers + cfg.sample_layers + 8))
+    params = {
+        "frame_layers": [
+            cell.init(next(keys), _frame_input_size(cfg) if layer == 0 else H, H)
+            for layer in range(cfg.num_layers)
+        ],
+        "up_HxFD": _dense_init(next(keys), H, F * D),
+        "up_b_FD": jnp.zeros((F * D,), jnp.float32),
+        "embed_VxE": jax.random.normal(next(keys), (V, E), jnp.float32),
+        "out_DxV": _dense_init(next(keys), D, V),
+        "out_b_V": jnp.zeros((V,), jnp.float32),
+    }
+    if cfg.frame_input == "embedded":
+        params["frame_embed_VxE"] = jax.random.normal(next(keys), (V, E), jnp.float32)
+    if cfg.sample_level == "mlp":
+        params["in_FExD"] = _dense_init(next(keys), F * E, D)
+        params["in_b_D"] = jnp.zeros((D,), jnp.float32)
+        params["hidden"] = [
+            {"w_DxD": _dense_init(next(keys), D, D), "b_D": jnp.zeros((D,), jnp.float32)}
+            for _ in range(cfg.sample_layers - 1)
+        ]
+    else:
+        params["sample_layer"] = cell.init(next(keys), E + D, D)
+    return params
+
+
+def init_carry(cfg: ModelConfig, batch: int) -> dict:
+    cell = cells.get_cell(cfg.cell)
+    F, D = cfg.frame_size, cfg.sample_size
+    return {
+        "frame": tuple(cell.initial_carry(batch, cfg.rnn_size) for _ in range(cfg.num_layers)),
+        "window": jnp.full((batch, F), SILENCE, jnp.int32),
+        "sample": cell.initial_carry(batch, D) if cfg.sample_level == "rnn" else (),
+        "cond": jnp.zeros((batch, F, D), jnp.float32),
+        "pos": jnp.zeros((batch,), jnp.int32),
+    }
+
+
+def _frame_inputs(params, frames_NxF, cfg) -> jax.Array:
+    """The frame tier's input for each frame [N, F] of symbols: [N, F] scaled to [-2, 2], or [N, F * E]."""
+    if cfg.frame_input == "embedded":
+        return params["frame_embed_VxE"][frames_NxF].reshape(frames_NxF.shape[0], -1)
+    return (frames_NxF.astype(jnp.float32) / (V - 1) - 0.5) * 4.0
+
+
+def _conditioning(params, o_NxH, cfg) -> jax.Array:
+    """F conditioning vectors [N, F, D] per frame tier output: the learned linear upsampling."""
+    up_NxFD = model.dense(cfg, o_NxH, params["up_HxFD"]) + params["up_b_FD"]
+    return up_NxFD.reshape(o_NxH.shape[0], cfg.frame_size, cfg.sample_size)
+
+
+def _tables(params, cfg) -> jax.Array:
+    """[F, V, D]: what each symbol at each window position adds to the MLP's first layer (its embedding
+    times that position's rows of in_FExD), so that a generation step sums F rows instead of a product."""
+    F, E, D = cfg.frame_size, cfg.wordvec_size, cfg.sample_size
+    w_FxExD = params["in_FExD"].reshape(F, E, D).astype(jnp.dtype(cfg.dtype))
+    return jnp.einsum("ve,fed->fvd", params["embed_VxE"].astype(w_FxExD.dtype), w_FxExD,
+                      preferred_element_type=jnp.float32)  # fmt: skip
+
+
+def _mlp_logits(params, windows_NxF, cond_NxD, cfg, tables_FxVxD=None) -> jax.Array:
+    """The sample-level MLP: logits [N, V] of the sample after each window of F symbols, given its
+    conditioning vector. The first layer is one GEMM over the F embeddings side by side, or (generation, with
+    `_tables`) a sum of F table rows."""
+    if tables_FxVxD is None:
+        x_NxFE = params["embed_VxE"][windows_NxF].reshape(windows_NxF.shape[0], -1)
+        first_NxD = model.dense(cfg, x_NxFE, params["in_FExD"])
+    else:
+        first_NxD = tables_FxVxD[jnp.arange(cfg.frame_size), windows_NxF].sum(axis=1)
+    x_NxD = jax.nn.relu(first_NxD + params["in_b_D"] + cond_NxD)
+    for layer in params["hidden"]:
+        x_NxD = jax.nn.relu(model.dense(cfg, x_NxD, layer["w_DxD"]) + layer["b_D"])
+    return model.dense(cfg, x_NxD, params["out_DxV"]) + params["out_b_V"]
+
+
+def _sample_cfg(cfg: ModelConfig) -> ModelConfig:
+    """The sample-level rnn as a one-layer stack of the same cell, D wide."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, rnn_size=cfg.sample_size, num_layers=1)
+
+
+def logits(params, tokens_BxT, carry, cfg, dropout_key=None):
+    """Time-major logits_TxBxV of the sample after each input, and the carry after the window."""
+    F, D = cfg.frame_size, cfg.sample_size
+    B, T = tokens_BxT.shape
+    K = T // F
+    x_BxT = tokens_BxT.astype(jnp.int32)
+    # e[:, j] = the input j - (F - 1): the history of F - 1 symbols, then this window's.
+    e_BxTF = jnp.concatenate([carry["window"][:, 1:], x_BxT], axis=1)
+    # Frame k reads e[kF : kF + F] (the F samples up to its first target's input); its output conditions
+    # the targets kF .. kF + F - 1.
+    frames_KxBxF = e_BxTF[:, : K * F].reshape(B, K, F).transpose(1, 0, 2)
+    inputs_NxI = _frame_inputs(params, frames_KxBxF.reshape(K * B, F), cfg)
+    o_KxBxH, frame_carry = model.run_layers(cfg, params["frame_layers"], carry["frame"], inputs_NxI, None)
+    cond_KxBxFxD = _conditioning(params, o_KxBxH.reshape(K * B, -1), cfg).reshape(K, B, F, D)
+    cond_TxBxD = cond_KxBxFxD.transpose(0, 2, 1, 3).reshape(T, B, D)  # t = kF + i
+    if cfg.sample_level == "mlp":
+        # target t's window: e[t : t + F], the F inputs up to and including x_t
+        windows_TxBxF = jnp.stack([e_BxTF[:, j : j + T] for j in range(F)], axis=-1).transpose(1, 0, 2)
+        logits_NxV = _mlp_logits(params, windows_TxBxF.reshape(T * B, F), cond_TxBxD.reshape(T * B, D), cfg)
+        sample_carry = ()
+    else:
+        x_TxBxI = jnp.concatenate([params["embed_VxE"][x_BxT.T], cond_TxBxD], axis=-1)
+        hs_TxBxD, (sample_carry,) = model.run_layers(
+            _sample_cfg(cfg), [params["sample_layer"]], (carry["sample"],), x_TxBxI.reshape(T * B, -1), None
+        )
+        logits_NxV = model.dense(cfg, hs_TxBxD.reshape(T * B, D), params["out_DxV"]) + params["out_b_V"]
+    new_carry = {
+        "frame": frame_carry,
+        "window": e_BxTF[:, -F:],
+        "sample": sample_carry,
+        "cond": cond_KxBxFxD[-1],
+        "pos": jnp.zeros((B,), jnp.int32),  # the next window starts a frame
+    }
+    return logits_NxV.reshape(T, B, V), new_carry
+
+
+def _frame_step(params, carry, cfg):
+    """At a frame start: the frame tier one step on the window (the F inputs up to now), and its F
+    conditioning vectors."""
+    inputs_BxI = _frame_inputs(params, carry["window"], cfg)
+    o_BxH, frame_carry = model.step_layers(cfg, params["frame_layers"], carry["frame"], inputs_BxI)
+    return dict(carry, frame=frame_carry, cond=_conditioning(params, o_BxH, cfg))
+
+
+def _sample_step(params, carry, token_B, cfg, tables_FxVxD=None):
+    """The sample level at position carry["pos"] of the frame: (logits_BxV, carry with pos + 1)."""
+    B = token_B.shape[0]
+    cond_BxD = jnp.take_along_axis(carry["cond"], carry["pos"][:, None, None], axis=1)[:, 0]
+    if cfg.sample_level == "mlp":
+        logits_BxV = _mlp_logits(params, carry["window"], cond_BxD, cfg, tables_FxVxD)
+        sample_carry = ()
+    else:
+        x_BxI = jnp.concatenate([params["embed_VxE"][token_B], cond_BxD], axis=-1)
+        h_BxD, (sample_carry,) = model.step_layers(_sample_cfg(cfg), [params["sample_layer"]],
+                                                   (carry["sample"],), x_BxI)  # fmt: skip
+        logits_BxV = cells.dot(h_BxD, params["out_DxV"].astype(jnp.dtype(cfg.dtype))) + params["out_b_V"]
+    pos = (carry["pos"] + 1) % cfg.frame_size
+    return logits_BxV, dict(carry, sample=sample_carry, pos=pos.reshape(B))
+
+
+def _push(carry, token_B):
+    """The window with the newest input appended (its oldest dropped)."""
+    return dict(carry, window=jnp.concatenate([carry["window"][:, 1:], token_B[:, None]], axis=1))
+
+
+def step(params, carry, token_B, cfg):
+    """One generation step from any position (the frame tier runs when a frame starts)."""
+    carry = _push(carry, token_B.astype(jnp.int32))
+    carry = jax.lax.cond(carry["pos"][0] == 0, lambda c: _frame_step(params, c, cfg), lambda c: c, carry)
+    return _sample_step(params, carry, token_B.astype(jnp.int32), cfg)
+
+
+def sample_scan(params, carry, token_B, u_CxB, choose, cfg):
+    """C steps of generation from a frame start (C a multiple of F): a scan over the C / F frames whose body
+    steps the frame tier once and scans the F samples of the frame, each chosen by `choose(logits, u)`.
+    `token_B` is the input of the first step; what `step` computes, step by step."""
+    F = cfg.frame_size
+    C, B = u_CxB.shape
+    tables_FxVxD = _tables(params, cfg) if cfg.sample_level == "mlp" else None
+
+    def sample(state, u_B):
+        carry, token = state
+        logits_BxV, carry = _sample_step(params, _push(carry, token), token, cfg, tables_FxVxD)
+        token = choose(logits_BxV, u_B)
+        return (carry, token), token.astype(jnp.uint8)
+
+    def frame(state, u_FxB):
+        carry, token = state
+        carry = _frame_step(params, _push(carry, token), cfg)
+        logits_BxV, carry = _sample_step(params, carry, token, cfg, tables_FxVxD)
+        first = choose(logits_BxV, u_FxB[0])
+        (carry, token), rest_FmxB = jax.lax.scan(sample, (carry, first), u_FxB[1:])
+        return (carry, token), jnp.concatenate([first.astype(jnp.uint8)[None], rest_FmxB])
+
+    state = (carry, token_B.astype(jnp.int32))
+    (carry, token_B), tokens_KxFxB = jax.lax.scan(frame, state, u_CxB.reshape(C // F, F, B))
+    return carry, token_B, tokens_KxFxB.reshape(C, B).T
+
+
+def check(cfg: ModelConfig) -> None:
+    cells.get_cell(cfg.cell)
+    if cfg.frame_size < 2:
+        raise UserError(f"model.frame_size must be at least 2 for model.kind tiered, got {cfg.frame_size}")
+    if cfg.dropout > 0:
+        raise UserError("model.dropout is not used by model.kind tiered: set it to 0")
+    for key, value, options in (
+        ("model.frame_input", cfg.frame_input, ("scaled", "embedded")),
+        ("model.sample_level", cfg.sample_level, ("mlp", "rnn")),
+    ):
+        if value not in options:
+            raise UserError(f"{key} must be one of {', '.join(options)}, got '{value}'")
+
+
+TIERED = model.Family(
+    init_params, init_carry, logits, step, check, window=lambda cfg: cfg.frame_size, sample_scan=sample_scan
+)
+model.register_family("tiered", TIERED)
