@@ -39,6 +39,7 @@ CARD_SECONDS = 2.5
 MISSING_SAMPLE_SECONDS = 3.0  # a sample made for a checkpoint when neither --seconds nor other samples say
 WIDTH_RANGE, HEIGHT_RANGE = (160, 3840), (90, 2160)
 MAX_FPS = 120
+BT709 = 1  # the value of ITU-R BT.709 in FFmpeg's colour space, primaries and transfer enums
 X264 = {"preset": "veryfast", "crf": "20", "tune": "animation"}  # flat colours and thin lines: few bits
 
 
@@ -202,6 +203,10 @@ class _Encoder:
         self.video = self.container.add_stream("libx264", rate=fps, options=dict(X264))
         self.video.width, self.video.height, self.video.pix_fmt = lay.width, lay.height, "yuv420p"
         self.video.codec_context.time_base = 1 / fps
+        # BT.709 in the conversion and in the stream's tags: what players assume for HD, so colours stay.
+        context = self.video.codec_context
+        context.colorspace = context.color_primaries = context.color_trc = BT709
+        context.color_range = 1  # limited ("MPEG") range, what swscale writes and players expect
         self.audio = self.container.add_stream("aac", rate=AUDIO_RATE, layout="mono")
         self.audio.bit_rate = AUDIO_BITRATE
         self.frames = self.audio_sent = 0
@@ -211,7 +216,8 @@ class _Encoder:
         import av
 
         t = time.perf_counter()
-        picture = av.VideoFrame.from_ndarray(rgb_HxWx3, format="rgb24")
+        rgb = av.VideoFrame.from_ndarray(rgb_HxWx3, format="rgb24")
+        picture = rgb.reformat(format="yuv420p", dst_colorspace=BT709)
         picture.pts = self.frames
         self.container.mux(self.video.encode(picture))
         self.frames += 1
