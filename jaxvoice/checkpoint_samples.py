@@ -10,12 +10,15 @@ cut short by Ctrl-C would otherwise be taken for a whole one by the next video.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from jaxvoice import files, paths, sample_files
+from jaxvoice import files, manifests, paths, sample_files
 from jaxvoice.errors import UserError
+
+_log = logging.getLogger(__name__)
 
 
 def sample_path(run_dir: str | Path, step: int) -> Path:
@@ -24,7 +27,8 @@ def sample_path(run_dir: str | Path, step: int) -> Path:
 
 def make_samples(run_dir: str | Path, steps: Sequence[int], seconds: float) -> list[Path]:
     """Write `seconds` of audio from each checkpoint in `steps` to RUN/samples/step_N.wav (which must not
-    exist yet); returns the paths. UserError naming the step for a checkpoint that is damaged or gone."""
+    exist yet), saying so in one warning; returns the paths. UserError naming the step for a checkpoint
+    that is damaged or gone."""
     import jax
 
     from jaxvoice import checkpoint, memory, parallel, sample
@@ -33,6 +37,17 @@ def make_samples(run_dir: str | Path, steps: Sequence[int], seconds: float) -> l
     outputs = [sample_path(run, step) for step in steps]
     for path in outputs:
         paths.check_output_file(path, force=False)
+    for step in steps:  # damaged files are found by their manifest before anything is said or made
+        try:
+            manifests.check(run / "checkpoints", step, {"meta", "params"})
+        except manifests.Damaged as e:
+            raise UserError(
+                f"checkpoint step {step} of {run} has no sample and none can be made: {e}"
+            ) from None
+    _log.warning(
+        f"{run}: no sample for checkpoint step {', '.join(map(str, steps))}: sampling {seconds:g} s of each "
+        f"into {run / 'samples'} (as jaxvoice sample --checkpoint N --seconds {seconds:g} does)"
+    )
     dp = parallel.data_parallel()
     for step, path in zip(steps, outputs, strict=True):
         try:

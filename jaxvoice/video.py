@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import math
 import os
 import time
@@ -32,7 +31,6 @@ import numpy as np
 from jaxvoice import audio, checkpoint_samples, clips, files, paths, video_frames, video_runs
 from jaxvoice.errors import UserError
 
-_log = logging.getLogger(__name__)
 AUDIO_RATE = 44100  # what every player takes (a multiple of the 11025 Hz corpora)
 AUDIO_BITRATE = 128_000
 CARD_SECONDS = 2.5
@@ -156,11 +154,6 @@ def _make_missing(plans: list[video_runs.RunPlan], seconds: float | None) -> lis
             seconds_made = max(known) if known else MISSING_SAMPLE_SECONDS
         else:
             seconds_made = seconds
-        steps = ", ".join(map(str, plan.missing))
-        _log.warning(
-            f"{plan.path}: no sample for checkpoint step {steps}: sampling {seconds_made:g} s of each into "
-            f"{plan.path / 'samples'} (as jaxvoice sample --checkpoint N --seconds {seconds_made:g} does)"
-        )
         new = checkpoint_samples.make_samples(plan.path, plan.missing, seconds_made)
         made += new
         samples = {**plan.samples, **dict(zip(plan.missing, new, strict=True))}
