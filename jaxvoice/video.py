@@ -1,6 +1,6 @@
 """`jaxvoice video`: watch and hear a network learn, as the 2016 video did, in one MP4.
 
-One section per run: a card with the run's details (2.5 s of silence), then each chosen checkpoint's sample
+One section per run: a card with the run's details (3 s of silence), then each chosen checkpoint's sample
 plays while the frame shows the loss graphs drawn up to that checkpoint's step and scrolling on toward the
 next one, the step, epoch and val bits/sample, the sample's waveform with its playhead, and the
 spectrogram of the last second heard (pictures: `video_frames`; what a run shows: `video_runs`).
@@ -33,7 +33,7 @@ from jaxvoice.errors import UserError
 
 AUDIO_RATE = 44100  # what every player takes (a multiple of the 11025 Hz corpora)
 AUDIO_BITRATE = 128_000
-CARD_SECONDS = 2.5
+CARD_SECONDS = 3.0  # a whole number of samples at every usual rate: each WAV starts on one of its own samples
 MISSING_SAMPLE_SECONDS = 3.0  # a sample made for a checkpoint when neither --seconds nor other samples say
 WIDTH_RANGE, HEIGHT_RANGE = (160, 3840), (90, 2160)
 MAX_FPS = 120
