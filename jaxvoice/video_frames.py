@@ -297,9 +297,11 @@ class Frame:
     """The frame being composed, in place: `start` pastes a picture that stays (a card, or a background with
     its caption), `draw` the moving parts at a moment of a checkpoint's sample."""
 
-    def __init__(self, lay: Layout):
+    def __init__(self, lay: Layout, rgb_HxWx3: np.ndarray | None = None):
+        """`rgb_HxWx3`: where to compose (e.g. the encoder's own frame, so nothing is copied), else new."""
         self.lay = lay
-        self.rgb_HxWx3 = np.full((lay.height, lay.width, 3), 255, np.uint8)
+        self.rgb_HxWx3 = np.empty((lay.height, lay.width, 3), np.uint8) if rgb_HxWx3 is None else rgb_HxWx3
+        self.rgb_HxWx3[:] = 255
         self._x_W = (np.arange(lay.spec.w) + 0.5) / lay.spec.w - 1.0  # seconds before now, per column
 
     def start(self, picture: np.ndarray, header: np.ndarray | None = None) -> None:
