@@ -3,6 +3,8 @@
 chunk), started from silence, every device used. The same bytes, so a video that had to make a sample
 and a later `jaxvoice sample` agree (tests/test_video.py checks it).
 
+`write_sample` is the same from params in memory (e.g. a training hook's, at a checkpoint).
+
 Unlike the command, the file is written under a temporary name and renamed when it is complete: a sample
 cut short by Ctrl-C would otherwise be taken for a whole one by the next video.
 """
@@ -29,9 +31,7 @@ def make_samples(run_dir: str | Path, steps: Sequence[int], seconds: float) -> l
     """Write `seconds` of audio from each checkpoint in `steps` to RUN/samples/step_N.wav (which must not
     exist yet), saying so in one warning; returns the paths. UserError naming the step for a checkpoint
     that is damaged or gone."""
-    import jax
-
-    from jaxvoice import checkpoint, memory, parallel, sample
+    from jaxvoice import checkpoint, parallel
 
     run = Path(run_dir)
     outputs = [sample_path(run, step) for step in steps]
@@ -56,26 +56,38 @@ def make_samples(run_dir: str | Path, steps: Sequence[int], seconds: float) -> l
             raise UserError(
                 f"checkpoint step {step} of {run} has no sample and none can be made: {e}"
             ) from None
-        cfg, meta = restored.config, restored.corpus_meta
-        rate = meta["rate"]
-        length = round(seconds * rate)
-        if length < 1:
-            raise UserError(f"{seconds} s is less than one sample at {rate} Hz")
-        chunk = min(cfg.sample.chunk, length)
-        memory.check_fits(
-            sample.memory_needed(restored.params, cfg.model, 1, chunk), memory.host_available(),
-            "free some memory", f"sampling checkpoint step {step}",
-        )  # fmt: skip
-        sample_files.check_sizes(
-            [(path, sample_files.output_format(path, meta["codec"], rate))], length, rate
-        )
-        chunks = sample.generate(
-            restored.params, cfg.model, jax.random.key(cfg.sample.seed), length=length, num_streams=1,
-            temperature=cfg.sample.temperature, top_k=cfg.sample.top_k or None, top_p=cfg.sample.top_p,
-            chunk=chunk, start_token=sample.SILENCE, dp=dp, weights=cfg.sample.weights,
-        )  # fmt: skip
-        _write(path, chunks, meta["codec"], rate)
+        write_sample(restored.params, restored.config, restored.corpus_meta, path, seconds, dp=dp)
     return outputs
+
+
+def write_sample(params: dict, cfg, corpus_meta: dict, path: str | Path, seconds: float, *, dp=None) -> Path:
+    """`seconds` of audio from `params` (a model of config `cfg` trained on a corpus described by
+    `corpus_meta`) into the WAV `path`, the bytes `jaxvoice sample --seconds S --num 1` writes from a
+    checkpoint holding these params. An existing `path` is replaced: callers check first."""
+    import jax
+
+    from jaxvoice import memory, sample
+
+    path = Path(path)
+    rate = corpus_meta["rate"]
+    length = round(seconds * rate)
+    if length < 1:
+        raise UserError(f"{seconds} s is less than one sample at {rate} Hz")
+    chunk = min(cfg.sample.chunk, length)
+    memory.check_fits(
+        sample.memory_needed(params, cfg.model, 1, chunk), memory.host_available(), "free some memory",
+        f"sampling {path}",
+    )  # fmt: skip
+    sample_files.check_sizes(
+        [(path, sample_files.output_format(path, corpus_meta["codec"], rate))], length, rate
+    )
+    chunks = sample.generate(
+        params, cfg.model, jax.random.key(cfg.sample.seed), length=length, num_streams=1,
+        temperature=cfg.sample.temperature, top_k=cfg.sample.top_k or None, top_p=cfg.sample.top_p,
+        chunk=chunk, start_token=sample.SILENCE, dp=dp, weights=cfg.sample.weights,
+    )  # fmt: skip
+    _write(path, chunks, corpus_meta["codec"], rate)
+    return path
 
 
 def _write(path: Path, chunks, codec_name: str, rate: int) -> None:
