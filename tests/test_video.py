@@ -224,3 +224,12 @@ def test_an_existing_output_is_kept_without_force(base_run, tmp_path):
 
 def test_video_takes_import_for_user_cells():
     assert "--import" in run_jaxvoice("video", "--help", check=True).stdout
+
+
+def test_a_run_of_a_cell_this_process_lacks_still_gets_its_video_from_its_samples(run_copy, tmp_path):
+    config = run_copy / "config.toml"
+    config.write_text(config.read_text().replace('cell = "lstm"', 'cell = "mgu"'))
+    out = tmp_path / "v.mp4"
+    proc = run_jaxvoice("video", "--run", run_copy, "-o", out, *SMALL, "--seconds", "0.2", check=True)
+    assert "cannot be built here" in proc.stderr and "--import" in proc.stderr  # no parameter count
+    assert abs(Decoded(out).audio_seconds - (video.CARD_SECONDS + 3 * 0.2)) <= 1 / FPS
