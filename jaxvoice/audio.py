@@ -192,6 +192,14 @@ def _replace_nonfinite(mono: np.ndarray) -> int:
     return count
 
 
+def resample(x: np.ndarray, rate: int, to: int) -> np.ndarray:
+    """Mono float32 audio at `rate` Hz as `to` Hz, with the quality reading uses."""
+    x = np.asarray(x, np.float32)
+    if check_rate(rate) == check_rate(to) or len(x) == 0:
+        return x
+    return soxr.resample(x, rate, to, quality="HQ").astype(np.float32, copy=False)
+
+
 def read_mono(path: str | os.PathLike, rate: int) -> np.ndarray:
     """A whole (short) file as float32 mono at `rate` Hz."""
     blocks = list(stream_mono(path, rate))

@@ -21,7 +21,7 @@ from jaxvoice import __version__
 from jaxvoice.errors import UserError
 
 # The order `jaxvoice --help` lists them in, the order of the flow; any other module comes after.
-ORDER = ["demo", "prepare", "info", "encode", "decode", "train", "eval", "sample", "plot", "report"]
+ORDER = ["demo", "prepare", "info", "encode", "decode", "train", "eval", "sample", "plot", "report", "video"]
 
 
 # Commands that run XLA: it takes fresh 100-300 MB buffers every training step, tens of thousands of page
@@ -29,7 +29,7 @@ ORDER = ["demo", "prepare", "info", "encode", "decode", "train", "eval", "sample
 # (docs/performance.md), but glibc reads GLIBC_TUNABLES only when a process starts.
 HUGE_PAGE_COMMANDS = {"demo", "train", "eval", "sample"}
 # Commands that build a model: they can load the user's cells and model families (--import MODULE).
-IMPORT_COMMANDS = {"train", "eval", "sample", "report"}
+IMPORT_COMMANDS = {"train", "eval", "sample", "report", "video"}
 HUGE_PAGE_TUNABLE = "glibc.malloc.hugetlb=1"
 
 

@@ -29,6 +29,7 @@ from jaxvoice.errors import UserError
 
 REPORT_FILE = "report.html"
 FILES_DIR = "report_files"
+VIDEO_FILE = "video.mp4"  # `jaxvoice video`'s default output for one run: shown when it is there
 EXCERPT_SECONDS = 4.0  # of the corpus, from the start of its val split
 MAX_SHOW_SECONDS = 10.0  # of each sample drawn (the player plays all of it)
 _STEP = re.compile(r"(?:^|[^0-9A-Za-z])step_(\d+)(?![0-9])")  # step_40.wav, best_step_40_10s.wav
@@ -115,7 +116,7 @@ th { background: #f2f2f2; font-weight: 600; } td.num { text-align: right; font-v
 tr.best td { background: #eef7ee; }
 .clip { background: #fff; border: 1px solid #e3e3e3; border-radius: 6px; padding: 10px 14px; margin: 14px 0; }
 .clip h3 { margin: 0 0 6px; font-size: 15px; } .clip p { margin: 0 0 6px; color: #555; font-size: 13px; }
-audio { width: 100%; max-width: 480px; height: 36px; } td audio { width: 260px; }
+audio { width: 100%; max-width: 480px; height: 36px; } video { width: 100%; display: block; background: #000; } td audio { width: 260px; }
 .player { display: flex; align-items: center; justify-content: space-between; gap: 10px; }
 .tables { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
 code { font-size: 13px; background: #f0f0f0; padding: 1px 4px; border-radius: 3px; }
@@ -438,6 +439,16 @@ def _corpus_rows(info: dict | None, entropy: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def _video(run: Path) -> str:
+    """RUN/video.mp4 (made by `jaxvoice video`) in a player, when the run has one."""
+    if not (run / VIDEO_FILE).is_file():
+        return ""
+    return (
+        f'<h2>Video</h2><video controls preload="metadata" src="{_url(VIDEO_FILE)}"></video>'
+        f'<p class="sub">{VIDEO_FILE}: each checkpoint\'s sample over the loss curves (jaxvoice video)</p>'
+    )
+
+
 def _whole(value) -> bool:
     return type(value) is int
 
@@ -468,6 +479,7 @@ def _page(
 <p class="sub">{_e(run.resolve())} — report made {_e(now)} by jaxvoice {_e(__version__)}</p>
 {notes_html}
 <div class="figures">{_figures(train, val, steps, entropy)}</div>
+{_video(run)}
 <h2>Loss</h2>
 {plots or "<p>No loss plots (see above).</p>"}
 <h2>Checkpoints</h2>

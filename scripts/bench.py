@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Speed and memory benchmarks, JSON out: `python scripts/bench.py {train,sample,plot,prepare} [options]`.
+"""Speed and memory benchmarks, JSON out: `python scripts/bench.py {train,sample,plot,prepare,video} [options]`.
 
 Each part lives in scripts/bench_<part>.py with `main(argv) -> dict`; this prints the dict as JSON.
 Targets are checked here, never by timed tests. See docs/performance.md before trusting a number.
@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-PARTS = ["train", "sample", "plot", "prepare", "quality"]
+PARTS = ["train", "sample", "plot", "prepare", "video", "quality"]
 
 
 def main() -> int:

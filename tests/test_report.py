@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import assert_user_error, run_jaxvoice
 
-from jaxvoice import audio, checkpoint, clips, corpus, report, synth
+from jaxvoice import audio, checkpoint, clips, corpus, report, synth, video
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -72,6 +72,8 @@ def test_report_in_headless_chromium_loads_every_image_and_plays_every_sample(ru
     from playwright.sync_api import sync_playwright  # pip install playwright; no browser download needed
 
     shutil.copy(run_copy / "samples" / "step_40.wav", run_copy / "samples" / ODD_NAME)
+    small = ["--width", "320", "--height", "180", "--fps", "10", "--seconds", "0.5", "-q"]
+    run_jaxvoice("video", "--run", run_copy, "--checkpoints", "20,40", *small, check=True)  # RUN/video.mp4
     run_jaxvoice("report", "--run", run_copy, check=True)
     page_path = run_copy / "report.html"
     wavs = sorted((run_copy / "samples").glob("*.wav")) + [run_copy / "report_files" / "corpus_excerpt.wav"]
@@ -98,6 +100,16 @@ def test_report_in_headless_chromium_loads_every_image_and_plays_every_sample(ru
                        a.load();
                    })))"""
             )
+            videos = page.evaluate(
+                """() => Promise.all(Array.from(document.querySelectorAll('video'), v => new Promise(done => {
+                       v.muted = true;  // a muted video may play without a user's gesture
+                       const report = () => done([decodeURIComponent(v.currentSrc), v.duration, v.videoWidth,
+                                                  v.currentTime, v.webkitDecodedFrameCount, v.error && v.error.code]);
+                       v.addEventListener('error', report);
+                       v.addEventListener('timeupdate', () => { if (v.currentTime > 0.5) { v.pause(); report(); } });
+                       v.play().catch(report);
+                   })))"""
+            )
             injected = page.evaluate("() => Array.from(document.querySelectorAll('b'), b => b.textContent)")
             text = page.inner_text("body")
             page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
@@ -114,6 +126,11 @@ def test_report_in_headless_chromium_loads_every_image_and_plays_every_sample(ru
     for src, duration, error in durations:
         assert error is None and duration == pytest.approx(expected[Path(src).name], abs=0.01), src
     assert {Path(src).name for src, _, _ in durations} == set(expected)
+    # The run's video: found by its relative src, and Chromium decodes and plays its H.264 frames.
+    ((src, duration, width, played, decoded, error),) = videos
+    assert src == (run_copy / "video.mp4").as_uri() and error is None, videos
+    assert duration == pytest.approx(video.CARD_SECONDS + 2 * 0.5, abs=0.1) and width == 320
+    assert played > 0.5 and decoded > 0
     assert all(url.startswith("file://") for url in requests), requests  # nothing from the network
     assert ODD_NAME in text and not [b for b in injected if "odd" in b]  # the name is text, not markup
     assert (tmp_path / "report.png").stat().st_size > 10_000
@@ -122,7 +139,11 @@ def test_report_in_headless_chromium_loads_every_image_and_plays_every_sample(ru
 def test_the_page_is_self_contained_escaped_and_script_free(run_copy):
     shutil.copy(run_copy / "samples" / "step_40.wav", run_copy / "samples" / ODD_NAME)
     report.build(run_copy)
+    assert "<video" not in (run_copy / "report.html").read_text()  # no video.mp4, no player
+    (run_copy / "video.mp4").write_bytes(b"made by jaxvoice video")
+    report.build(run_copy, force=True)
     page = parse(run_copy / "report.html")
+    assert ("video", {"controls": None, "preload": "metadata", "src": "video.mp4"}) in page.tags
     links = [a[k] for _, a in page.tags for k in ("src", "href") if k in a]
     assert links and not [u for u in links if "://" in u or u.startswith("/") or u.startswith("..")]
     assert not [t for t, _ in page.tags if t in ("script", "iframe", "object", "link")]
