@@ -81,36 +81,25 @@ def write_sample(params: dict, cfg, corpus_meta: dict, path: str | Path, seconds
     sample_files.check_sizes(
         [(path, sample_files.output_format(path, corpus_meta["codec"], rate))], length, rate
     )
-    chunks = sample.generate(
-        params, cfg.model, jax.random.key(cfg.sample.seed), length=length, num_streams=1,
-        temperature=cfg.sample.temperature, top_k=cfg.sample.top_k or None, top_p=cfg.sample.top_p,
-        chunk=chunk, start_token=sample.SILENCE, dp=dp, weights=cfg.sample.weights,
-    )  # fmt: skip
-    _write(path, chunks, corpus_meta["codec"], rate)
-    return path
-
-
-def _write(path: Path, chunks, codec_name: str, rate: int) -> None:
-    """The stream's symbols into `path` through a temporary WAV beside it; missing folders are made (and
-    removed again on a failure)."""
     new_folders = files.missing_parents(path)
     try:
         files.make_parents(path)
     except OSError as e:
         raise UserError(f"cannot create {e.filename or path.parent}: {e.strerror or e}") from None
-    tmp = files.temporary_path(path).with_suffix(".wav")
+    tmp = files.temporary_path(path).with_suffix(path.suffix)  # the suffix names the format
     try:
-        with sample_files.SymbolWriter(tmp, codec_name, rate) as writer:
-            for chunk_1xN in chunks:
-                writer.write(chunk_1xN[0])
+        sample_files.sample_to_files(
+            params, cfg.model, cfg.sample, corpus_meta, [tmp], length=length, key=jax.random.key(cfg.sample.seed),
+            chunk=chunk, dp=dp,
+        )  # fmt: skip
         os.replace(tmp, path)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         files.remove_made(new_folders)
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
     except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         files.remove_made(new_folders)
         raise
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    return path

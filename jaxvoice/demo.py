@@ -166,7 +166,7 @@ def run_demo(
 ) -> dict:  # fmt: skip
     """Synthesise, prepare, train, sample, plot and report into `out`; returns what demo.json records.
     `say(line)` hears what the command prints; without `quiet`, progress bars show on a terminal."""
-    from jaxvoice import checkpoint, clips, corpus, report
+    from jaxvoice import checkpoint, clips, corpus, report, video
 
     check_settings(minutes, seconds, seed)
     out = Path(out)
@@ -198,8 +198,9 @@ def run_demo(
     )
     best, best_wav = _best_sample(run_dir, BEST_SECONDS)
 
-    say("[4/4] plots and report")
-    made = report.build(run_dir, force=True)  # the demo made this run itself
+    say("[4/4] the video, plots and report")
+    video_path = video.make_video([run_dir], run_dir / "video.mp4", title="jaxvoice demo", force=True)
+    made = report.build(run_dir, force=True)  # the demo made this run itself (the report shows the video)
     for note in made.notes:
         say(f"note: {note}")
     val_bits = None if best.val_loss is None else best.val_loss / math.log(2)
@@ -219,6 +220,7 @@ def run_demo(
     say(f"  {best_wav}  {BEST_SECONDS:g} s from the best checkpoint")
     say(f"  {run_dir / 'samples'}/step_<N>.wav  {SHORT_SECONDS:g} s from each checkpoint")
     say(f"  {run_dir / 'plots'}/loss.png, loss_logx.png  the loss curves")
+    say(f"  {video_path}  every checkpoint heard in turn while its loss curves scroll by")
     if val_bits is not None:
         say(
             f"held-out loss at step {best.step}: val {val_bits:.3f} bits/sample (order-0 entropy "

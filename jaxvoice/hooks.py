@@ -11,7 +11,6 @@ Order matters where one reads another's result: Evaluate, then Checkpoint, then 
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -125,12 +124,8 @@ class Sample(Hook):
         meta = run.corpus.meta
         if meta["codec"] == "bytes":
             raise UserError("train.sample_seconds needs an audio corpus; this run's corpus is raw bytes")
-        self.run, self.log, self.every = (
-            run,
-            log,
-            run.config.train.checkpoint_every,
-        )  # the checkpoints' cadence
-        self.length = max(1, round(seconds * meta["rate"]))
+        self.run, self.log, self.seconds = run, log, seconds
+        self.every = run.config.train.checkpoint_every  # the checkpoints' cadence
         self.done: set[int] = set()
 
     def on_start(self, loop: Loop) -> None:
@@ -138,28 +133,17 @@ class Sample(Hook):
             self._write(loop)
 
     def _write(self, loop: Loop) -> None:
-        import jax
+        from jaxvoice import checkpoint_samples
 
-        from jaxvoice import sample_files
-
-        step, cfg = loop.step, self.run.config
-        path = self.run.samples_dir / f"step_{step}{sample_files.extension(self.run.corpus.meta['codec'])}"
+        step, meta = loop.step, self.run.corpus.meta
+        path = checkpoint_samples.sample_path(self.run.path, step)
         self.done.add(step)
         if path.exists():
             return
-        path.parent.mkdir(exist_ok=True)
         t0 = time.monotonic()
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # the suffix names the format
-        try:
-            sample_files.sample_to_files(
-                loop.state.params, cfg.model, cfg.sample, self.run.corpus.meta, [tmp], length=self.length,
-                key=jax.random.key(cfg.sample.seed),
-            )  # fmt: skip
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        checkpoint_samples.write_sample(loop.state.params, self.run.config, meta, path, self.seconds)
         self.log.write(
-            step, round(self.length / self.run.corpus.meta["rate"], 6), round(time.monotonic() - t0, 3)
+            step, round(round(self.seconds * meta["rate"]) / meta["rate"], 6), round(time.monotonic() - t0, 3)
         )
         self.log.flush()
 

@@ -143,8 +143,21 @@ def test_short_demo_writes_every_promised_file(short_demo):
         *(f"samples/step_{s}.wav" for s in steps),
         "plots/loss.png",
         "report_files/corpus_excerpt.png",
+        "video.mp4",
     ]:
         assert f'src="{name}"' in page, name
+    # The video: every checkpoint's 2 s sample in turn after the opening card, with its sound.
+    import av
+
+    with av.open(str(run / "video.mp4")) as container:
+        kinds = sorted(stream.type for stream in container.streams)
+        seconds = float(container.duration) / 1e6
+    assert kinds == ["audio", "video"] and seconds == pytest.approx(
+        3.0 + demo.SHORT_SECONDS * len(steps), abs=0.1
+    )
+    assert [r["step"] for r in read_rows(run / "samples.csv")] == [
+        str(s) for s in steps
+    ]  # sampled while training
 
     # What it prints: where everything is, the figures, and last the report to open.
     lines = proc.stdout.strip().splitlines()
