@@ -209,3 +209,15 @@ def test_bfloat16_sampling_weights_and_compute(saw_corpus):
         sample.generate(params, cfg, jax.random.key(0), length=3 * F + 1, chunk=5, weights="bfloat16")
     )
     assert np.concatenate(chunks, axis=1).shape == (1, 3 * F + 1)
+
+
+def test_evaluation_on_devices_starts_from_the_familys_fresh_state():
+    """A fresh tiered stream remembers silence (128), not symbol 0: the evaluation placed on the devices
+    starts where the plain one does."""
+    from jaxvoice import parallel
+
+    cfg = tiny("rnn")
+    params = random_params(cfg)
+    held_out = Streams(np.asarray(tokens(40 * F)).reshape(-1), B, 2 * F)
+    plain = train.evaluate(params, cfg, held_out)
+    assert train.evaluate(params, cfg, held_out, dp=parallel.data_parallel()) == pytest.approx(plain, rel=1e-6)
