@@ -11,9 +11,7 @@ cut short by Ctrl-C would otherwise be taken for a whole one by the next video.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -81,25 +79,9 @@ def write_sample(params: dict, cfg, corpus_meta: dict, path: str | Path, seconds
     sample_files.check_sizes(
         [(path, sample_files.output_format(path, corpus_meta["codec"], rate))], length, rate
     )
-    new_folders = files.missing_parents(path)
-    try:
-        files.make_parents(path)
-    except OSError as e:
-        raise UserError(f"cannot create {e.filename or path.parent}: {e.strerror or e}") from None
-    tmp = files.temporary_path(path).with_suffix(path.suffix)  # the suffix names the format
-    try:
+    with files.new_output(path, keep_suffix=True) as tmp:
         sample_files.sample_to_files(
             params, cfg.model, cfg.sample, corpus_meta, [tmp], length=length, key=jax.random.key(cfg.sample.seed),
             chunk=chunk, dp=dp,
         )  # fmt: skip
-        os.replace(tmp, path)
-    except OSError as e:
-        files.remove_made(new_folders)
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
-    except BaseException:
-        files.remove_made(new_folders)
-        raise
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
     return path

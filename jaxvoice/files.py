@@ -50,16 +50,40 @@ def temporary_path(path: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def replacing(path: str | os.PathLike) -> Iterator[Path]:
+def replacing(path: str | os.PathLike, *, keep_suffix: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `path`; when the block succeeds it replaces `path`, when it fails it is
-    removed. The caller creates the temporary file (so it gets the umask's permissions)."""
+    removed. The caller creates the temporary file (so it gets the umask's permissions). `keep_suffix`: the
+    temporary name ends in `path`'s suffix (.tmp.wav) for writers that choose a format by it."""
     tmp = temporary_path(path)
+    if keep_suffix:
+        tmp = tmp.with_name(tmp.name + Path(path).suffix)
     try:
         yield tmp
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def new_output(path: str | os.PathLike, *, keep_suffix: bool = False) -> Iterator[Path]:
+    """`replacing`, for a command's output: the missing folders above `path` are made first, and on any
+    failure removed again with the temporary file; an OSError becomes a UserError naming `path`.
+    `keep_suffix`: the temporary name ends in `path`'s suffix too (for writers that choose a format by it)."""
+    from jaxvoice.errors import UserError
+
+    path = Path(path)
+    made = missing_parents(path)
+    try:
+        make_parents(path)
+        with replacing(path, keep_suffix=keep_suffix) as tmp:
+            yield tmp
+    except OSError as e:
+        remove_made(made)
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    except BaseException:
+        remove_made(made)
         raise
 
 

@@ -37,8 +37,10 @@ class Family(NamedTuple):
     """A model family: pure functions of (params, carry, cfg). `logits` is time-major (logits_TxBxV), the
     layout the loss reads without a transpose. `check(cfg)` raises UserError for settings it cannot build.
     `window(cfg)`: the windows it reads (training, evaluation, priming) are a multiple of this many steps.
-    `sample_scan(params, carry, token_B, u_CxB, choose, cfg) -> (carry, token_B, tokens_CxB)`: its own
-    generation loop over C steps (`choose(logits_BxV, u_B) -> token_B`); by default `step` in a scan."""
+    `sample_scan(sp, carry, token_B, u_CxB, choose, cfg, matmul) -> (carry, token_B, tokens_CxB)`: its own
+    generation loop over C steps (`choose(logits_BxV, u_B) -> token_B`; by default `step` in a scan), on
+    the params `sample_prepare(params, cfg, store)` made (by default the params themselves): `store(w)` keeps
+    a weight matrix the sampler's fastest way, `matmul(x, stored, out_features)` multiplies by it."""
 
     init_params: Callable[[jax.Array, ModelConfig], dict]
     init_carry: Callable[[ModelConfig, int], Any]
@@ -47,6 +49,7 @@ class Family(NamedTuple):
     check: Callable[[ModelConfig], None] = lambda cfg: None
     window: Callable[[ModelConfig], int] = lambda cfg: 1
     sample_scan: Callable | None = None
+    sample_prepare: Callable | None = None
 
 
 _FAMILIES: dict[str, Family] = {}

@@ -259,6 +259,9 @@ def uniforms(key: jax.Array, start, steps: int, num_streams: int) -> jax.Array:
 
 @partial(jax.jit, static_argnames=("cfg", "layout"))
 def _prepare(params: dict, cfg: ModelConfig, layout: Layout) -> dict:
+    family = model.get_family(cfg)
+    if family.sample_scan is not None and family.sample_prepare is not None and not _fast_path(cfg):
+        return family.sample_prepare(params, cfg, partial(stored_weight, layout=layout))
     return _step_fn(cfg, layout)[0](params)
 
 
@@ -273,7 +276,8 @@ def _run_chunk(sp, carry, token_B, key, start, temperature, top_p, *, cfg, chunk
     family = model.get_family(cfg)
     if family.sample_scan is not None and not _fast_path(cfg):  # the family's own loop (e.g. frame by frame)
         compute_cfg = cfg if layout.weights == "float32" else dataclasses.replace(cfg, dtype=layout.weights)
-        return family.sample_scan(sp, carry, token_B, u_CxB, pick, compute_cfg)
+        matmul = partial(stored_dot, layout=layout) if family.sample_prepare else None
+        return family.sample_scan(sp, carry, token_B, u_CxB, pick, compute_cfg, matmul)
 
     def body(state, u_B):
         carry, token = state

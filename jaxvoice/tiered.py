@@ -105,10 +105,12 @@ def _tables(params, cfg) -> jax.Array:
                       preferred_element_type=jnp.float32)  # fmt: skip
 
 
-def _mlp_logits(params, windows_NxF, cond_NxD, cfg, tables_FxVxD=None) -> jax.Array:
+def _mlp_logits(params, windows_NxF, cond_NxD, cfg, tables_FxVxD=None, matmul=None) -> jax.Array:
     """The sample-level MLP: logits [N, V] of the sample after each window of F symbols, given its
     conditioning vector. The first layer is one GEMM over the F embeddings side by side, or (generation, with
-    `_tables`) a sum of F table rows."""
+    `_tables`) a sum of F table rows. `matmul(x, w, out_features)` does the other products (default: the
+    training GEMM; the sampler gives its own, for weights it stores its way)."""
+    matmul = matmul or (lambda x, w, out_features: model.dense(cfg, x, w))
     if tables_FxVxD is None:
         x_NxFE = params["embed_VxE"][windows_NxF].reshape(windows_NxF.shape[0], -1)
         first_NxD = model.dense(cfg, x_NxFE, params["in_FExD"])
@@ -116,8 +118,8 @@ def _mlp_logits(params, windows_NxF, cond_NxD, cfg, tables_FxVxD=None) -> jax.Ar
         first_NxD = tables_FxVxD[jnp.arange(cfg.frame_size), windows_NxF].sum(axis=1)
     x_NxD = jax.nn.relu(first_NxD + params["in_b_D"] + cond_NxD)
     for layer in params["hidden"]:
-        x_NxD = jax.nn.relu(model.dense(cfg, x_NxD, layer["w_DxD"]) + layer["b_D"])
-    return model.dense(cfg, x_NxD, params["out_DxV"]) + params["out_b_V"]
+        x_NxD = jax.nn.relu(matmul(x_NxD, layer["w_DxD"], out_features=cfg.sample_size) + layer["b_D"])
+    return matmul(x_NxD, params["out_DxV"], out_features=V) + params["out_b_V"]
 
 
 def _sample_cfg(cfg: ModelConfig) -> ModelConfig:
@@ -171,18 +173,22 @@ def _frame_step(params, carry, cfg):
     return dict(carry, frame=frame_carry, cond=_conditioning(params, o_BxH, cfg))
 
 
-def _sample_step(params, carry, token_B, cfg, tables_FxVxD=None):
+def _sample_step(params, carry, token_B, cfg, tables_FxVxD=None, matmul=None):
     """The sample level at position carry["pos"] of the frame: (logits_BxV, carry with pos + 1)."""
     B = token_B.shape[0]
     cond_BxD = jnp.take_along_axis(carry["cond"], carry["pos"][:, None, None], axis=1)[:, 0]
     if cfg.sample_level == "mlp":
-        logits_BxV = _mlp_logits(params, carry["window"], cond_BxD, cfg, tables_FxVxD)
+        logits_BxV = _mlp_logits(params, carry["window"], cond_BxD, cfg, tables_FxVxD, matmul)
         sample_carry = ()
     else:
         x_BxI = jnp.concatenate([params["embed_VxE"][token_B], cond_BxD], axis=-1)
         h_BxD, (sample_carry,) = model.step_layers(_sample_cfg(cfg), [params["sample_layer"]],
                                                    (carry["sample"],), x_BxI)  # fmt: skip
-        logits_BxV = cells.dot(h_BxD, params["out_DxV"].astype(jnp.dtype(cfg.dtype))) + params["out_b_V"]
+        if matmul is None:
+            logits_BxV = cells.dot(h_BxD, params["out_DxV"].astype(jnp.dtype(cfg.dtype)))
+        else:
+            logits_BxV = matmul(h_BxD, params["out_DxV"], out_features=V)
+        logits_BxV = logits_BxV + params["out_b_V"]
     pos = (carry["pos"] + 1) % cfg.frame_size
     return logits_BxV, dict(carry, sample=sample_carry, pos=pos.reshape(B))
 
@@ -199,26 +205,38 @@ def step(params, carry, token_B, cfg):
     return _sample_step(params, carry, token_B.astype(jnp.int32), cfg)
 
 
-def sample_scan(params, carry, token_B, u_CxB, choose, cfg):
+def sample_prepare(params, cfg, store):
+    """The params as the sampler reads them: the MLP's first layer as `_tables`, the other products' weights
+    as `store(w)` keeps them (e.g. packed for jaxvoice's CPU kernel)."""
+    sp = {name: value for name, value in params.items() if name != "in_FExD"}
+    if cfg.sample_level == "mlp":
+        sp["tables_FxVxD"] = _tables(params, cfg)
+        sp["hidden"] = [dict(layer, w_DxD=store(layer["w_DxD"])) for layer in params["hidden"]]
+    sp["out_DxV"] = store(params["out_DxV"])
+    return sp
+
+
+def sample_scan(sp, carry, token_B, u_CxB, choose, cfg, matmul):
     """C steps of generation from a frame start (C a multiple of F): a scan over the C / F frames whose body
     steps the frame tier once and scans the F samples of the frame, each chosen by `choose(logits, u)`.
-    `token_B` is the input of the first step; what `step` computes, step by step."""
+    `token_B` is the input of the first step; what `step` computes, step by step. `sp` is `sample_prepare`'s,
+    `matmul(x, stored, out_features)` its products."""
     F = cfg.frame_size
     C, B = u_CxB.shape
-    tables_FxVxD = _tables(params, cfg) if cfg.sample_level == "mlp" else None
+    tables_FxVxD = sp.get("tables_FxVxD")
 
     def sample(state, u_B):
         carry, token = state
-        logits_BxV, carry = _sample_step(params, _push(carry, token), token, cfg, tables_FxVxD)
+        logits_BxV, carry = _sample_step(sp, _push(carry, token), token, cfg, tables_FxVxD, matmul)
         token = choose(logits_BxV, u_B)
         return (carry, token), token.astype(jnp.uint8)
 
     def frame(state, u_FxB):
         carry, token = state
-        carry = _frame_step(params, _push(carry, token), cfg)
-        logits_BxV, carry = _sample_step(params, carry, token, cfg, tables_FxVxD)
+        carry = _frame_step(sp, _push(carry, token), cfg)
+        logits_BxV, carry = _sample_step(sp, carry, token, cfg, tables_FxVxD, matmul)
         first = choose(logits_BxV, u_FxB[0])
-        (carry, token), rest_FmxB = jax.lax.scan(sample, (carry, first), u_FxB[1:])
+        (carry, token), rest_FmxB = jax.lax.scan(sample, (carry, first), u_FxB[1:], unroll=True)
         return (carry, token), jnp.concatenate([first.astype(jnp.uint8)[None], rest_FmxB])
 
     state = (carry, token_B.astype(jnp.int32))
@@ -241,6 +259,13 @@ def check(cfg: ModelConfig) -> None:
 
 
 TIERED = model.Family(
-    init_params, init_carry, logits, step, check, window=lambda cfg: cfg.frame_size, sample_scan=sample_scan
+    init_params,
+    init_carry,
+    logits,
+    step,
+    check,
+    window=lambda cfg: cfg.frame_size,
+    sample_scan=sample_scan,
+    sample_prepare=sample_prepare,
 )
 model.register_family("tiered", TIERED)

@@ -170,7 +170,9 @@ def evaluate(
     place = lambda x, sharding: x
     if dp is not None:
         batch_sharding = dp.batch_sharding_for(streams.batch_size)
-        carry = jax.tree.map(lambda c: dp.put(np.asarray(c), batch_sharding), carry)  # the family's fresh state
+        carry = jax.tree.map(
+            lambda c: dp.put(np.asarray(c), batch_sharding), carry
+        )  # the family's fresh state
         place = dp.put
     losses = []
     for index in range(streams.steps):

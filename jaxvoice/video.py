@@ -127,18 +127,8 @@ def render(
     made = _make_missing(plans, seconds)
     sections = [(plan, _clips(plan, seconds)) for plan in plans]
     lay = video_frames.layout(width, height)
-    written = files.missing_parents(out)
-    try:
-        files.make_parents(out)
-        with files.replacing(out) as tmp:
-            counts = _encode(sections, tmp, lay, rate, title, progress)
-    except OSError as e:
-        files.remove_made(written)
-        raise UserError(f"cannot write {out}: {e.strerror or e}; check free space and permissions") from None
-    except BaseException:
-        files.remove_made(written)
-        raise
-    frames, compose_s, encode_s = counts
+    with files.new_output(out) as tmp:
+        frames, compose_s, encode_s = _encode(sections, tmp, lay, rate, title, progress)
     total = sum(round(CARD_SECONDS * AUDIO_RATE) + sum(c.samples for c in clips_) for _, clips_ in sections)
     prepare_s = time.perf_counter() - t0 - compose_s - encode_s
     return Rendered(out, frames, total / AUDIO_RATE, made, prepare_s, compose_s, encode_s)

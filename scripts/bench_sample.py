@@ -1,5 +1,8 @@
 """Sampling speed: `python scripts/bench.py sample [--models tiny,small,voice_2016] [--streams 1,16] ...`.
 
+First the presets of `--presets` at one stream: the frame-level ones against the flat ones their targets
+name (voice_cpu_tiered >= 3x voice_cpu, samplernn >= 2x voice_2016), in `presets.ratios`. Then:
+
 For each model (random init params), weight dtype (--weights: float32, and bfloat16 as `jaxvoice sample
 --weights bfloat16` runs it) and stream count: samples/s and real-time factor (seconds of 11025 Hz
 audio per second of wall time) of `jaxvoice.sample.generate`, timed after compilation, median of
@@ -181,6 +184,26 @@ def bench_torch(name: str, samples: int, max_seconds: float, threads: int = 0) -
     return json.loads(proc.stdout)
 
 
+# Model families side by side, as their presets define them: each frame-level preset against the flat one
+# its targets name (samples/s at 1 stream, float32 weights, random params).
+FAMILY_PAIRS = {"voice_cpu_tiered": ("voice_cpu", 3.0), "samplernn": ("voice_2016", 2.0)}
+
+
+def bench_presets(names: list[str], samples: int, repeats: int, chunk: int) -> dict:
+    from jaxvoice import config
+
+    speeds = {}
+    for name in names:
+        cfg = config.load(name).model
+        speeds[name] = bench_generate(cfg, 1, samples, repeats, chunk, "float32")
+    ratios = {
+        f"{tiered}/{flat}": {"ratio": round(speeds[tiered]["samples_per_s"] / speeds[flat]["samples_per_s"], 2),
+                             "target": target}
+        for tiered, (flat, target) in FAMILY_PAIRS.items() if tiered in speeds and flat in speeds
+    }  # fmt: skip
+    return {"samples_per_s_1_stream": {n: g["samples_per_s"] for n, g in speeds.items()}, "ratios": ratios}
+
+
 def main(argv: list[str]) -> dict:
     parser = argparse.ArgumentParser(prog="bench.py sample")
     parser.add_argument("--models", default=",".join(MODELS))
@@ -193,6 +216,10 @@ def main(argv: list[str]) -> dict:
     )
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--torch-seconds", type=float, default=30.0, help="time cap of one torch loop")
+    parser.add_argument(
+        "--presets", default="voice_cpu,voice_cpu_tiered,voice_2016,samplernn",
+        help="presets compared at 1 stream (model families against the flat stack); '' for none",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     import jax
@@ -209,7 +236,9 @@ def main(argv: list[str]) -> dict:
         "chunk": chunk,
         "models": {},
     }
-    for name in args.models.split(","):
+    if args.presets:
+        result["presets"] = bench_presets(args.presets.split(","), args.samples, args.repeats, chunk)
+    for name in (m for m in args.models.split(",") if m):
         H, L, E = MODELS[name]
         cfg = ModelConfig(cell="lstm", rnn_size=H, num_layers=L, wordvec_size=E)
         entry = {"config": f"LSTM {L}x{H}, wordvec {E}", "jaxvoice": [], "gemv": []}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import os
 import subprocess
 import sys
@@ -77,15 +78,18 @@ def test_generation_steps_equal_the_training_forward(level):
     u = jnp.zeros((2 * F, B), jnp.float32)
     pick = lambda logits, u_B: sample.choose(logits, u_B, 1.0, greedy)
     family = model.get_family(cfg)
-    _, _, scanned_BxC = jax.jit(family.sample_scan, static_argnums=(4, 5))(
-        params, carry1, x[:, 2 * F], u, pick, cfg
-    )
     token, c, loop = x[:, 2 * F].astype(jnp.int32), carry1, []
     for _ in range(2 * F):
         logits_t, c = step(params, c, token, cfg)
         token = jnp.argmax(logits_t, -1).astype(jnp.int32)
         loop.append(token)
-    np.testing.assert_array_equal(scanned_BxC, np.stack(loop, 1).astype(np.uint8))
+    for layout in (sample.Layout(), sample.Layout(transposed=True), sample.layout_for(B)):  # every store
+        sp = family.sample_prepare(params, cfg, functools.partial(sample.stored_weight, layout=layout))
+        matmul = functools.partial(sample.stored_dot, layout=layout)
+        _, _, scanned_BxC = jax.jit(family.sample_scan, static_argnums=(4, 5, 6))(
+            sp, carry1, x[:, 2 * F], u, pick, cfg, matmul
+        )
+        np.testing.assert_array_equal(scanned_BxC, np.stack(loop, 1).astype(np.uint8), err_msg=str(layout))
 
 
 @pytest.mark.parametrize(
@@ -220,4 +224,6 @@ def test_evaluation_on_devices_starts_from_the_familys_fresh_state():
     params = random_params(cfg)
     held_out = Streams(np.asarray(tokens(40 * F)).reshape(-1), B, 2 * F)
     plain = train.evaluate(params, cfg, held_out)
-    assert train.evaluate(params, cfg, held_out, dp=parallel.data_parallel()) == pytest.approx(plain, rel=1e-6)
+    assert train.evaluate(params, cfg, held_out, dp=parallel.data_parallel()) == pytest.approx(
+        plain, rel=1e-6
+    )
