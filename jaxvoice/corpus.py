@@ -35,7 +35,7 @@ def summary(meta: dict, out_dir: str | os.PathLike) -> str:
     """One line for the end of `jaxvoice prepare`."""
     n = meta["length"]
     sizes = " / ".join(f"{s} {_span(meta, s):,}" for s in SPLITS)
-    what = f"{_duration(meta['seconds'])} at {meta['rate']} Hz" if meta["rate"] else "raw bytes"
+    what = f"{duration_text(meta['seconds'])} at {meta['rate']} Hz" if meta["rate"] else "raw bytes"
     n_files = len(meta["sources"])
     return (
         f"prepared {out_dir}: {what}, {n:,} symbols ({_size(n)}) from {n_files} file{'s' * (n_files != 1)}, "
@@ -51,7 +51,8 @@ def _span(meta: dict, split: str) -> int:
     return end - start
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """A length of audio or time as people read it: 4.2 s, 3 min 05.0 s, 1 h 02 min 03.0 s."""
     minutes, secs = divmod(seconds, 60)
     hours, minutes = divmod(int(minutes), 60)
     if hours:
@@ -178,7 +179,7 @@ def describe(meta: dict, path: str | os.PathLike | None = None) -> str:
     lines.append(f"codec     {codec_text}, {meta['num_symbols']} symbols")
     if meta.get("rate"):
         lines.append(f"rate      {meta['rate']} Hz")
-        lines.append(f"length    {n:,} symbols = {_duration(n / meta['rate'])} ({_size(n)})")
+        lines.append(f"length    {n:,} symbols = {duration_text(n / meta['rate'])} ({_size(n)})")
     else:
         lines.append(f"length    {n:,} symbols ({_size(n)})")
     for i, split in enumerate(SPLITS):
@@ -194,7 +195,7 @@ def describe(meta: dict, path: str | os.PathLike | None = None) -> str:
         if src.get("rate"):  # an audio file's details (shown as stored: read_meta checks only path and bytes)
             seconds = src.get("seconds")
             length = (
-                _duration(seconds) if isinstance(seconds, int | float) and math.isfinite(seconds) else "?"
+                duration_text(seconds) if isinstance(seconds, int | float) and math.isfinite(seconds) else "?"
             )
             detail = (
                 f"{src['rate']} Hz {src.get('channels', '?')} ch {src.get('format', '?')} "

@@ -90,9 +90,15 @@ def _frame_inputs(params, frames_NxF, cfg) -> jax.Array:
     return (frames_NxF.astype(jnp.float32) / (V - 1) - 0.5) * 4.0
 
 
-def _conditioning(params, o_NxH, cfg) -> jax.Array:
-    """F conditioning vectors [N, F, D] per frame tier output: the learned linear upsampling."""
-    up_NxFD = model.dense(cfg, o_NxH, params["up_HxFD"]) + params["up_b_FD"]
+def _conditioning(params, o_NxH, cfg, matmul=None) -> jax.Array:
+    """F conditioning vectors [N, F, D] per frame tier output: the learned linear upsampling (`matmul` as in
+    `_mlp_logits`)."""
+    F, D = cfg.frame_size, cfg.sample_size
+    if matmul is None:
+        up_NxFD = model.dense(cfg, o_NxH, params["up_HxFD"])
+    else:
+        up_NxFD = matmul(o_NxH, params["up_HxFD"], out_features=F * D)
+    up_NxFD = up_NxFD + params["up_b_FD"]
     return up_NxFD.reshape(o_NxH.shape[0], cfg.frame_size, cfg.sample_size)
 
 
@@ -165,18 +171,22 @@ def logits(params, tokens_BxT, carry, cfg, dropout_key=None):
     return logits_NxV.reshape(T, B, V), new_carry
 
 
-def _frame_step(params, carry, cfg):
+def _frame_step(params, carry, cfg, matmul=None):
     """At a frame start: the frame tier one step on the window (the F inputs up to now), and its F
     conditioning vectors."""
     inputs_BxI = _frame_inputs(params, carry["window"], cfg)
     o_BxH, frame_carry = model.step_layers(cfg, params["frame_layers"], carry["frame"], inputs_BxI)
-    return dict(carry, frame=frame_carry, cond=_conditioning(params, o_BxH, cfg))
+    return dict(carry, frame=frame_carry, cond=_conditioning(params, o_BxH, cfg, matmul))
 
 
-def _sample_step(params, carry, token_B, cfg, tables_FxVxD=None, matmul=None):
-    """The sample level at position carry["pos"] of the frame: (logits_BxV, carry with pos + 1)."""
+def _sample_step(params, carry, token_B, cfg, tables_FxVxD=None, matmul=None, position=None):
+    """The sample level at position carry["pos"] of the frame: (logits_BxV, carry with pos + 1). A loop that
+    knows the position (`position`, a Python int) saves reading it from the carry."""
     B = token_B.shape[0]
-    cond_BxD = jnp.take_along_axis(carry["cond"], carry["pos"][:, None, None], axis=1)[:, 0]
+    if position is None:
+        cond_BxD = jnp.take_along_axis(carry["cond"], carry["pos"][:, None, None], axis=1)[:, 0]
+    else:
+        cond_BxD = carry["cond"][:, position]
     if cfg.sample_level == "mlp":
         logits_BxV = _mlp_logits(params, carry["window"], cond_BxD, cfg, tables_FxVxD, matmul)
         sample_carry = ()
@@ -213,6 +223,7 @@ def sample_prepare(params, cfg, store):
         sp["tables_FxVxD"] = _tables(params, cfg)
         sp["hidden"] = [dict(layer, w_DxD=store(layer["w_DxD"])) for layer in params["hidden"]]
     sp["out_DxV"] = store(params["out_DxV"])
+    sp["up_HxFD"] = store(params["up_HxFD"])  # read once per frame, but F x D wide: the largest product
     return sp
 
 
@@ -225,19 +236,17 @@ def sample_scan(sp, carry, token_B, u_CxB, choose, cfg, matmul):
     C, B = u_CxB.shape
     tables_FxVxD = sp.get("tables_FxVxD")
 
-    def sample(state, u_B):
-        carry, token = state
-        logits_BxV, carry = _sample_step(sp, _push(carry, token), token, cfg, tables_FxVxD, matmul)
-        token = choose(logits_BxV, u_B)
-        return (carry, token), token.astype(jnp.uint8)
-
     def frame(state, u_FxB):
         carry, token = state
-        carry = _frame_step(sp, _push(carry, token), cfg)
-        logits_BxV, carry = _sample_step(sp, carry, token, cfg, tables_FxVxD, matmul)
-        first = choose(logits_BxV, u_FxB[0])
-        (carry, token), rest_FmxB = jax.lax.scan(sample, (carry, first), u_FxB[1:], unroll=True)
-        return (carry, token), jnp.concatenate([first.astype(jnp.uint8)[None], rest_FmxB])
+        carry = _frame_step(sp, _push(carry, token), cfg, matmul)
+        chosen = []
+        for position in range(F):  # unrolled, so each step knows its position in the frame
+            if position:
+                carry = _push(carry, token)
+            logits_BxV, carry = _sample_step(sp, carry, token, cfg, tables_FxVxD, matmul, position)
+            token = choose(logits_BxV, u_FxB[position])
+            chosen.append(token.astype(jnp.uint8))
+        return (carry, token), jnp.stack(chosen)
 
     state = (carry, token_B.astype(jnp.int32))
     (carry, token_B), tokens_KxFxB = jax.lax.scan(frame, state, u_CxB.reshape(C // F, F, B))

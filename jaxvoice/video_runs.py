@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxvoice import audio, codec, csvlog, files, paths, report
+from jaxvoice.corpus import duration_text
 from jaxvoice.errors import UserError
 
 _log = logging.getLogger(__name__)
@@ -185,14 +186,6 @@ def plan_run(run_dir: str | Path, checkpoints: str = "all") -> RunPlan:
     return RunPlan(run, name_of(run), config, corpus, steps, samples, missing, logs, parameters)
 
 
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(seconds, 60)
-    hours, minutes = divmod(int(minutes), 60)
-    if hours:
-        return f"{hours} h {minutes} min"
-    return f"{minutes} min {secs:.0f} s" if minutes else f"{secs:.1f} s"
-
-
 def card_rows(plan: RunPlan) -> list[tuple[str, str]]:
     """The facts on a run's opening card, as (label, value) rows; whatever a file lacks shows as '?'."""
     model = plan.config.get("model", {}) if isinstance(plan.config.get("model"), dict) else {}
@@ -206,7 +199,9 @@ def card_rows(plan: RunPlan) -> list[tuple[str, str]]:
         more = f" + {len(sources) - 1} more" if len(sources) > 1 else ""
         where += f" ({Path(str(first)).name}{more})"
     seconds = (
-        _duration(length / rate) if isinstance(length, int) and isinstance(rate, int) and rate > 0 else "?"
+        duration_text(length / rate)
+        if isinstance(length, int) and isinstance(rate, int) and rate > 0
+        else "?"
     )
     logs = plan.logs
     shown = plan.steps if len(plan.steps) <= 8 else [*plan.steps[:3], "...", *plan.steps[-3:]]
@@ -219,6 +214,6 @@ def card_rows(plan: RunPlan) -> list[tuple[str, str]]:
         ("batch × seq", f"{train.get('batch_size', '?')} × {train.get('seq_length', '?')}"),
         ("corpus", paths.shown(where)),
         ("audio", f"{seconds} at {rate} Hz, {corpus.get('codec')} 8-bit"),
-        ("trained", f"{int(logs.step[-1]):,} steps in {_duration(float(logs.wall_s[-1]))}"),
+        ("trained", f"{int(logs.step[-1]):,} steps in {duration_text(float(logs.wall_s[-1]))}"),
         ("checkpoints", f"{len(plan.steps)}: step {', '.join(map(str, shown))}"),
     ]

@@ -1,5 +1,8 @@
 """Training speed: `python scripts/bench.py train [--presets tiny,small,voice_2016] [--processes 3] ...`.
 
+Frame-level presets (e.g. `--presets voice_cpu_tiered,samplernn`) get the jax and gemm sides: their GEMMs
+are the frame tier's (over T / frame_size steps), the upsampling's, the sample level's and the output's.
+
 What is timed, per preset, in --processes fresh subprocesses (timings here are bimodal from one process to
 the next, and the machine may be shared: see docs/performance.md). Inside each process the sides take
 turns, one timed window of about --seconds each, for --rounds rounds, so every side sees the same machine
@@ -46,28 +49,70 @@ def _batches(B: int, T: int, count: int, seed: int = 0):
     return [(d[:, :-1], d[:, 1:]) for d in data]
 
 
-def gemm_shapes(cfg) -> list[tuple[str, int, int, int, int]]:
-    """(name, count, m, k, n) of every GEMM of one LSTM training step, forward and backward."""
-    m, t = cfg.model, cfg.train
-    H, G, B, T = m.rnn_size, 4 * m.rnn_size, t.batch_size, t.seq_length
-    BT = B * T
-    shapes = []
-    for layer in range(m.num_layers):
-        ins = m.wordvec_size if layer == 0 else H
-        shapes += [
-            (f"l{layer}_x_fwd", 1, BT, ins, G),  # X @ Wx
-            (f"l{layer}_x_dX", 1, BT, G, ins),  # dPre @ Wx.T
-            (f"l{layer}_x_dW", 1, ins, BT, G),  # X.T @ dPre
-            (f"l{layer}_h_fwd", T, B, H, G),  # h @ Wh, per step
-            (f"l{layer}_h_dX", T, B, G, H),  # dPre @ Wh.T, per step
-            (f"l{layer}_h_dW", 1, H, BT, G),  # H_prev.T @ dPre over all steps
-        ]
-    shapes += [("out_fwd", 1, BT, H, V), ("out_dX", 1, BT, V, H), ("out_dW", 1, H, BT, V)]
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # the built-in cells' gate rows per unit (G = GATES * H)
+
+
+def _layer_shapes(prefix: str, steps: int, B: int, ins: int, H: int, G: int, input_grad: bool) -> list:
+    """(name, count, m, k, n) of one recurrent layer over `steps` steps of B streams: its input projection
+    as one GEMM, the recurrent products step by step, and their gradients."""
+    rows = B * steps
+    shapes = [
+        (f"{prefix}_x_fwd", 1, rows, ins, G),  # X @ Wx
+        (f"{prefix}_x_dW", 1, ins, rows, G),  # X.T @ dPre
+        (f"{prefix}_h_fwd", steps, B, H, G),  # h @ Wh, per step
+        (f"{prefix}_h_dX", steps, B, G, H),  # dPre @ Wh.T, per step
+        (f"{prefix}_h_dW", 1, H, rows, G),  # H_prev.T @ dPre over all steps
+    ]
+    if input_grad:
+        shapes.insert(1, (f"{prefix}_x_dX", 1, rows, G, ins))  # dPre @ Wx.T
     return shapes
 
 
-def model_flops(cfg) -> float:
-    return float(sum(2.0 * c * m * k * n for _, c, m, k, n in gemm_shapes(cfg)))
+def _dense_shapes(name: str, rows: int, ins: int, outs: int) -> list:
+    return [
+        (f"{name}_fwd", 1, rows, ins, outs),
+        (f"{name}_dX", 1, rows, outs, ins),
+        (f"{name}_dW", 1, ins, rows, outs),
+    ]
+
+
+def gemm_shapes(cfg) -> list[tuple[str, int, int, int, int]] | None:
+    """(name, count, m, k, n) of every GEMM of one training step, forward and backward; None for a cell
+    whose shapes the bench does not know."""
+    m, t = cfg.model, cfg.train
+    if m.cell not in GATES:
+        return None
+    H, B, T = m.rnn_size, t.batch_size, t.seq_length
+    G = GATES[m.cell] * H
+    if m.kind != "tiered":
+        shapes = []
+        for layer in range(m.num_layers):
+            ins = m.wordvec_size if layer == 0 else H
+            shapes += _layer_shapes(f"l{layer}", T, B, ins, H, G, input_grad=True)
+        return shapes + _dense_shapes("out", B * T, H, V)
+    # The frame tier over K = T / F frames, the upsampling to F vectors of D, the sample level over T.
+    F, E, D = m.frame_size, m.wordvec_size, m.sample_size
+    K = T // F
+    frame_in = F * E if m.frame_input == "embedded" else F
+    shapes = []
+    for layer in range(m.num_layers):
+        ins = frame_in if layer == 0 else H
+        shapes += _layer_shapes(
+            f"frame{layer}", K, B, ins, H, G, input_grad=layer > 0 or m.frame_input == "embedded"
+        )
+    shapes += _dense_shapes("up", B * K, H, F * D)
+    if m.sample_level == "mlp":
+        shapes += _dense_shapes("mlp_in", B * T, F * E, D)
+        for layer in range(m.sample_layers - 1):
+            shapes += _dense_shapes(f"mlp{layer}", B * T, D, D)
+    else:
+        shapes += _layer_shapes("sample", T, B, E + D, D, GATES[m.cell] * D, input_grad=True)
+    return shapes + _dense_shapes("out", B * T, D, V)
+
+
+def model_flops(cfg) -> float | None:
+    shapes = gemm_shapes(cfg)
+    return None if shapes is None else float(sum(2.0 * c * m * k * n for _, c, m, k, n in shapes))
 
 
 # --- the sides: each is (name, run(n_steps) -> None that blocks at the end, tokens per step) ------------
@@ -123,36 +168,34 @@ def _gemm_side(cfg):
     import jax
     import jax.numpy as jnp
 
-    m, t = cfg.model, cfg.train
-    H, G, B, T = m.rnn_size, 4 * m.rnn_size, t.batch_size, t.seq_length
-    keys = iter(jax.random.split(jax.random.key(0), 64))
-    flat = [
-        (name, mm, k, n)
-        for name, c, mm, k, n in gemm_shapes(cfg)
-        if "_h_fwd" not in name and "_h_dX" not in name
-    ]
+    B, T = cfg.train.batch_size, cfg.train.seq_length
+    keys = iter(jax.random.split(jax.random.key(0), 256))
+    shapes = gemm_shapes(cfg)
+    flat = [(name, mm, k, n) for name, c, mm, k, n in shapes if "_h_fwd" not in name and "_h_dX" not in name]
     args = [
         (jax.random.normal(next(keys), (mm, k)), jax.random.normal(next(keys), (k, n)))
         for _, mm, k, n in flat
     ]
-    # One Wh and h0 per layer: identical scans would be merged into one by XLA's CSE (it did, when they were
-    # shared: the reference then did one layer's recurrent products instead of num_layers').
-    wh = [jax.random.normal(next(keys), (H, G), jnp.float32) * (H * G) ** -0.25 for _ in range(m.num_layers)]
-    h0 = [jax.random.normal(next(keys), (B, H), jnp.float32) for _ in range(m.num_layers)]
+    # Each recurrent layer: `steps` times h @ Wh then dPre @ Wh.T, with its own Wh and h0 (identical scans
+    # would be merged into one by XLA's CSE: it did, when they were shared).
+    loops = [(c, mm, k, n) for name, c, mm, k, n in shapes if "_h_fwd" in name]
+    wh = [jax.random.normal(next(keys), (k, n), jnp.float32) * (k * n) ** -0.25 for _, _, k, n in loops]
+    h0 = [jax.random.normal(next(keys), (mm, k), jnp.float32) for _, mm, k, _ in loops]
+    lengths = [c for c, _, _, _ in loops]
 
     def gemms(args, wh, h0):
         outs = [a @ b for a, b in args]
-        for wh_HxG, h_BxH in zip(wh, h0, strict=True):  # h @ Wh then dPre @ Wh.T, T times, per layer
+        for wh_HxG, h_BxH, length in zip(wh, h0, lengths, strict=True):
 
             def body(h, _, wh_HxG=wh_HxG):
                 return (h @ wh_HxG) @ wh_HxG.T, None  # keeps the scale: Wh is scaled by (H * G) ** -0.25
 
-            outs.append(jax.lax.scan(body, h_BxH, None, length=T)[0])
+            outs.append(jax.lax.scan(body, h_BxH, None, length=length)[0])
         return outs
 
     compiled = jax.jit(gemms).lower(args, wh, h0).compile()
-    loops = compiled.as_text().count(" while(")
-    assert loops == m.num_layers, f"the GEMM reference has {loops} recurrent loops, not {m.num_layers}"
+    found = compiled.as_text().count(" while(")
+    assert found == len(loops), f"the GEMM reference has {found} recurrent loops, not {len(loops)}"
     gemms = compiled
 
     run_once = lambda: jax.block_until_ready(gemms(args, wh, h0))
@@ -316,7 +359,7 @@ def _summarize(preset: str, runs: list[dict], sides: list[str]) -> dict:
     out: dict = {"errors": [r["error"] for r in runs if "error" in r]} if len(ok) < len(runs) else {}
     if not ok:
         return out
-    flops = model_flops(cfg) if cfg.model.cell == "lstm" else None
+    flops = model_flops(cfg)
     for side in sides:
         if side == "gemm":
             continue
@@ -352,6 +395,17 @@ def _summarize(preset: str, runs: list[dict], sides: list[str]) -> dict:
     out["peak_rss_mb_process"] = _stats([r["peak_rss_mb"] for r in ok])
     out["load_avg_1min"] = [round(r["load"][0], 2) for r in ok]
     return out
+
+
+def _sides_for(preset: str, sides: list[str]) -> list[str]:
+    """The sides that apply to `preset`: a frame-level (tiered) preset has no PyTorch peer here and no other
+    checkout's flat model to compare with, and the GEMM reference needs shapes the bench knows."""
+    from jaxvoice import config
+
+    cfg = config.load(preset)
+    if cfg.model.kind == "tiered":
+        sides = [s for s in sides if s in ("jax", "gemm")]
+    return [s for s in sides if s != "gemm" or gemm_shapes(cfg) is not None]
 
 
 def _torch_available() -> bool:
@@ -396,13 +450,14 @@ def main(argv: list[str]) -> dict:
         "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
     }
     for preset in presets:
+        preset_sides = _sides_for(preset, sides)
         runs: dict[bool, list[dict]] = {mode: [] for mode in modes}
         for _ in range(args.processes):  # with --hugetlb both, the two modes alternate process by process
             for mode in modes:
-                runs[mode].append(_run_child(preset, sides, args, mode))
+                runs[mode].append(_run_child(preset, preset_sides, args, mode))
         for mode in modes:
             key = preset if len(modes) == 1 else f"{preset}_{'hugetlb' if mode else 'plain'}"
-            report[key] = _summarize(preset, runs[mode], sides)
+            report[key] = _summarize(preset, runs[mode], preset_sides)
     report["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return report
 

@@ -72,3 +72,11 @@ def write_audio(path, samples: np.ndarray, rate: int, subtype: str = "PCM_16", f
 @pytest.fixture
 def jv():
     return run_jaxvoice
+
+
+@pytest.fixture
+def run_copy(base_run, tmp_path) -> Path:
+    """A copy of the module's `base_run` fixture (a run made once per module) for a test to change."""
+    run = tmp_path / "run"
+    shutil.copytree(base_run, run)
+    return run

@@ -191,7 +191,7 @@ def test_demo_keeps_what_it_did_not_make(short_demo, tmp_path):
 
 @pytest.mark.slow
 def test_the_default_demo_beats_order0_clearly(tmp_path):
-    """The README's figure: two minutes of the tiny preset on three minutes of synthetic singing."""
+    """The README's figure: two minutes of the demo's preset on three minutes of synthetic singing."""
     out = tmp_path / "demo"
     run_jaxvoice("demo", "--out", out, "--quiet", check=True, timeout=900)
     record = json.loads((out / demo.DEMO_FILE).read_text())

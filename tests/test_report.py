@@ -40,13 +40,6 @@ def base_run(tmp_path_factory) -> Path:
     return run
 
 
-@pytest.fixture
-def run_copy(base_run, tmp_path) -> Path:
-    run = tmp_path / "run"
-    shutil.copytree(base_run, run)
-    return run
-
-
 class _Tags(html.parser.HTMLParser):
     """Every tag with its attributes, and the page's text."""
 

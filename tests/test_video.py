@@ -40,13 +40,6 @@ def base_run(tmp_path_factory) -> Path:
     return run
 
 
-@pytest.fixture
-def run_copy(base_run, tmp_path) -> Path:
-    run = tmp_path / "run"
-    shutil.copytree(base_run, run)
-    return run
-
-
 class Decoded:
     """An MP4 as PyAV reads it: its streams, durations, every frame (RGB) and the sound (float mono)."""
 

@@ -1,6 +1,6 @@
 """jaxvoice demo [--out runs/demo] [--minutes M] [--seconds S] [--seed N] [--force]"""
 
-HELP = "no recording needed: synthetic singing -> corpus -> tiny training -> samples -> plots -> report"
+HELP = "no recording needed: synthetic singing -> corpus -> 2-minute training -> samples -> plots -> report"
 
 
 def add_arguments(parser):
