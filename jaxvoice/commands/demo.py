@@ -9,7 +9,7 @@ def add_arguments(parser):
         "--minutes",
         type=float,
         default=2.0,
-        help="training time in minutes (default 2; the whole demo takes ~30 s more)",
+        help="training time in minutes (default 2; the whole demo takes up to ~30 s more)",
     )
     parser.add_argument(
         "--seconds", type=float, default=180.0, help="length of the synthetic corpus in seconds (default 180)"
