@@ -219,19 +219,8 @@ def atomic_output(path: str | os.PathLike, *, force: bool = False) -> Iterator[P
     gets the umask); an OSError in the block becomes a UserError naming the file.
     """
     path = paths.check_output_file(path, force=force)
-    made, tmp = files.missing_parents(path), None
-    try:
-        files.make_parents(path)
-        with files.replacing(path) as tmp:
-            yield tmp
-    except OSError as e:
-        files.remove_made(made)
-        if e.filename not in (None, str(path), str(tmp)):  # e.g. an input read in the block
-            raise UserError(f"{e.filename}: {e.strerror or e}") from None
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
-    except BaseException:
-        files.remove_made(made)
-        raise
+    with files.new_output(path) as tmp:
+        yield tmp
 
 
 def _as_int16_from_u8(symbols: np.ndarray) -> np.ndarray:

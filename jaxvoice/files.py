@@ -69,11 +69,12 @@ def replacing(path: str | os.PathLike, *, keep_suffix: bool = False) -> Iterator
 @contextlib.contextmanager
 def new_output(path: str | os.PathLike, *, keep_suffix: bool = False) -> Iterator[Path]:
     """`replacing`, for a command's output: the missing folders above `path` are made first, and on any
-    failure removed again with the temporary file; an OSError becomes a UserError naming `path`.
-    `keep_suffix`: the temporary name ends in `path`'s suffix too (for writers that choose a format by it)."""
+    failure removed again with the temporary file; an OSError becomes a UserError naming `path` (or the
+    other file it names, e.g. an input read in the block). `keep_suffix`: the temporary name ends in
+    `path`'s suffix too (for writers that choose a format by it)."""
     from jaxvoice.errors import UserError
 
-    path = Path(path)
+    path, tmp = Path(path), None
     made = missing_parents(path)
     try:
         make_parents(path)
@@ -81,6 +82,8 @@ def new_output(path: str | os.PathLike, *, keep_suffix: bool = False) -> Iterato
             yield tmp
     except OSError as e:
         remove_made(made)
+        if e.filename not in (None, str(path), str(tmp)):
+            raise UserError(f"{e.filename}: {e.strerror or e}") from None
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
     except BaseException:
         remove_made(made)
