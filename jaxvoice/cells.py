@@ -12,6 +12,8 @@ A cell is a `Cell`, a tuple of pure functions (the way optax's GradientTransform
 outside the time loop) and, for the first layer, once over the 256 symbols' embeddings, so that each step
 reads a row. A cell without it gets x itself. `fast` is an optional faster implementation of a whole layer
 (see `jaxvoice.fast`), tested equal to scanning `step`; `model.kernels = "xla"` turns every one of them off.
+`dot_only` says that `step` and `project` use their weight matrices only as `dot(x, w)`: then a sampler
+may give them weights stored its fastest way (`jaxvoice.stored`).
 
     import jaxvoice
     def mgu_step(p, h, xproj): ...
@@ -29,7 +31,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxvoice import fast
+from jaxvoice import fast, stored
 from jaxvoice.errors import UserError
 
 
@@ -41,6 +43,7 @@ class Cell(NamedTuple):
     step: Callable[[dict, Any, jax.Array], tuple[Any, jax.Array]]
     project: Callable[[dict, jax.Array], jax.Array] | None = None
     fast: Callable | None = None  # (params, carry, table_RxI, index_TxB | None) -> (hs_TxBxH, carry)
+    dot_only: bool = False  # matrices used only through `dot`, so they may be `stored.Stored`
 
 
 _CELLS: dict[str, Cell] = {}
@@ -76,7 +79,9 @@ def cell_names() -> list[str]:
 
 def dot(x: jax.Array, w: jax.Array) -> jax.Array:
     """x @ w computed in w's dtype (the compute dtype, model.dtype) with the sums returned in float32, so a
-    bfloat16 model keeps its gate math and carried state in float32."""
+    bfloat16 model keeps its gate math and carried state in float32. `w` may be a `stored.Stored`."""
+    if isinstance(w, stored.Stored):
+        return stored.product(x, w)
     return jnp.matmul(x.astype(w.dtype), w, preferred_element_type=jnp.promote_types(w.dtype, jnp.float32))
 
 
@@ -146,9 +151,9 @@ def _forget_bias_one(hidden_size: int) -> jax.Array:
     return jnp.zeros((4 * hidden_size,), jnp.float32).at[hidden_size : 2 * hidden_size].set(1.0)
 
 
-LSTM = Cell(gated_init(4, _forget_bias_one), zeros(2), lstm_step, linear_project, fast.lstm_layer)
-GRU = Cell(gated_init(3), zeros(1), gru_step, linear_project, fast.linear_input_layer(gru_step))
-RNN = Cell(gated_init(1), zeros(1), rnn_step, linear_project, fast.linear_input_layer(rnn_step))
+LSTM = Cell(gated_init(4, _forget_bias_one), zeros(2), lstm_step, linear_project, fast.lstm_layer, True)
+GRU = Cell(gated_init(3), zeros(1), gru_step, linear_project, fast.linear_input_layer(gru_step), True)
+RNN = Cell(gated_init(1), zeros(1), rnn_step, linear_project, fast.linear_input_layer(rnn_step), True)
 
 for _name, _cell in (("lstm", LSTM), ("gru", GRU), ("rnn", RNN)):
     register_cell(_name, _cell)

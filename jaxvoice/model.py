@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxvoice import cells, fast
+from jaxvoice import cells, fast, stored
 from jaxvoice.config import ModelConfig
 from jaxvoice.errors import UserError
 
@@ -37,10 +37,11 @@ class Family(NamedTuple):
     """A model family: pure functions of (params, carry, cfg). `logits` is time-major (logits_TxBxV), the
     layout the loss reads without a transpose. `check(cfg)` raises UserError for settings it cannot build.
     `window(cfg)`: the windows it reads (training, evaluation, priming) are a multiple of this many steps.
-    `sample_scan(sp, carry, token_B, u_CxB, choose, cfg, matmul) -> (carry, token_B, tokens_CxB)`: its own
+    `sample_scan(sp, carry, token_B, u_CxB, choose, cfg) -> (carry, token_B, tokens_CxB)`: its own
     generation loop over C steps (`choose(logits_BxV, u_B) -> token_B`; by default `step` in a scan), on
-    the params `sample_prepare(params, cfg, store)` made (by default the params themselves): `store(w)` keeps
-    a weight matrix the sampler's fastest way, `matmul(x, stored, out_features)` multiplies by it."""
+    the params `sample_prepare(params, cfg, store)` made (by default the params themselves): `store(w_IxO)`
+    keeps a weight matrix the sampler's fastest way (a `stored.Stored`, which `cells.dot` and `dense`
+    multiply by)."""
 
     init_params: Callable[[jax.Array, ModelConfig], dict]
     init_carry: Callable[[ModelConfig, int], Any]
@@ -196,7 +197,10 @@ def _uses_fast(cfg: ModelConfig, cell: cells.Cell) -> bool:
 
 def dense(cfg: ModelConfig, x: jax.Array, w: jax.Array) -> jax.Array:
     """x @ w in the compute dtype (float32 sums) for a big whole-sequence product; with kernels "auto" on a
-    CPU its weight gradient is YNNPACK's GEMM (`fast.projection`)."""
+    CPU its weight gradient is YNNPACK's GEMM (`fast.projection`). A `stored.Stored` w (generation) is
+    multiplied its own way."""
+    if isinstance(w, stored.Stored):
+        return stored.product(x, w)
     w = w.astype(jnp.dtype(cfg.dtype))
     on_cpu_fast = cfg.kernels == "auto" and jax.default_backend() == "cpu"  # a CPU-only GEMM trick
     return fast.projection(x, w) if on_cpu_fast else cells.dot(x, w)
@@ -249,12 +253,23 @@ def _stack_logits(params, tokens_BxT, carry, cfg, dropout_key):
 def _stack_step(params, carry, token_B, cfg):
     x_BxI = params["embed_VxE"][token_B.astype(jnp.int32)]
     h_BxH, new_carry = step_layers(cfg, params["layers"], carry, x_BxI)
-    return cells.dot(h_BxH, params["out_HxV"].astype(jnp.dtype(cfg.dtype))) + params["out_b_V"], new_carry
+    out_HxV = stored.as_dtype(params["out_HxV"], jnp.dtype(cfg.dtype))
+    return cells.dot(h_BxH, out_HxV) + params["out_b_V"], new_carry
+
+
+def _stack_sample_prepare(params, cfg, store):
+    """The layers' and the output's matrices as `store` keeps them, where the cell allows it (`dot_only`)."""
+    if not cells.get_cell(cfg.cell).dot_only:
+        return params
+    layers = [jax.tree.map(lambda w: store(w) if w.ndim == 2 else w, lp) for lp in params["layers"]]
+    return dict(params, layers=layers, out_HxV=store(params["out_HxV"]))
 
 
 def _stack_check(cfg: ModelConfig) -> None:
     cells.get_cell(cfg.cell)
 
 
-STACK = Family(_stack_init, _stack_carry, _stack_logits, _stack_step, _stack_check)
+STACK = Family(
+    _stack_init, _stack_carry, _stack_logits, _stack_step, _stack_check, sample_prepare=_stack_sample_prepare
+)
 register_family("stack", STACK)

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvoice import memory, model, packed_matmul
+from jaxvoice import memory, model, packed_matmul, stored
 from jaxvoice.config import ModelConfig
 from jaxvoice.errors import UserError
 from jaxvoice.parallel import DataParallel
@@ -155,54 +155,37 @@ def sampling_params(params: dict, cfg: ModelConfig, layout: Layout = DEFAULT_LAY
     return {"layers": layers, "out": stored_weight(params["out_HxV"], layout), "out_b_V": params["out_b_V"]}
 
 
-def stored_weight(w_IxO: jax.Array, layout: Layout) -> jax.Array:
-    """A product's [in, out] weights as `layout` stores them (for `stored_dot`)."""
-    if layout.packed:
-        return packed_matmul.pack(w_IxO, layout.weights)
-    return (w_IxO.T if layout.transposed else w_IxO).astype(layout.weights)
+def stored_weight(w_IxO: jax.Array, layout: Layout) -> stored.Stored:
+    """A product's [in, out] weights as `layout` stores them (`cells.dot` and `stored.product` multiply)."""
+    form = "packed" if layout.packed else "rows" if layout.transposed else "columns"
+    return stored.store(w_IxO, form, layout.weights)
 
 
-def stored_dot(x_BxI: jax.Array, w: jax.Array, layout: Layout, out_features: int) -> jax.Array:
-    """x @ w for w stored as `layout` says ([I, O], [O, I] or packed), in w's dtype with float32 sums."""
-    if layout.packed:
-        return packed_matmul.matmul(x_BxI, w, out_features)
-    contract = ((1,), (1,)) if layout.transposed else ((1,), (0,))
-    return jax.lax.dot_general(
-        x_BxI.astype(w.dtype), w, (contract, ((), ())), preferred_element_type=jnp.float32
-    )
-
-
-def fast_step(
-    sp: dict, carry: tuple, token_B: jax.Array, layout: Layout = DEFAULT_LAYOUT
-) -> tuple[jax.Array, tuple]:
-    """`model.step` for a float32 LSTM stack, on `sampling_params` of the same layout: (logits_BxV, carry)."""
+def fast_step(sp: dict, carry: tuple, token_B: jax.Array) -> tuple[jax.Array, tuple]:
+    """`model.step` for a float32 LSTM stack, on `sampling_params`: (logits_BxV, carry)."""
     H = carry[0][0].shape[-1]
     new_carry = []
     x_BxH = None
     for i, lp in enumerate(sp["layers"]):
         h_BxH, c_BxH = carry[i]
         if i == 0:
-            pre_BxG = lp["table_VxG"][token_B] + stored_dot(h_BxH, lp["wh"], layout, 4 * H)
+            pre_BxG = lp["table_VxG"][token_B] + stored.product(h_BxH, lp["wh"])
         else:
             xh_Bx2H = jnp.concatenate([x_BxH, h_BxH], axis=-1)
-            pre_BxG = stored_dot(xh_Bx2H, lp["w_2H"], layout, 4 * H) + lp["b_G"]
+            pre_BxG = stored.product(xh_Bx2H, lp["w_2H"]) + lp["b_G"]
         t_BxG = jnp.tanh(pre_BxG)
         sig_Bx3H = 0.5 + 0.5 * t_BxG[:, : 3 * H]
         i_g, f_g, o_g = sig_Bx3H[:, :H], sig_Bx3H[:, H : 2 * H], sig_Bx3H[:, 2 * H :]
         c_BxH = f_g * c_BxH + i_g * t_BxG[:, 3 * H :]
         x_BxH = o_g * jnp.tanh(c_BxH)
         new_carry.append((x_BxH, c_BxH))
-    logits_BxV = stored_dot(x_BxH, sp["out"], layout, V) + sp["out_b_V"]
+    logits_BxV = stored.product(x_BxH, sp["out"]) + sp["out_b_V"]
     return logits_BxV, tuple(new_carry)
 
 
-def _step_fn(cfg: ModelConfig, layout: Layout):
-    """(prepare(params) -> step params, step(step_params, carry, token) -> (logits, carry))."""
-    if _fast_path(cfg):
-        return partial(sampling_params, cfg=cfg, layout=layout), partial(fast_step, layout=layout)
-    if layout.weights != "float32":  # GRU/RNN: model.step's own compute dtype
-        cfg = dataclasses.replace(cfg, dtype=layout.weights)
-    return (lambda params: params), (lambda p, carry, token: model.step(p, carry, token, cfg))
+def _compute_cfg(cfg: ModelConfig, layout: Layout) -> ModelConfig:
+    """`cfg` computing in the stored weights' dtype (so a bfloat16 store is not widened back)."""
+    return cfg if layout.weights == "float32" else dataclasses.replace(cfg, dtype=layout.weights)
 
 
 # --- choosing a symbol ----------------------------------------------------------------------------------
@@ -259,25 +242,30 @@ def uniforms(key: jax.Array, start, steps: int, num_streams: int) -> jax.Array:
 
 @partial(jax.jit, static_argnames=("cfg", "layout"))
 def _prepare(params: dict, cfg: ModelConfig, layout: Layout) -> dict:
+    """The params as the step reads them: `sampling_params` (the LSTM stack's fast step), or the family's
+    `sample_prepare` with its matrices stored as `layout` says."""
+    if _fast_path(cfg):
+        return sampling_params(params, cfg, layout)
     family = model.get_family(cfg)
-    if family.sample_scan is not None and family.sample_prepare is not None and not _fast_path(cfg):
-        return family.sample_prepare(params, cfg, partial(stored_weight, layout=layout))
-    return _step_fn(cfg, layout)[0](params)
+    if family.sample_prepare is None:
+        return params
+    return family.sample_prepare(params, cfg, partial(stored_weight, layout=layout))
 
 
 @partial(jax.jit, static_argnames=("cfg", "chunk", "sampler", "layout"))
 def _run_chunk(sp, carry, token_B, key, start, temperature, top_p, *, cfg, chunk, sampler, layout):
     """`chunk` steps from (carry, token): (carry, last token, tokens_BxC uint8)."""
-    step = _step_fn(cfg, layout)[1]
     B = token_B.shape[0]
     u_CxB = uniforms(key, start, chunk, B) if not sampler.greedy else jnp.zeros((chunk, B), jnp.float32)
 
     pick = lambda logits_BxV, u_B: choose(logits_BxV, u_B, temperature, sampler, top_p)
     family = model.get_family(cfg)
     if family.sample_scan is not None and not _fast_path(cfg):  # the family's own loop (e.g. frame by frame)
-        compute_cfg = cfg if layout.weights == "float32" else dataclasses.replace(cfg, dtype=layout.weights)
-        matmul = partial(stored_dot, layout=layout) if family.sample_prepare else None
-        return family.sample_scan(sp, carry, token_B, u_CxB, pick, compute_cfg, matmul)
+        return family.sample_scan(sp, carry, token_B, u_CxB, pick, _compute_cfg(cfg, layout))
+    if _fast_path(cfg):
+        step = fast_step
+    else:
+        step = partial(model.step, cfg=_compute_cfg(cfg, layout))
 
     def body(state, u_B):
         carry, token = state

@@ -7,7 +7,9 @@ vectors, drives a sample level of width D = `model.sample_size` that predicts ea
 samples before it: an MLP over their embeddings (`model.sample_level = "mlp"`, `model.sample_layers`
 hidden layers), or one layer of the cell over every sample (`"rnn"`), given its embedding and its
 conditioning vector. The recurrence runs F times less often than a flat stack's and spans F times more
-audio per step; most of the work is whole-window matrix products.
+audio per step; most of the work is whole-window matrix products. `model.dropout` (training only) drops
+the inputs of frame layers above the first, the frame tier's output before the upsampling, and the sample
+level's hidden activations (its regulariser: the MLP and the upsampling hold most of the parameters).
 
 Windows are a multiple of F long and start at frame boundaries. The carry (batch-first, like every
 family's) is {"frame": the frame tier's cells, "window": the last F input symbols [B, F], "sample": the
@@ -26,7 +28,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxvoice import cells, model
+from jaxvoice import cells, model, stored
 from jaxvoice.config import ModelConfig
 from jaxvoice.errors import UserError
 
@@ -90,15 +92,9 @@ def _frame_inputs(params, frames_NxF, cfg) -> jax.Array:
     return (frames_NxF.astype(jnp.float32) / (V - 1) - 0.5) * 4.0
 
 
-def _conditioning(params, o_NxH, cfg, matmul=None) -> jax.Array:
-    """F conditioning vectors [N, F, D] per frame tier output: the learned linear upsampling (`matmul` as in
-    `_mlp_logits`)."""
-    F, D = cfg.frame_size, cfg.sample_size
-    if matmul is None:
-        up_NxFD = model.dense(cfg, o_NxH, params["up_HxFD"])
-    else:
-        up_NxFD = matmul(o_NxH, params["up_HxFD"], out_features=F * D)
-    up_NxFD = up_NxFD + params["up_b_FD"]
+def _conditioning(params, o_NxH, cfg) -> jax.Array:
+    """F conditioning vectors [N, F, D] per frame tier output: the learned linear upsampling."""
+    up_NxFD = model.dense(cfg, o_NxH, params["up_HxFD"]) + params["up_b_FD"]
     return up_NxFD.reshape(o_NxH.shape[0], cfg.frame_size, cfg.sample_size)
 
 
@@ -111,21 +107,28 @@ def _tables(params, cfg) -> jax.Array:
                       preferred_element_type=jnp.float32)  # fmt: skip
 
 
-def _mlp_logits(params, windows_NxF, cond_NxD, cfg, tables_FxVxD=None, matmul=None) -> jax.Array:
+def _dropout(key, rate: float, x: jax.Array) -> jax.Array:
+    """x with each element zeroed with probability `rate` and the rest scaled by 1 / (1 - rate)."""
+    keep = 1.0 - rate
+    return x * (jax.random.bernoulli(key, keep, x.shape).astype(x.dtype) / keep)
+
+
+def _mlp_logits(params, windows_NxF, cond_NxD, cfg, tables_FxVxD=None, dropout_key=None):
     """The sample-level MLP: logits [N, V] of the sample after each window of F symbols, given its
     conditioning vector. The first layer is one GEMM over the F embeddings side by side, or (generation, with
-    `_tables`) a sum of F table rows. `matmul(x, w, out_features)` does the other products (default: the
-    training GEMM; the sampler gives its own, for weights it stores its way)."""
-    matmul = matmul or (lambda x, w, out_features: model.dense(cfg, x, w))
+    `_tables`) a sum of F table rows. With `dropout_key`, each hidden layer's output is dropped at rate
+    `model.dropout`."""
+    keys = iter(jax.random.split(dropout_key, cfg.sample_layers)) if dropout_key is not None else None
+    drop = (lambda x: _dropout(next(keys), cfg.dropout, x)) if keys is not None else (lambda x: x)
     if tables_FxVxD is None:
         x_NxFE = params["embed_VxE"][windows_NxF].reshape(windows_NxF.shape[0], -1)
         first_NxD = model.dense(cfg, x_NxFE, params["in_FExD"])
     else:
         first_NxD = tables_FxVxD[jnp.arange(cfg.frame_size), windows_NxF].sum(axis=1)
-    x_NxD = jax.nn.relu(first_NxD + params["in_b_D"] + cond_NxD)
+    x_NxD = drop(jax.nn.relu(first_NxD + params["in_b_D"] + cond_NxD))
     for layer in params["hidden"]:
-        x_NxD = jax.nn.relu(matmul(x_NxD, layer["w_DxD"], out_features=cfg.sample_size) + layer["b_D"])
-    return matmul(x_NxD, params["out_DxV"], out_features=V) + params["out_b_V"]
+        x_NxD = drop(jax.nn.relu(model.dense(cfg, x_NxD, layer["w_DxD"]) + layer["b_D"]))
+    return model.dense(cfg, x_NxD, params["out_DxV"]) + params["out_b_V"]
 
 
 def _sample_cfg(cfg: ModelConfig) -> ModelConfig:
@@ -147,19 +150,31 @@ def logits(params, tokens_BxT, carry, cfg, dropout_key=None):
     # the targets kF .. kF + F - 1.
     frames_KxBxF = e_BxTF[:, : K * F].reshape(B, K, F).transpose(1, 0, 2)
     inputs_NxI = _frame_inputs(params, frames_KxBxF.reshape(K * B, F), cfg)
-    o_KxBxH, frame_carry = model.run_layers(cfg, params["frame_layers"], carry["frame"], inputs_NxI, None)
+    masks, sample_key = None, None
+    if dropout_key is not None and cfg.dropout > 0:
+        frame_key, sample_key = jax.random.split(dropout_key)
+        masks = model.dropout_masks(frame_key, cfg, (K, B, cfg.rnn_size))
+    o_KxBxH, frame_carry = model.run_layers(
+        cfg, params["frame_layers"], carry["frame"], inputs_NxI, None, masks
+    )
+    if masks is not None:
+        o_KxBxH = o_KxBxH * masks[0]
     cond_KxBxFxD = _conditioning(params, o_KxBxH.reshape(K * B, -1), cfg).reshape(K, B, F, D)
     cond_TxBxD = cond_KxBxFxD.transpose(0, 2, 1, 3).reshape(T, B, D)  # t = kF + i
     if cfg.sample_level == "mlp":
         # target t's window: e[t : t + F], the F inputs up to and including x_t
         windows_TxBxF = jnp.stack([e_BxTF[:, j : j + T] for j in range(F)], axis=-1).transpose(1, 0, 2)
-        logits_NxV = _mlp_logits(params, windows_TxBxF.reshape(T * B, F), cond_TxBxD.reshape(T * B, D), cfg)
+        logits_NxV = _mlp_logits(
+            params, windows_TxBxF.reshape(T * B, F), cond_TxBxD.reshape(T * B, D), cfg, dropout_key=sample_key
+        )
         sample_carry = ()
     else:
         x_TxBxI = jnp.concatenate([params["embed_VxE"][x_BxT.T], cond_TxBxD], axis=-1)
         hs_TxBxD, (sample_carry,) = model.run_layers(
             _sample_cfg(cfg), [params["sample_layer"]], (carry["sample"],), x_TxBxI.reshape(T * B, -1), None
         )
+        if sample_key is not None:
+            hs_TxBxD = _dropout(sample_key, cfg.dropout, hs_TxBxD)
         logits_NxV = model.dense(cfg, hs_TxBxD.reshape(T * B, D), params["out_DxV"]) + params["out_b_V"]
     new_carry = {
         "frame": frame_carry,
@@ -171,15 +186,15 @@ def logits(params, tokens_BxT, carry, cfg, dropout_key=None):
     return logits_NxV.reshape(T, B, V), new_carry
 
 
-def _frame_step(params, carry, cfg, matmul=None):
+def _frame_step(params, carry, cfg):
     """At a frame start: the frame tier one step on the window (the F inputs up to now), and its F
     conditioning vectors."""
     inputs_BxI = _frame_inputs(params, carry["window"], cfg)
     o_BxH, frame_carry = model.step_layers(cfg, params["frame_layers"], carry["frame"], inputs_BxI)
-    return dict(carry, frame=frame_carry, cond=_conditioning(params, o_BxH, cfg, matmul))
+    return dict(carry, frame=frame_carry, cond=_conditioning(params, o_BxH, cfg))
 
 
-def _sample_step(params, carry, token_B, cfg, tables_FxVxD=None, matmul=None, position=None):
+def _sample_step(params, carry, token_B, cfg, tables_FxVxD=None, position=None):
     """The sample level at position carry["pos"] of the frame: (logits_BxV, carry with pos + 1). A loop that
     knows the position (`position`, a Python int) saves reading it from the carry."""
     B = token_B.shape[0]
@@ -188,17 +203,14 @@ def _sample_step(params, carry, token_B, cfg, tables_FxVxD=None, matmul=None, po
     else:
         cond_BxD = carry["cond"][:, position]
     if cfg.sample_level == "mlp":
-        logits_BxV = _mlp_logits(params, carry["window"], cond_BxD, cfg, tables_FxVxD, matmul)
+        logits_BxV = _mlp_logits(params, carry["window"], cond_BxD, cfg, tables_FxVxD)
         sample_carry = ()
     else:
         x_BxI = jnp.concatenate([params["embed_VxE"][token_B], cond_BxD], axis=-1)
         h_BxD, (sample_carry,) = model.step_layers(_sample_cfg(cfg), [params["sample_layer"]],
                                                    (carry["sample"],), x_BxI)  # fmt: skip
-        if matmul is None:
-            logits_BxV = cells.dot(h_BxD, params["out_DxV"].astype(jnp.dtype(cfg.dtype)))
-        else:
-            logits_BxV = matmul(h_BxD, params["out_DxV"], out_features=V)
-        logits_BxV = logits_BxV + params["out_b_V"]
+        out_DxV = stored.as_dtype(params["out_DxV"], jnp.dtype(cfg.dtype))
+        logits_BxV = cells.dot(h_BxD, out_DxV) + params["out_b_V"]
     pos = (carry["pos"] + 1) % cfg.frame_size
     return logits_BxV, dict(carry, sample=sample_carry, pos=pos.reshape(B))
 
@@ -217,33 +229,42 @@ def step(params, carry, token_B, cfg):
 
 def sample_prepare(params, cfg, store):
     """The params as the sampler reads them: the MLP's first layer as `_tables`, the other products' weights
-    as `store(w)` keeps them (e.g. packed for jaxvoice's CPU kernel)."""
+    as `store(w)` keeps them (e.g. packed for jaxvoice's CPU kernel), the frame tier's too where its cell
+    multiplies only through `cells.dot`."""
     sp = {name: value for name, value in params.items() if name != "in_FExD"}
     if cfg.sample_level == "mlp":
         sp["tables_FxVxD"] = _tables(params, cfg)
         sp["hidden"] = [dict(layer, w_DxD=store(layer["w_DxD"])) for layer in params["hidden"]]
+    elif cells.get_cell(cfg.cell).dot_only:
+        sp["sample_layer"] = _stored_matrices(params["sample_layer"], store)
     sp["out_DxV"] = store(params["out_DxV"])
     sp["up_HxFD"] = store(params["up_HxFD"])  # read once per frame, but F x D wide: the largest product
+    if cells.get_cell(cfg.cell).dot_only:
+        sp["frame_layers"] = [_stored_matrices(layer, store) for layer in params["frame_layers"]]
     return sp
 
 
-def sample_scan(sp, carry, token_B, u_CxB, choose, cfg, matmul):
+def _stored_matrices(layer: dict, store) -> dict:
+    return jax.tree.map(lambda w: store(w) if w.ndim == 2 else w, layer)
+
+
+def sample_scan(sp, carry, token_B, u_CxB, choose, cfg):
     """C steps of generation from a frame start (C a multiple of F): a scan over the C / F frames whose body
     steps the frame tier once and scans the F samples of the frame, each chosen by `choose(logits, u)`.
-    `token_B` is the input of the first step; what `step` computes, step by step. `sp` is `sample_prepare`'s,
-    `matmul(x, stored, out_features)` its products."""
+    `token_B` is the input of the first step; what `step` computes, step by step. `sp` is `sample_prepare`'s
+    (or the params themselves)."""
     F = cfg.frame_size
     C, B = u_CxB.shape
     tables_FxVxD = sp.get("tables_FxVxD")
 
     def frame(state, u_FxB):
         carry, token = state
-        carry = _frame_step(sp, _push(carry, token), cfg, matmul)
+        carry = _frame_step(sp, _push(carry, token), cfg)
         chosen = []
         for position in range(F):  # unrolled, so each step knows its position in the frame
             if position:
                 carry = _push(carry, token)
-            logits_BxV, carry = _sample_step(sp, carry, token, cfg, tables_FxVxD, matmul, position)
+            logits_BxV, carry = _sample_step(sp, carry, token, cfg, tables_FxVxD, position)
             token = choose(logits_BxV, u_FxB[position])
             chosen.append(token.astype(jnp.uint8))
         return (carry, token), jnp.stack(chosen)
@@ -257,8 +278,6 @@ def check(cfg: ModelConfig) -> None:
     cells.get_cell(cfg.cell)
     if cfg.frame_size < 2:
         raise UserError(f"model.frame_size must be at least 2 for model.kind tiered, got {cfg.frame_size}")
-    if cfg.dropout > 0:
-        raise UserError("model.dropout is not used by model.kind tiered: set it to 0")
     for key, value, options in (
         ("model.frame_input", cfg.frame_input, ("scaled", "embedded")),
         ("model.sample_level", cfg.sample_level, ("mlp", "rnn")),

@@ -96,7 +96,7 @@ def _bench_gemv(cfg, streams: int, steps: int, repeats: int, weights: str, layou
     import jax
     import jax.numpy as jnp
 
-    from jaxvoice import sample
+    from jaxvoice import sample, stored
 
     # stored and multiplied exactly as the sampler does it
     layout = sample.Layout(
@@ -118,8 +118,8 @@ def _bench_gemv(cfg, streams: int, steps: int, repeats: int, weights: str, layou
             for i, w in enumerate(mats):
                 inp = h_BxH if i == 0 else jnp.concatenate([x_BxH, h_BxH], axis=-1)
                 # every output of the product is used (else XLA computes only the used columns)
-                x_BxH = jnp.tanh(sample.stored_dot(inp, w, layout, G).reshape(-1, 4, H).sum(axis=1))
-            logits_BxV = sample.stored_dot(x_BxH, out, layout, 256)
+                x_BxH = jnp.tanh(stored.product(inp, w).reshape(-1, 4, H).sum(axis=1))
+            logits_BxV = stored.product(x_BxH, out)
             return jnp.tanh(x_BxH + logits_BxV.sum(axis=-1, keepdims=True)), None
 
         return jax.lax.scan(body, h_BxH, None, length=steps)[0]

@@ -450,8 +450,6 @@ CASES = [
          absent=("{tmp}/r",)),
     Case("train-unknown-family", ("train", *TRAIN_TINY, "--set", "model.kind=wavenet", "--data", "{corpus}", "--out",
                                   "{tmp}/r"), ("model.kind 'wavenet'", "stack", "tiered"), absent=("{tmp}/r",)),
-    Case("train-tiered-dropout", ("train", *TRAIN_TINY, "--set", "model.kind=tiered", "--set", "model.dropout=0.2",
-                                  "--data", "{corpus}", "--out", "{tmp}/r"), ("model.dropout",), absent=("{tmp}/r",)),
     Case("train-sampling-a-bytes-corpus", ("train", *TRAIN_TINY, "--set", "train.sample_seconds=1", "--data", "{tmp}/c",
                                            "--out", "{tmp}/r"), ("train.sample_seconds", "audio corpus"),
          setup=lambda env: run_jaxvoice("prepare", text("t.txt", "hello " * 2000)(env), "-o", env.tmp / "c",

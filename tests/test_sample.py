@@ -20,7 +20,7 @@ import soundfile as sf
 from conftest import assert_user_error, jaxvoice_cmd, run_jaxvoice, sawtooth, write_audio
 from scipy import stats
 
-from jaxvoice import model, packed_matmul, sample
+from jaxvoice import cells, model, packed_matmul, sample, stored
 from jaxvoice.config import ModelConfig
 from jaxvoice.errors import UserError
 
@@ -153,13 +153,33 @@ def test_fast_step_matches_model_step(transposed, packed):
     tokens = jax.random.randint(jax.random.key(5), (20, 3), 0, 256)
     ref = fast = model.init_carry(cfg, 3)
     ref_step = jax.jit(model.step, static_argnums=3)
-    fast_step = jax.jit(partial(sample.fast_step, layout=layout))
+    fast_step = jax.jit(sample.fast_step)
     for token_B in tokens:
         logits_ref, ref = ref_step(params, ref, token_B, cfg)
         logits_fast, fast = fast_step(sp, fast, token_B)
         np.testing.assert_allclose(logits_fast, logits_ref, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=1e-5)
     assert np.abs(np.asarray(ref)).max() > 0.1  # the state moved: the comparison is not of zeros
+
+
+@pytest.mark.parametrize("transposed,packed", LAYOUTS)
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_cells_step_on_stored_weights_as_on_their_own(cell, transposed, packed):
+    """The built-in cells multiply only through `cells.dot` (`dot_only`), so their step, unchanged, runs on
+    weights the sampler stores its way and gives what it gives on the plain ones."""
+    cfg = ModelConfig(cell=cell, rnn_size=24, num_layers=2, wordvec_size=8)
+    assert cells.get_cell(cell).dot_only
+    layers = model.init_params(jax.random.key(3), cfg)["layers"]
+    store = partial(sample.stored_weight, layout=sample.Layout(transposed=transposed, packed=packed))
+    stored_layers = [jax.tree.map(lambda w: store(w) if w.ndim == 2 else w, lp) for lp in layers]
+    assert isinstance(stored_layers[1]["wh_HxG"], stored.Stored)
+    step = jax.jit(lambda layers, carry, x: model.step_layers(cfg, layers, carry, x))
+    carry = ref = model.init_carry(cfg, 3)
+    for x_BxE in jax.random.normal(jax.random.key(5), (6, 3, 8)):
+        h_ref, ref = step(layers, ref, x_BxE)
+        h, carry = step(stored_layers, carry, x_BxE)
+        np.testing.assert_allclose(h, h_ref, rtol=1e-5, atol=1e-5)
+    assert np.abs(np.asarray(h_ref)).max() > 0.1
 
 
 @pytest.mark.parametrize("transposed,packed", LAYOUTS)
@@ -170,7 +190,7 @@ def test_bfloat16_weights_step_close_to_float32(transposed, packed):
     layout = sample.Layout(transposed=transposed, weights="bfloat16", packed=packed)
     sp = sample.sampling_params(params, cfg, layout)
     assert sp["layers"][1]["w_2H"].dtype == jnp.bfloat16 and sp["out"].dtype == jnp.bfloat16
-    fast_step = jax.jit(partial(sample.fast_step, layout=layout))
+    fast_step = jax.jit(sample.fast_step)
     ref = fast = model.init_carry(cfg, 2)
     worst = 0.0
     for token_B in jax.random.randint(jax.random.key(5), (30, 2), 0, 256):

@@ -85,9 +85,8 @@ def test_generation_steps_equal_the_training_forward(level):
         loop.append(token)
     for layout in (sample.Layout(), sample.Layout(transposed=True), sample.layout_for(B)):  # every store
         sp = family.sample_prepare(params, cfg, functools.partial(sample.stored_weight, layout=layout))
-        matmul = functools.partial(sample.stored_dot, layout=layout)
-        _, _, scanned_BxC = jax.jit(family.sample_scan, static_argnums=(4, 5, 6))(
-            sp, carry1, x[:, 2 * F], u, pick, cfg, matmul
+        _, _, scanned_BxC = jax.jit(family.sample_scan, static_argnums=(4, 5))(
+            sp, carry1, x[:, 2 * F], u, pick, cfg
         )
         np.testing.assert_array_equal(scanned_BxC, np.stack(loop, 1).astype(np.uint8), err_msg=str(layout))
 
@@ -105,6 +104,27 @@ def test_gradients_match_finite_differences(level, kernels):
         )
         loss = jax.jit(lambda p: model.loss(p, x, y, carry, cfg)[0])
         check_grads(loss, (params,), order=1, modes=["rev", "fwd"], atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_dropout_is_for_training_only_and_its_gradients_are_exact(level):
+    """With a key, model.dropout changes the loss (and each key its own masks); without one (evaluation,
+    sampling) the model is the rate-0 model. With a fixed key the gradients match finite differences."""
+    cfg = tiny(level, dropout=0.3)
+    params, x, y = random_params(cfg), tokens(2 * F), tokens(2 * F, seed=2)
+    carry = model.init_carry(cfg, B)
+    loss = jax.jit(lambda p, key, c: model.loss(p, x, y, carry, c, key)[0], static_argnums=2)
+    plain = float(loss(params, None, cfg))
+    assert plain == float(loss(params, None, dataclasses.replace(cfg, dropout=0.0)))
+    dropped = [float(loss(params, jax.random.key(k), cfg)) for k in (1, 2)]
+    assert plain not in dropped and dropped[0] != dropped[1]
+    with jax.enable_x64(True):
+        cfg64 = dataclasses.replace(cfg, dtype="float64", kernels="xla")
+        params64 = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+        carry64 = jax.tree.map(lambda a: a if a.dtype == jnp.int32 else a.astype(jnp.float64) + 0.1, carry)
+        key = jax.random.key(3)
+        check_grads(lambda p: model.loss(p, x, y, carry64, cfg64, key)[0], (params64,), order=1, modes=["rev"],
+                    atol=1e-6, rtol=1e-6)  # fmt: skip
 
 
 def _periodic(period: int, length: int, seed: int = 0) -> np.ndarray:
