@@ -55,6 +55,7 @@ MGU = jaxvoice.Cell(
     initial_carry=lambda batch, hidden: jnp.zeros((batch, hidden), jnp.float32),
     step=mgu_step,
     project=mgu_project,
+    dot_only=True,  # its matrices are used only through `dot`: sampling may store them its fastest way
 )
 jaxvoice.register_cell("mgu", MGU)
 
