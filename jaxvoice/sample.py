@@ -262,10 +262,7 @@ def _run_chunk(sp, carry, token_B, key, start, temperature, top_p, *, cfg, chunk
     family = model.get_family(cfg)
     if family.sample_scan is not None and not _fast_path(cfg):  # the family's own loop (e.g. frame by frame)
         return family.sample_scan(sp, carry, token_B, u_CxB, pick, _compute_cfg(cfg, layout))
-    if _fast_path(cfg):
-        step = fast_step
-    else:
-        step = partial(model.step, cfg=_compute_cfg(cfg, layout))
+    step = fast_step if _fast_path(cfg) else partial(model.step, cfg=_compute_cfg(cfg, layout))
 
     def body(state, u_B):
         carry, token = state
