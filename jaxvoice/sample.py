@@ -11,12 +11,14 @@ so the same seed gives the same bytes for any chunk size, and streams differ. A 
 uniform by inverse CDF (the count of cumulative probabilities <= u * total), cheaper per step than
 `jax.random.categorical`, and the uniforms of a whole chunk are drawn in one vectorised call.
 
-Any model steps with `model.step`. A float32 LSTM stack with `model.kernels = "auto"` steps with
-`fast_step`, its step rearranged for speed (`sampling_params`): layer 0's input projection is a row of an
-(embed @ W_x + b) table, each gate row is one tanh (sigmoid(x) = (1 + tanh(x / 2)) / 2, the halving folded
-exactly into the weights), layers above 0 do one product over [x, h], and the weights' layout (`Layout`) is
-chosen per stream count, on a CPU in jaxvoice's own kernel (`packed_matmul`). Tested against `model.step`;
-figures in docs/performance.md.
+Any model steps with `model.step` (or its family's `sample_scan`) on the params its family's
+`sample_prepare` made: their matrices stored as the `Layout` for the stream count says (`stored_weight`,
+`jaxvoice.stored`), which the cells' `dot` multiplies by. A float32 LSTM stack with `model.kernels = "auto"`
+steps with `fast_step`, its step rearranged for speed (`sampling_params`): layer 0's input projection is a row
+of an (embed @ W_x + b) table, each gate row is one tanh (sigmoid(x) = (1 + tanh(x / 2)) / 2, the halving
+folded exactly into the weights), layers above 0 do one product over [x, h], and the weights' layout
+(`Layout`) is chosen per stream count, on a CPU in jaxvoice's own kernel (`packed_matmul`). Tested against
+`model.step`; figures in docs/performance.md.
 """
 
 from __future__ import annotations
