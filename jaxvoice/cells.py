@@ -85,6 +85,14 @@ def dot(x: jax.Array, w: jax.Array) -> jax.Array:
     return jnp.matmul(x.astype(w.dtype), w, preferred_element_type=jnp.promote_types(w.dtype, jnp.float32))
 
 
+def store_layer(cell_name: str, layer: dict, store: Callable) -> dict:
+    """A layer's params with its matrices as `store(w_IxO)` keeps them (`jaxvoice.stored`), where the cell
+    multiplies only through `dot` (`dot_only`); otherwise the layer as it is."""
+    if not get_cell(cell_name).dot_only:
+        return layer
+    return jax.tree.map(lambda w: store(w) if w.ndim == 2 else w, layer)
+
+
 def gated_init(gates: int, bias: Callable[[int], jax.Array] | None = None) -> Callable:
     """init for cells with input weights wx_IxG, recurrent weights wh_HxG and a bias b_G, G = gates * H:
     torch-rnn's N(0, 1/sqrt(I + H)) weights and (unless `bias` gives them) zero biases."""

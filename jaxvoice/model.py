@@ -258,10 +258,8 @@ def _stack_step(params, carry, token_B, cfg):
 
 
 def _stack_sample_prepare(params, cfg, store):
-    """The layers' and the output's matrices as `store` keeps them, where the cell allows it (`dot_only`)."""
-    if not cells.get_cell(cfg.cell).dot_only:
-        return params
-    layers = [jax.tree.map(lambda w: store(w) if w.ndim == 2 else w, lp) for lp in params["layers"]]
+    """The output's matrix as `store` keeps it, and the layers' where the cell allows it (`dot_only`)."""
+    layers = [cells.store_layer(cfg.cell, lp, store) for lp in params["layers"]]
     return dict(params, layers=layers, out_HxV=store(params["out_HxV"]))
 
 

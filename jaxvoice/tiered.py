@@ -235,17 +235,12 @@ def sample_prepare(params, cfg, store):
     if cfg.sample_level == "mlp":
         sp["tables_FxVxD"] = _tables(params, cfg)
         sp["hidden"] = [dict(layer, w_DxD=store(layer["w_DxD"])) for layer in params["hidden"]]
-    elif cells.get_cell(cfg.cell).dot_only:
-        sp["sample_layer"] = _stored_matrices(params["sample_layer"], store)
+    else:
+        sp["sample_layer"] = cells.store_layer(cfg.cell, params["sample_layer"], store)
     sp["out_DxV"] = store(params["out_DxV"])
     sp["up_HxFD"] = store(params["up_HxFD"])  # read once per frame, but F x D wide: the largest product
-    if cells.get_cell(cfg.cell).dot_only:
-        sp["frame_layers"] = [_stored_matrices(layer, store) for layer in params["frame_layers"]]
+    sp["frame_layers"] = [cells.store_layer(cfg.cell, layer, store) for layer in params["frame_layers"]]
     return sp
-
-
-def _stored_matrices(layer: dict, store) -> dict:
-    return jax.tree.map(lambda w: store(w) if w.ndim == 2 else w, layer)
 
 
 def sample_scan(sp, carry, token_B, u_CxB, choose, cfg):

@@ -171,7 +171,7 @@ def test_cells_step_on_stored_weights_as_on_their_own(cell, transposed, packed):
     assert cells.get_cell(cell).dot_only
     layers = model.init_params(jax.random.key(3), cfg)["layers"]
     store = partial(sample.stored_weight, layout=sample.Layout(transposed=transposed, packed=packed))
-    stored_layers = [jax.tree.map(lambda w: store(w) if w.ndim == 2 else w, lp) for lp in layers]
+    stored_layers = [cells.store_layer(cell, lp, store) for lp in layers]
     assert isinstance(stored_layers[1]["wh_HxG"], stored.Stored)
     step = jax.jit(lambda layers, carry, x: model.step_layers(cfg, layers, carry, x))
     carry = ref = model.init_carry(cfg, 3)
