@@ -204,15 +204,19 @@ def _validate(cfg: Config) -> Config:
     return cfg
 
 
-def from_dict(tree: dict[str, Any], base: Config | None = None, parse: bool = False) -> Config:
-    """Merge a {section: {key: value}} mapping into `base` (defaults if None), type-checked."""
-    cfg = base or Config()
+def _merge(cfg: Config, tree: dict[str, Any], parse: bool) -> Config:
+    """`cfg` with a {section: {key: value}} mapping merged in, each value type-checked (not yet validated)."""
     for section, values in tree.items():
         if section not in SECTIONS or not isinstance(values, dict):
             raise _unknown_key(section)
         updates = {name: _coerce(f"{section}.{name}", v, parse) for name, v in values.items()}
         cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **updates)})
-    return _validate(cfg)
+    return cfg
+
+
+def from_dict(tree: dict[str, Any], base: Config | None = None, parse: bool = False) -> Config:
+    """Merge a {section: {key: value}} mapping into `base` (defaults if None), type-checked and validated."""
+    return _validate(_merge(base or Config(), tree, parse))
 
 
 def resolve_preset(name_or_path: str | Path) -> Path:
@@ -238,11 +242,12 @@ def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
             raise UserError(f"config {file} is not valid TOML: {e}") from None
         except OSError as e:
             raise UserError(f"cannot read config {file}: {e.strerror or e}") from None
-    cfg = from_dict(tree)
-    return apply_overrides(cfg, overrides)
+    return apply_overrides(_merge(Config(), tree, parse=False), overrides)
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """`cfg` with `section.key=value` overrides applied, validated once they all are (so their order does
+    not matter: `model.tiers=3` may come before the `model.top_frame_size` it needs)."""
     for item in overrides:
         key, eq, value = item.partition("=")
         key = key.strip()
@@ -253,8 +258,8 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
                 )
             raise _unknown_key(key)
         section, name = key.split(".", 1)
-        cfg = from_dict({section: {name: value}}, base=cfg, parse=True)
-    return cfg
+        cfg = _merge(cfg, {section: {name: value}}, parse=True)
+    return _validate(cfg)
 
 
 def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:

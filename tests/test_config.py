@@ -45,6 +45,18 @@ def test_overrides_are_typed():
         config.load(None, ["train.batch_size"])
 
 
+def test_overrides_are_validated_together_in_any_order():
+    """Settings that only work together (a frame-level model's frame size and its windows) may be given in
+    any order; the result is validated once, and still refused when it does not work."""
+    # one at a time, the first order would fail at frame_size 48 (tiny's windows are 64)
+    settings = ["model.kind=tiered", "model.frame_size=48", "train.seq_length=96"]
+    for order in (settings, settings[::-1]):
+        cfg = config.load("tiny", order)
+        assert (cfg.model.kind, cfg.model.frame_size, cfg.train.seq_length) == ("tiered", 48, 96)
+    with pytest.raises(UserError, match="train.seq_length must be a multiple of 48"):
+        config.load("tiny", [*settings[:-1], "train.seq_length=80"])
+
+
 @pytest.mark.parametrize(
     ("key", "suggestion"),
     [
