@@ -36,6 +36,9 @@ class ModelConfig:
     sample_level: str = "mlp"  # mlp: over the last frame_size samples | rnn: one cell layer over every sample
     sample_size: int = 256  # width of the sample level
     sample_layers: int = 2  # the MLP's hidden layers
+    upsampling: str = "per_position"  # frame output -> its F vectors: per_position maps | shared (+ biases)
+    tiers: int = 2  # 2: frame tier + sample level | 3: a top tier every top_frame_size samples above them
+    top_frame_size: int = 64  # tiers = 3: samples per top-tier step, a multiple of frame_size
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,7 @@ def _validate(cfg: Config) -> Config:
         "model.frame_size",
         "model.sample_size",
         "model.sample_layers",
+        "model.top_frame_size",
         "train.batch_size",
         "train.seq_length",
         "train.lr_decay_every",
@@ -192,7 +196,7 @@ def _validate(cfg: Config) -> Config:
     if cfg.train.seq_length % multiple:
         raise UserError(
             f"train.seq_length must be a multiple of {multiple} for model.kind {cfg.model.kind} "
-            f"(model.frame_size), got {cfg.train.seq_length}"
+            f"(whole frames of its slowest tier), got {cfg.train.seq_length}"
         )
     check_seed(cfg.train.seed, "train.seed")
     check_seed(cfg.sample.seed, "sample.seed")

@@ -3,22 +3,30 @@
 A frame tier, `model.num_layers` layers of the registered `model.cell` of width `model.rnn_size`, steps once
 per frame of F = `model.frame_size` samples and reads the F samples before the frame (scaled to [-2, 2],
 or embedded: `model.frame_input`). Its output, mapped by a learned linear upsampling to F conditioning
-vectors, drives a sample level of width D = `model.sample_size` that predicts each sample from the F
-samples before it: an MLP over their embeddings (`model.sample_level = "mlp"`, `model.sample_layers`
-hidden layers), or one layer of the cell over every sample (`"rnn"`), given its embedding and its
-conditioning vector. The recurrence runs F times less often than a flat stack's and spans F times more
+vectors (a map per position, as SampleRNN's; or `model.upsampling = "shared"`: one map and a bias per
+position, which generalises better on minutes of audio), drives a sample level of width D =
+`model.sample_size` that predicts each sample from the F samples before it: an MLP over their embeddings
+(`model.sample_level = "mlp"`, `model.sample_layers` hidden layers), or one layer of the cell over every
+sample (`"rnn"`), given its embedding and its conditioning vector. The recurrence runs F times less often than a flat stack's and spans F times more
 audio per step; most of the work is whole-window matrix products. `model.dropout` (training only) drops
 the inputs of frame layers above the first, the frame tier's output before the upsampling, and the sample
 level's hidden activations (its regulariser: the MLP and the upsampling hold most of the parameters).
 
-Windows are a multiple of F long and start at frame boundaries. The carry (batch-first, like every
-family's) is {"frame": the frame tier's cells, "window": the last F input symbols [B, F], "sample": the
-sample-level cell's state (rnn) or (), "cond": the current frame's conditioning [B, F, D], "pos": the
-position in it [B]}. Generation (`sample_scan`) is a `lax.scan` over frames whose body steps the frame tier
-once and scans the F samples of the frame; `step` does one sample (the frame tier at frame starts).
+With `model.tiers = 3`, a top tier of the same layers steps once per L = `model.top_frame_size` samples
+(a multiple of F) on the L samples before it; its output, upsampled to R = L / F vectors of width H, joins
+the inputs of the frame tier's R steps (SampleRNN's 3-tier model).
 
-Shape letters: B batch, T samples (K = T / F frames), F frame size, E wordvec_size, H rnn_size, D
-sample_size, V 256.
+Windows are a multiple of the period P (F, or L with 3 tiers) long and start at period boundaries. The
+carry (batch-first, like every family's) is {"frame": the frame tier's cells, "window": the last P input
+symbols [B, P], "sample": the sample-level cell's state (rnn) or (), "cond": the current frame's
+conditioning [B, F, D], "pos": the position in the period [B]}, and with 3 tiers {"top": the top tier's
+cells, "top_cond": the current top frame's conditioning [B, R, H]}. Generation (`sample_scan`) is a
+`lax.scan` over frames whose body steps the frame tier once and scans the F samples of the frame (with 3
+tiers, inside a scan over top frames that steps the top tier once); `step` does one sample (each tier at
+its frame starts).
+
+Shape letters: B batch, T samples (K = T / F frames), F frame size, L top frame size, R = L / F, E
+wordvec_size, H rnn_size, D sample_size, V 256.
 """
 
 from __future__ import annotations
@@ -40,20 +48,25 @@ def _dense_init(key, fan_in: int, fan_out: int) -> jax.Array:
     return jax.random.normal(key, (fan_in, fan_out), jnp.float32) / math.sqrt(fan_in)
 
 
-def _frame_input_size(cfg: ModelConfig) -> int:
-    return cfg.frame_size * (cfg.wordvec_size if cfg.frame_input == "embedded" else 1)
+def _frame_input_size(cfg: ModelConfig, frame: int) -> int:
+    return frame * (cfg.wordvec_size if cfg.frame_input == "embedded" else 1)
+
+
+def _period(cfg: ModelConfig) -> int:
+    """Samples per step of the slowest tier: windows and generation chunks are whole periods."""
+    return cfg.top_frame_size if cfg.tiers == 3 else cfg.frame_size
 
 
 def init_params(key: jax.Array, cfg: ModelConfig) -> dict:
     F, E, H, D = cfg.frame_size, cfg.wordvec_size, cfg.rnn_size, cfg.sample_size
     cell = cells.get_cell(cfg.cell)
     keys = iter(jax.random.split(key, cfg.num_layers + cfg.sample_layers + 8))
+    frame_in = _frame_input_size(cfg, F) + (H if cfg.tiers == 3 else 0)  # 3 tiers: and the top tier's vector
     params = {
         "frame_layers": [
-            cell.init(next(keys), _frame_input_size(cfg) if layer == 0 else H, H)
-            for layer in range(cfg.num_layers)
+            cell.init(next(keys), frame_in if layer == 0 else H, H) for layer in range(cfg.num_layers)
         ],
-        "up_HxFD": _dense_init(next(keys), H, F * D),
+        _up_weight(cfg): _dense_init(next(keys), H, (1 if cfg.upsampling == "shared" else F) * D),
         "up_b_FD": jnp.zeros((F * D,), jnp.float32),
         "embed_VxE": jax.random.normal(next(keys), (V, E), jnp.float32),
         "out_DxV": _dense_init(next(keys), D, V),
@@ -61,6 +74,17 @@ def init_params(key: jax.Array, cfg: ModelConfig) -> dict:
     }
     if cfg.frame_input == "embedded":
         params["frame_embed_VxE"] = jax.random.normal(next(keys), (V, E), jnp.float32)
+    if cfg.tiers == 3:  # its own keys, so that a 2-tier model's init is what it always was
+        R, L = cfg.top_frame_size // F, cfg.top_frame_size
+        top_keys = iter(jax.random.split(jax.random.fold_in(key, 3), cfg.num_layers + 1))
+        params["top_layers"] = [
+            cell.init(next(top_keys), _frame_input_size(cfg, L) if layer == 0 else H, H)
+            for layer in range(cfg.num_layers)
+        ]
+        params[_up_weight(cfg, top=True)] = _dense_init(
+            next(top_keys), H, (1 if cfg.upsampling == "shared" else R) * H
+        )
+        params["top_up_b_RH"] = jnp.zeros((R * H,), jnp.float32)
     if cfg.sample_level == "mlp":
         params["in_FExD"] = _dense_init(next(keys), F * E, D)
         params["in_b_D"] = jnp.zeros((D,), jnp.float32)
@@ -75,14 +99,18 @@ def init_params(key: jax.Array, cfg: ModelConfig) -> dict:
 
 def init_carry(cfg: ModelConfig, batch: int) -> dict:
     cell = cells.get_cell(cfg.cell)
-    F, D = cfg.frame_size, cfg.sample_size
-    return {
-        "frame": tuple(cell.initial_carry(batch, cfg.rnn_size) for _ in range(cfg.num_layers)),
-        "window": jnp.full((batch, F), SILENCE, jnp.int32),
+    F, H, D = cfg.frame_size, cfg.rnn_size, cfg.sample_size
+    carry = {
+        "frame": tuple(cell.initial_carry(batch, H) for _ in range(cfg.num_layers)),
+        "window": jnp.full((batch, _period(cfg)), SILENCE, jnp.int32),
         "sample": cell.initial_carry(batch, D) if cfg.sample_level == "rnn" else (),
         "cond": jnp.zeros((batch, F, D), jnp.float32),
         "pos": jnp.zeros((batch,), jnp.int32),
     }
+    if cfg.tiers == 3:
+        carry["top"] = tuple(cell.initial_carry(batch, H) for _ in range(cfg.num_layers))
+        carry["top_cond"] = jnp.zeros((batch, cfg.top_frame_size // F, H), jnp.float32)
+    return carry
 
 
 def _frame_inputs(params, frames_NxF, cfg) -> jax.Array:
@@ -92,10 +120,34 @@ def _frame_inputs(params, frames_NxF, cfg) -> jax.Array:
     return (frames_NxF.astype(jnp.float32) / (V - 1) - 0.5) * 4.0
 
 
+def _up_weight(cfg: ModelConfig, top: bool = False) -> str:
+    """The name of a tier's upsampling matrix: one map per position, or with `model.upsampling = "shared"`
+    one map for all of them."""
+    shared = cfg.upsampling == "shared"
+    if top:
+        return "top_up_HxH" if shared else "top_up_HxRH"
+    return "up_HxD" if shared else "up_HxFD"
+
+
+def _upsample(cfg, o_NxH, w, b_CW, count: int) -> jax.Array:
+    """`count` vectors [N, count, W] per row of o: SampleRNN's learned linear upsampling (w [H, count * W],
+    a map per position) or one map for every position (w [H, W]) plus a bias per position (b_CW). The
+    shared map has count times fewer weights to fit; on minutes of audio it generalises better."""
+    y_NxW = model.dense(cfg, o_NxH, w)
+    if cfg.upsampling == "shared":
+        return y_NxW[:, None, :] + b_CW.reshape(count, -1)
+    return (y_NxW + b_CW).reshape(o_NxH.shape[0], count, -1)
+
+
 def _conditioning(params, o_NxH, cfg) -> jax.Array:
-    """F conditioning vectors [N, F, D] per frame tier output: the learned linear upsampling."""
-    up_NxFD = model.dense(cfg, o_NxH, params["up_HxFD"]) + params["up_b_FD"]
-    return up_NxFD.reshape(o_NxH.shape[0], cfg.frame_size, cfg.sample_size)
+    """F conditioning vectors [N, F, D] per frame tier output."""
+    return _upsample(cfg, o_NxH, params[_up_weight(cfg)], params["up_b_FD"], cfg.frame_size)
+
+
+def _top_conditioning(params, o_NxH, cfg) -> jax.Array:
+    """R = top_frame_size / frame_size conditioning vectors [N, R, H] per top tier output, one per frame."""
+    R = cfg.top_frame_size // cfg.frame_size
+    return _upsample(cfg, o_NxH, params[_up_weight(cfg, top=True)], params["top_up_b_RH"], R)
 
 
 def _tables(params, cfg) -> jax.Array:
@@ -138,35 +190,56 @@ def _sample_cfg(cfg: ModelConfig) -> ModelConfig:
     return dataclasses.replace(cfg, rnn_size=cfg.sample_size, num_layers=1)
 
 
+def _run_tier(layers, carry, inputs_NxI, K, cfg, key):
+    """A frame tier's layers over K steps: (o_KxBxH, carry), with dropout (a key) on the inputs of layers
+    above the first and on the output."""
+    masks = None
+    if key is not None:
+        masks = model.dropout_masks(key, cfg, (K, inputs_NxI.shape[0] // K, cfg.rnn_size))
+    o_KxBxH, carry = model.run_layers(cfg, layers, carry, inputs_NxI, None, masks)
+    return (o_KxBxH if masks is None else o_KxBxH * masks[0]), carry
+
+
 def logits(params, tokens_BxT, carry, cfg, dropout_key=None):
     """Time-major logits_TxBxV of the sample after each input, and the carry after the window."""
-    F, D = cfg.frame_size, cfg.sample_size
+    F, D, L = cfg.frame_size, cfg.sample_size, _period(cfg)
     B, T = tokens_BxT.shape
     K = T // F
     x_BxT = tokens_BxT.astype(jnp.int32)
-    # e[:, j] = the input j - (F - 1): the history of F - 1 symbols, then this window's.
-    e_BxTF = jnp.concatenate([carry["window"][:, 1:], x_BxT], axis=1)
-    # Frame k reads e[kF : kF + F] (the F samples up to its first target's input); its output conditions
-    # the targets kF .. kF + F - 1.
-    frames_KxBxF = e_BxTF[:, : K * F].reshape(B, K, F).transpose(1, 0, 2)
-    inputs_NxI = _frame_inputs(params, frames_KxBxF.reshape(K * B, F), cfg)
-    masks, sample_key = None, None
+    # e[:, j] = the input j - (L - 1): the history of L - 1 symbols, then this window's.
+    e_BxTL = jnp.concatenate([carry["window"][:, 1:], x_BxT], axis=1)
+    frame_key, sample_key, top_key = None, None, None
     if dropout_key is not None and cfg.dropout > 0:
         frame_key, sample_key = jax.random.split(dropout_key)
-        masks = model.dropout_masks(frame_key, cfg, (K, B, cfg.rnn_size))
-    o_KxBxH, frame_carry = model.run_layers(
-        cfg, params["frame_layers"], carry["frame"], inputs_NxI, None, masks
-    )
-    if masks is not None:
-        o_KxBxH = o_KxBxH * masks[0]
+        top_key = jax.random.fold_in(frame_key, 3)
+    new_carry = {}
+    # Frame k reads the F inputs up to its first target's input, e[kF + L - F : kF + L]; its output
+    # conditions the targets kF .. kF + F - 1.
+    frames_KxBxF = e_BxTL[:, L - F : L - F + K * F].reshape(B, K, F).transpose(1, 0, 2)
+    inputs_NxI = _frame_inputs(params, frames_KxBxF.reshape(K * B, F), cfg)
+    if cfg.tiers == 3:
+        # Top frame k reads the L inputs up to its first target's input, e[kL : kL + L]; its R outputs
+        # join the inputs of frames kR .. kR + R - 1.
+        K3, R = T // L, L // F
+        top_KxBxL = e_BxTL[:, : K3 * L].reshape(B, K3, L).transpose(1, 0, 2)
+        top_inputs_NxI = _frame_inputs(params, top_KxBxL.reshape(K3 * B, L), cfg)
+        o_KxBxH, new_carry["top"] = _run_tier(
+            params["top_layers"], carry["top"], top_inputs_NxI, K3, cfg, top_key
+        )
+        above_KxBxRxH = _top_conditioning(params, o_KxBxH.reshape(K3 * B, -1), cfg).reshape(K3, B, R, -1)
+        new_carry["top_cond"] = above_KxBxRxH[-1]
+        above_NxH = above_KxBxRxH.transpose(0, 2, 1, 3).reshape(K * B, -1)  # frame kR + r
+        inputs_NxI = jnp.concatenate([inputs_NxI, above_NxH], axis=-1)
+    o_KxBxH, frame_carry = _run_tier(params["frame_layers"], carry["frame"], inputs_NxI, K, cfg, frame_key)
     cond_KxBxFxD = _conditioning(params, o_KxBxH.reshape(K * B, -1), cfg).reshape(K, B, F, D)
     cond_TxBxD = cond_KxBxFxD.transpose(0, 2, 1, 3).reshape(T, B, D)  # t = kF + i
     if cfg.sample_level == "mlp":
-        # target t's window: e[t : t + F], the F inputs up to and including x_t
-        windows_TxBxF = jnp.stack([e_BxTF[:, j : j + T] for j in range(F)], axis=-1).transpose(1, 0, 2)
+        # target t's window: e[t + L - F : t + L], the F inputs up to and including x_t
+        windows_TxBxF = jnp.stack([e_BxTL[:, L - F + j : L - F + j + T] for j in range(F)], axis=-1)
         logits_NxV = _mlp_logits(
-            params, windows_TxBxF.reshape(T * B, F), cond_TxBxD.reshape(T * B, D), cfg, dropout_key=sample_key
-        )
+            params, windows_TxBxF.transpose(1, 0, 2).reshape(T * B, F), cond_TxBxD.reshape(T * B, D), cfg,
+            dropout_key=sample_key,
+        )  # fmt: skip
         sample_carry = ()
     else:
         x_TxBxI = jnp.concatenate([params["embed_VxE"][x_BxT.T], cond_TxBxD], axis=-1)
@@ -176,34 +249,44 @@ def logits(params, tokens_BxT, carry, cfg, dropout_key=None):
         if sample_key is not None:
             hs_TxBxD = _dropout(sample_key, cfg.dropout, hs_TxBxD)
         logits_NxV = model.dense(cfg, hs_TxBxD.reshape(T * B, D), params["out_DxV"]) + params["out_b_V"]
-    new_carry = {
-        "frame": frame_carry,
-        "window": e_BxTF[:, -F:],
-        "sample": sample_carry,
-        "cond": cond_KxBxFxD[-1],
-        "pos": jnp.zeros((B,), jnp.int32),  # the next window starts a frame
-    }
+    new_carry.update(
+        frame=frame_carry,
+        window=e_BxTL[:, -L:],
+        sample=sample_carry,
+        cond=cond_KxBxFxD[-1],
+        pos=jnp.zeros((B,), jnp.int32),  # the next window starts a period
+    )
     return logits_NxV.reshape(T, B, V), new_carry
 
 
-def _frame_step(params, carry, cfg):
-    """At a frame start: the frame tier one step on the window (the F inputs up to now), and its F
-    conditioning vectors."""
+def _top_step(params, carry, cfg):
+    """At a period start (3 tiers): the top tier one step on the last L inputs, and its R conditioning
+    vectors for the frame tier."""
     inputs_BxI = _frame_inputs(params, carry["window"], cfg)
+    o_BxH, top_carry = model.step_layers(cfg, params["top_layers"], carry["top"], inputs_BxI)
+    return dict(carry, top=top_carry, top_cond=_top_conditioning(params, o_BxH, cfg))
+
+
+def _frame_step(params, carry, cfg, above_BxH=None):
+    """At a frame start: the frame tier one step on the F inputs up to now (and, with 3 tiers, the top
+    tier's vector for this frame, `above_BxH`), and its F conditioning vectors."""
+    inputs_BxI = _frame_inputs(params, carry["window"][:, -cfg.frame_size :], cfg)
+    if above_BxH is not None:
+        inputs_BxI = jnp.concatenate([inputs_BxI, above_BxH], axis=-1)
     o_BxH, frame_carry = model.step_layers(cfg, params["frame_layers"], carry["frame"], inputs_BxI)
     return dict(carry, frame=frame_carry, cond=_conditioning(params, o_BxH, cfg))
 
 
 def _sample_step(params, carry, token_B, cfg, tables_FxVxD=None, position=None):
-    """The sample level at position carry["pos"] of the frame: (logits_BxV, carry with pos + 1). A loop that
-    knows the position (`position`, a Python int) saves reading it from the carry."""
-    B = token_B.shape[0]
+    """The sample level at position carry["pos"] of the period: (logits_BxV, carry with pos + 1). A loop that
+    knows the position in the frame (`position`, a Python int) saves reading it from the carry."""
+    B, F = token_B.shape[0], cfg.frame_size
     if position is None:
-        cond_BxD = jnp.take_along_axis(carry["cond"], carry["pos"][:, None, None], axis=1)[:, 0]
+        cond_BxD = jnp.take_along_axis(carry["cond"], (carry["pos"] % F)[:, None, None], axis=1)[:, 0]
     else:
         cond_BxD = carry["cond"][:, position]
     if cfg.sample_level == "mlp":
-        logits_BxV = _mlp_logits(params, carry["window"], cond_BxD, cfg, tables_FxVxD)
+        logits_BxV = _mlp_logits(params, carry["window"][:, -F:], cond_BxD, cfg, tables_FxVxD)
         sample_carry = ()
     else:
         x_BxI = jnp.concatenate([params["embed_VxE"][token_B], cond_BxD], axis=-1)
@@ -211,7 +294,7 @@ def _sample_step(params, carry, token_B, cfg, tables_FxVxD=None, position=None):
                                                    (carry["sample"],), x_BxI)  # fmt: skip
         out_DxV = stored.as_dtype(params["out_DxV"], jnp.dtype(cfg.dtype))
         logits_BxV = cells.dot(h_BxD, out_DxV) + params["out_b_V"]
-    pos = (carry["pos"] + 1) % cfg.frame_size
+    pos = (carry["pos"] + 1) % _period(cfg)
     return logits_BxV, dict(carry, sample=sample_carry, pos=pos.reshape(B))
 
 
@@ -221,15 +304,22 @@ def _push(carry, token_B):
 
 
 def step(params, carry, token_B, cfg):
-    """One generation step from any position (the frame tier runs when a frame starts)."""
+    """One generation step from any position (each tier runs when its frame starts)."""
+    F, pos = cfg.frame_size, carry["pos"]
     carry = _push(carry, token_B.astype(jnp.int32))
-    carry = jax.lax.cond(carry["pos"][0] == 0, lambda c: _frame_step(params, c, cfg), lambda c: c, carry)
+    above_BxH = None
+    if cfg.tiers == 3:
+        carry = jax.lax.cond(pos[0] == 0, lambda c: _top_step(params, c, cfg), lambda c: c, carry)
+        above_BxH = jnp.take_along_axis(carry["top_cond"], (pos // F)[:, None, None], axis=1)[:, 0]
+    carry = jax.lax.cond(
+        pos[0] % F == 0, lambda c: _frame_step(params, c, cfg, above_BxH), lambda c: c, carry
+    )
     return _sample_step(params, carry, token_B.astype(jnp.int32), cfg)
 
 
 def sample_prepare(params, cfg, store):
     """The params as the sampler reads them: the MLP's first layer as `_tables`, the other products' weights
-    as `store(w)` keeps them (e.g. packed for jaxvoice's CPU kernel), the frame tier's too where its cell
+    as `store(w)` keeps them (e.g. packed for jaxvoice's CPU kernel), the frame tiers' too where their cell
     multiplies only through `cells.dot`."""
     sp = {name: value for name, value in params.items() if name != "in_FExD"}
     if cfg.sample_level == "mlp":
@@ -238,23 +328,28 @@ def sample_prepare(params, cfg, store):
     else:
         sp["sample_layer"] = cells.store_layer(cfg.cell, params["sample_layer"], store)
     sp["out_DxV"] = store(params["out_DxV"])
-    sp["up_HxFD"] = store(params["up_HxFD"])  # read once per frame, but F x D wide: the largest product
+    up = _up_weight(cfg)
+    sp[up] = store(params[up])  # read once per frame, but (per position) F x D wide: the largest product
     sp["frame_layers"] = [cells.store_layer(cfg.cell, layer, store) for layer in params["frame_layers"]]
+    if cfg.tiers == 3:
+        sp[_up_weight(cfg, top=True)] = store(params[_up_weight(cfg, top=True)])
+        sp["top_layers"] = [cells.store_layer(cfg.cell, layer, store) for layer in params["top_layers"]]
     return sp
 
 
 def sample_scan(sp, carry, token_B, u_CxB, choose, cfg):
-    """C steps of generation from a frame start (C a multiple of F): a scan over the C / F frames whose body
-    steps the frame tier once and scans the F samples of the frame, each chosen by `choose(logits, u)`.
+    """C steps of generation from a period start (C a multiple of it): a scan over the frames whose body
+    steps the frame tier once and scans the F samples of the frame, each chosen by `choose(logits, u)`; with
+    3 tiers, a scan over top frames whose body steps the top tier once and then scans its R frames.
     `token_B` is the input of the first step; what `step` computes, step by step. `sp` is `sample_prepare`'s
     (or the params themselves)."""
     F = cfg.frame_size
     C, B = u_CxB.shape
     tables_FxVxD = sp.get("tables_FxVxD")
 
-    def frame(state, u_FxB):
-        carry, token = state
-        carry = _frame_step(sp, _push(carry, token), cfg)
+    def frame(state, xs):
+        (carry, token), (above_BxH, u_FxB) = state, xs
+        carry = _frame_step(sp, _push(carry, token), cfg, above_BxH)
         chosen = []
         for position in range(F):  # unrolled, so each step knows its position in the frame
             if position:
@@ -264,17 +359,36 @@ def sample_scan(sp, carry, token_B, u_CxB, choose, cfg):
             chosen.append(token.astype(jnp.uint8))
         return (carry, token), jnp.stack(chosen)
 
+    def top_frame(state, u_RxFxB):
+        carry, token = state
+        # the top tier reads the window with this step's input, which `frame` then pushes itself
+        top = _top_step(sp, _push(carry, token), cfg)
+        carry = dict(carry, top=top["top"], top_cond=top["top_cond"])
+        return jax.lax.scan(frame, (carry, token), (carry["top_cond"].transpose(1, 0, 2), u_RxFxB))
+
     state = (carry, token_B.astype(jnp.int32))
-    (carry, token_B), tokens_KxFxB = jax.lax.scan(frame, state, u_CxB.reshape(C // F, F, B))
-    return carry, token_B, tokens_KxFxB.reshape(C, B).T
+    if cfg.tiers == 3:
+        L = cfg.top_frame_size
+        (carry, token_B), tokens = jax.lax.scan(top_frame, state, u_CxB.reshape(C // L, L // F, F, B))
+    else:
+        (carry, token_B), tokens = jax.lax.scan(frame, state, (None, u_CxB.reshape(C // F, F, B)))
+    return carry, token_B, tokens.reshape(C, B).T
 
 
 def check(cfg: ModelConfig) -> None:
     cells.get_cell(cfg.cell)
     if cfg.frame_size < 2:
         raise UserError(f"model.frame_size must be at least 2 for model.kind tiered, got {cfg.frame_size}")
+    if cfg.tiers not in (2, 3):
+        raise UserError(f"model.tiers must be 2 or 3 for model.kind tiered, got {cfg.tiers}")
+    if cfg.tiers == 3 and (cfg.top_frame_size <= cfg.frame_size or cfg.top_frame_size % cfg.frame_size):
+        raise UserError(
+            f"model.top_frame_size must be a multiple of model.frame_size ({cfg.frame_size}) above it for "
+            f"model.tiers 3, got {cfg.top_frame_size}"
+        )
     for key, value, options in (
         ("model.frame_input", cfg.frame_input, ("scaled", "embedded")),
+        ("model.upsampling", cfg.upsampling, ("per_position", "shared")),
         ("model.sample_level", cfg.sample_level, ("mlp", "rnn")),
     ):
         if value not in options:
@@ -287,7 +401,7 @@ TIERED = model.Family(
     logits,
     step,
     check,
-    window=lambda cfg: cfg.frame_size,
+    window=_period,
     sample_scan=sample_scan,
     sample_prepare=sample_prepare,
 )

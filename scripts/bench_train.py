@@ -90,17 +90,22 @@ def gemm_shapes(cfg) -> list[tuple[str, int, int, int, int]] | None:
             ins = m.wordvec_size if layer == 0 else H
             shapes += _layer_shapes(f"l{layer}", T, B, ins, H, G, input_grad=True)
         return shapes + _dense_shapes("out", B * T, H, V)
-    # The frame tier over K = T / F frames, the upsampling to F vectors of D, the sample level over T.
+    # The frame tier over T / F frames, the upsampling to F vectors of D, the sample level over T; with
+    # 3 tiers first the top tier over T / L steps and its upsampling to R = L / F vectors of H.
     F, E, D = m.frame_size, m.wordvec_size, m.sample_size
-    K = T // F
-    frame_in = F * E if m.frame_input == "embedded" else F
+    per_sample = E if m.frame_input == "embedded" else 1
     shapes = []
-    for layer in range(m.num_layers):
-        ins = frame_in if layer == 0 else H
-        shapes += _layer_shapes(
-            f"frame{layer}", K, B, ins, H, G, input_grad=layer > 0 or m.frame_input == "embedded"
-        )
-    shapes += _dense_shapes("up", B * K, H, F * D)
+    per_position = m.upsampling != "shared"  # shared: one map, then a broadcast add of the position biases
+    tiers = [("frame", F, H if m.tiers == 3 else 0, "up", (F if per_position else 1) * D)]
+    if m.tiers == 3:
+        R = m.top_frame_size // F
+        tiers.insert(0, ("top", m.top_frame_size, 0, "top_up", (R if per_position else 1) * H))
+    for name, frame, above, up, up_out in tiers:
+        for layer in range(m.num_layers):
+            ins = frame * per_sample + above if layer == 0 else H
+            input_grad = layer > 0 or m.frame_input == "embedded" or above > 0
+            shapes += _layer_shapes(f"{name}{layer}", T // frame, B, ins, H, G, input_grad=input_grad)
+        shapes += _dense_shapes(up, B * (T // frame), H, up_out)
     if m.sample_level == "mlp":
         shapes += _dense_shapes("mlp_in", B * T, F * E, D)
         for layer in range(m.sample_layers - 1):
