@@ -284,7 +284,8 @@ def _prime_window(params, tokens_1xW, carry, cfg):
 
 def aligned_prime(prime: np.ndarray, cfg: ModelConfig) -> np.ndarray:
     """`prime` without its first symbols where the model reads whole windows of M symbols (a frame-level
-    model: M = frame_size): all but the last symbol must be whole windows, so at most M - 1 are left out."""
+    model: M = its frame size, or its top frame size with 3 tiers): all but the last symbol must be whole
+    windows, so at most M - 1 are left out."""
     return prime[(len(prime) - 1) % model.window_multiple(cfg) :]
 
 
