@@ -195,6 +195,12 @@ def _uses_fast(cfg: ModelConfig, cell: cells.Cell) -> bool:
     return cfg.kernels == "auto" and cell.fast is not None
 
 
+def dense_init(key: jax.Array, fan_in: int, fan_out: int) -> jax.Array:
+    """A dense layer's [fan_in, fan_out] weights, N(0, 1 / fan_in): unit-variance inputs give unit-variance
+    outputs."""
+    return jax.random.normal(key, (fan_in, fan_out), jnp.float32) / math.sqrt(fan_in)
+
+
 def dense(cfg: ModelConfig, x: jax.Array, w: jax.Array) -> jax.Array:
     """x @ w in the compute dtype (float32 sums) for a big whole-sequence product; with kernels "auto" on a
     CPU its weight gradient is YNNPACK's GEMM (`fast.projection`). A `stored.Stored` w (generation) is

@@ -5,12 +5,13 @@ per frame of F = `model.frame_size` samples and reads the F samples before the f
 or embedded: `model.frame_input`). Its output, mapped by a learned linear upsampling to F conditioning
 vectors (a map per position, as SampleRNN's; or `model.upsampling = "shared"`: one map and a bias per
 position, which generalises better on minutes of audio), drives a sample level of width D =
-`model.sample_size` that predicts each sample from the F samples before it: an MLP over their embeddings
-(`model.sample_level = "mlp"`, `model.sample_layers` hidden layers), or one layer of the cell over every
-sample (`"rnn"`), given its embedding and its conditioning vector. The recurrence runs F times less often than a flat stack's and spans F times more
-audio per step; most of the work is whole-window matrix products. `model.dropout` (training only) drops
-the inputs of frame layers above the first, the frame tier's output before the upsampling, and the sample
-level's hidden activations (its regulariser: the MLP and the upsampling hold most of the parameters).
+`model.sample_size` (`jaxvoice.sample_level`) that predicts each sample from the F samples before it: an MLP
+over them (`model.sample_level = "mlp"`), or one layer of the cell over every sample (`"rnn"`), each sample
+embedded, scaled or both (`model.sample_input`). The recurrence runs F times less often than a flat
+stack's and spans F times more audio per step; most of the work is whole-window matrix products.
+`model.dropout` (training only) drops the inputs of frame layers above the first, the frame tier's output
+before the upsampling, and the sample level's hidden activations (its regulariser: the MLP and the
+upsampling hold most of the parameters).
 
 With `model.tiers = 3`, a top tier of the same layers steps once per L = `model.top_frame_size` samples
 (a multiple of F) on the L samples before it; its output, upsampled to R = L / F vectors of width H, joins
@@ -31,21 +32,15 @@ wordvec_size, H rnn_size, D sample_size, V 256.
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 
-from jaxvoice import cells, model, stored
+from jaxvoice import cells, model, sample_level
 from jaxvoice.config import ModelConfig
 from jaxvoice.errors import UserError
 
 V = model.V
 SILENCE = 128  # the linear and μ-law code of 0.0: what the history of a fresh stream holds
-
-
-def _dense_init(key, fan_in: int, fan_out: int) -> jax.Array:
-    return jax.random.normal(key, (fan_in, fan_out), jnp.float32) / math.sqrt(fan_in)
 
 
 def _frame_input_size(cfg: ModelConfig, frame: int) -> int:
@@ -66,12 +61,11 @@ def init_params(key: jax.Array, cfg: ModelConfig) -> dict:
         "frame_layers": [
             cell.init(next(keys), frame_in if layer == 0 else H, H) for layer in range(cfg.num_layers)
         ],
-        _up_weight(cfg): _dense_init(next(keys), H, (1 if cfg.upsampling == "shared" else F) * D),
+        _up_weight(cfg): model.dense_init(next(keys), H, (1 if cfg.upsampling == "shared" else F) * D),
         "up_b_FD": jnp.zeros((F * D,), jnp.float32),
-        "embed_VxE": jax.random.normal(next(keys), (V, E), jnp.float32),
-        "out_DxV": _dense_init(next(keys), D, V),
-        "out_b_V": jnp.zeros((V,), jnp.float32),
     }
+    # the sample level's keys in the order they always were, so that inits stay the same
+    embed_key, out_key = next(keys), next(keys)
     if cfg.frame_input == "embedded":
         params["frame_embed_VxE"] = jax.random.normal(next(keys), (V, E), jnp.float32)
     if cfg.tiers == 3:  # its own keys, so that a 2-tier model's init is what it always was
@@ -81,19 +75,11 @@ def init_params(key: jax.Array, cfg: ModelConfig) -> dict:
             cell.init(next(top_keys), _frame_input_size(cfg, L) if layer == 0 else H, H)
             for layer in range(cfg.num_layers)
         ]
-        params[_up_weight(cfg, top=True)] = _dense_init(
+        params[_up_weight(cfg, top=True)] = model.dense_init(
             next(top_keys), H, (1 if cfg.upsampling == "shared" else R) * H
         )
         params["top_up_b_RH"] = jnp.zeros((R * H,), jnp.float32)
-    if cfg.sample_level == "mlp":
-        params["in_FExD"] = _dense_init(next(keys), F * E, D)
-        params["in_b_D"] = jnp.zeros((D,), jnp.float32)
-        params["hidden"] = [
-            {"w_DxD": _dense_init(next(keys), D, D), "b_D": jnp.zeros((D,), jnp.float32)}
-            for _ in range(cfg.sample_layers - 1)
-        ]
-    else:
-        params["sample_layer"] = cell.init(next(keys), E + D, D)
+    params.update(sample_level.init_params(embed_key, out_key, keys, cfg))
     return params
 
 
@@ -117,7 +103,7 @@ def _frame_inputs(params, frames_NxF, cfg) -> jax.Array:
     """The frame tier's input for each frame [N, F] of symbols: [N, F] scaled to [-2, 2], or [N, F * E]."""
     if cfg.frame_input == "embedded":
         return params["frame_embed_VxE"][frames_NxF].reshape(frames_NxF.shape[0], -1)
-    return (frames_NxF.astype(jnp.float32) / (V - 1) - 0.5) * 4.0
+    return sample_level.scaled(frames_NxF)
 
 
 def _up_weight(cfg: ModelConfig, top: bool = False) -> str:
@@ -148,46 +134,6 @@ def _top_conditioning(params, o_NxH, cfg) -> jax.Array:
     """R = top_frame_size / frame_size conditioning vectors [N, R, H] per top tier output, one per frame."""
     R = cfg.top_frame_size // cfg.frame_size
     return _upsample(cfg, o_NxH, params[_up_weight(cfg, top=True)], params["top_up_b_RH"], R)
-
-
-def _tables(params, cfg) -> jax.Array:
-    """[F, V, D]: what each symbol at each window position adds to the MLP's first layer (its embedding
-    times that position's rows of in_FExD), so that a generation step sums F rows instead of a product."""
-    F, E, D = cfg.frame_size, cfg.wordvec_size, cfg.sample_size
-    w_FxExD = params["in_FExD"].reshape(F, E, D).astype(jnp.dtype(cfg.dtype))
-    return jnp.einsum("ve,fed->fvd", params["embed_VxE"].astype(w_FxExD.dtype), w_FxExD,
-                      preferred_element_type=jnp.float32)  # fmt: skip
-
-
-def _dropout(key, rate: float, x: jax.Array) -> jax.Array:
-    """x with each element zeroed with probability `rate` and the rest scaled by 1 / (1 - rate)."""
-    keep = 1.0 - rate
-    return x * (jax.random.bernoulli(key, keep, x.shape).astype(x.dtype) / keep)
-
-
-def _mlp_logits(params, windows_NxF, cond_NxD, cfg, tables_FxVxD=None, dropout_key=None):
-    """The sample-level MLP: logits [N, V] of the sample after each window of F symbols, given its
-    conditioning vector. The first layer is one GEMM over the F embeddings side by side, or (generation, with
-    `_tables`) a sum of F table rows. With `dropout_key`, each hidden layer's output is dropped at rate
-    `model.dropout`."""
-    keys = iter(jax.random.split(dropout_key, cfg.sample_layers)) if dropout_key is not None else None
-    drop = (lambda x: _dropout(next(keys), cfg.dropout, x)) if keys is not None else (lambda x: x)
-    if tables_FxVxD is None:
-        x_NxFE = params["embed_VxE"][windows_NxF].reshape(windows_NxF.shape[0], -1)
-        first_NxD = model.dense(cfg, x_NxFE, params["in_FExD"])
-    else:
-        first_NxD = tables_FxVxD[jnp.arange(cfg.frame_size), windows_NxF].sum(axis=1)
-    x_NxD = drop(jax.nn.relu(first_NxD + params["in_b_D"] + cond_NxD))
-    for layer in params["hidden"]:
-        x_NxD = drop(jax.nn.relu(model.dense(cfg, x_NxD, layer["w_DxD"]) + layer["b_D"]))
-    return model.dense(cfg, x_NxD, params["out_DxV"]) + params["out_b_V"]
-
-
-def _sample_cfg(cfg: ModelConfig) -> ModelConfig:
-    """The sample-level rnn as a one-layer stack of the same cell, D wide."""
-    import dataclasses
-
-    return dataclasses.replace(cfg, rnn_size=cfg.sample_size, num_layers=1)
 
 
 def _run_tier(layers, carry, inputs_NxI, K, cfg, key):
@@ -233,22 +179,9 @@ def logits(params, tokens_BxT, carry, cfg, dropout_key=None):
     o_KxBxH, frame_carry = _run_tier(params["frame_layers"], carry["frame"], inputs_NxI, K, cfg, frame_key)
     cond_KxBxFxD = _conditioning(params, o_KxBxH.reshape(K * B, -1), cfg).reshape(K, B, F, D)
     cond_TxBxD = cond_KxBxFxD.transpose(0, 2, 1, 3).reshape(T, B, D)  # t = kF + i
-    if cfg.sample_level == "mlp":
-        # target t's window: e[t + L - F : t + L], the F inputs up to and including x_t
-        windows_TxBxF = jnp.stack([e_BxTL[:, L - F + j : L - F + j + T] for j in range(F)], axis=-1)
-        logits_NxV = _mlp_logits(
-            params, windows_TxBxF.transpose(1, 0, 2).reshape(T * B, F), cond_TxBxD.reshape(T * B, D), cfg,
-            dropout_key=sample_key,
-        )  # fmt: skip
-        sample_carry = ()
-    else:
-        x_TxBxI = jnp.concatenate([params["embed_VxE"][x_BxT.T], cond_TxBxD], axis=-1)
-        hs_TxBxD, (sample_carry,) = model.run_layers(
-            _sample_cfg(cfg), [params["sample_layer"]], (carry["sample"],), x_TxBxI.reshape(T * B, -1), None
-        )
-        if sample_key is not None:
-            hs_TxBxD = _dropout(sample_key, cfg.dropout, hs_TxBxD)
-        logits_NxV = model.dense(cfg, hs_TxBxD.reshape(T * B, D), params["out_DxV"]) + params["out_b_V"]
+    logits_NxV, sample_carry = sample_level.window_logits(
+        params, e_BxTL, L, cond_TxBxD, carry["sample"], cfg, sample_key
+    )
     new_carry.update(
         frame=frame_carry,
         window=e_BxTL[:, -L:],
@@ -285,22 +218,25 @@ def _sample_step(params, carry, token_B, cfg, tables_FxVxD=None, position=None):
         cond_BxD = jnp.take_along_axis(carry["cond"], (carry["pos"] % F)[:, None, None], axis=1)[:, 0]
     else:
         cond_BxD = carry["cond"][:, position]
-    if cfg.sample_level == "mlp":
-        logits_BxV = _mlp_logits(params, carry["window"][:, -F:], cond_BxD, cfg, tables_FxVxD)
-        sample_carry = ()
-    else:
-        x_BxI = jnp.concatenate([params["embed_VxE"][token_B], cond_BxD], axis=-1)
-        h_BxD, (sample_carry,) = model.step_layers(_sample_cfg(cfg), [params["sample_layer"]],
-                                                   (carry["sample"],), x_BxI)  # fmt: skip
-        out_DxV = stored.as_dtype(params["out_DxV"], jnp.dtype(cfg.dtype))
-        logits_BxV = cells.dot(h_BxD, out_DxV) + params["out_b_V"]
+    logits_BxV, sample_carry = sample_level.step_logits(
+        params,
+        carry["window"][:, -F:],
+        token_B,
+        cond_BxD,
+        carry["sample"],
+        cfg,
+        tables_FxVxD,
+    )
     pos = (carry["pos"] + 1) % _period(cfg)
     return logits_BxV, dict(carry, sample=sample_carry, pos=pos.reshape(B))
 
 
 def _push(carry, token_B):
     """The window with the newest input appended (its oldest dropped)."""
-    return dict(carry, window=jnp.concatenate([carry["window"][:, 1:], token_B[:, None]], axis=1))
+    return dict(
+        carry,
+        window=jnp.concatenate([carry["window"][:, 1:], token_B[:, None]], axis=1),
+    )
 
 
 def step(params, carry, token_B, cfg):
@@ -312,22 +248,20 @@ def step(params, carry, token_B, cfg):
         carry = jax.lax.cond(pos[0] == 0, lambda c: _top_step(params, c, cfg), lambda c: c, carry)
         above_BxH = jnp.take_along_axis(carry["top_cond"], (pos // F)[:, None, None], axis=1)[:, 0]
     carry = jax.lax.cond(
-        pos[0] % F == 0, lambda c: _frame_step(params, c, cfg, above_BxH), lambda c: c, carry
+        pos[0] % F == 0,
+        lambda c: _frame_step(params, c, cfg, above_BxH),
+        lambda c: c,
+        carry,
     )
     return _sample_step(params, carry, token_B.astype(jnp.int32), cfg)
 
 
 def sample_prepare(params, cfg, store):
-    """The params as the sampler reads them: the MLP's first layer as `_tables`, the other products' weights
+    """The params as the sampler reads them: the sample level's (`sample_level.sample_prepare`), the products' weights
     as `store(w)` keeps them (e.g. packed for jaxvoice's CPU kernel), the frame tiers' too where their cell
     multiplies only through `cells.dot`."""
-    sp = {name: value for name, value in params.items() if name != "in_FExD"}
-    if cfg.sample_level == "mlp":
-        sp["tables_FxVxD"] = _tables(params, cfg)
-        sp["hidden"] = [dict(layer, w_DxD=store(layer["w_DxD"])) for layer in params["hidden"]]
-    else:
-        sp["sample_layer"] = cells.store_layer(cfg.cell, params["sample_layer"], store)
-    sp["out_DxV"] = store(params["out_DxV"])
+    sp = dict(params, **sample_level.sample_prepare(params, cfg, store))
+    sp.pop(sample_level.in_weight(cfg), None)  # generation reads its tables instead
     up = _up_weight(cfg)
     sp[up] = store(params[up])  # read once per frame, but (per position) F x D wide: the largest product
     sp["frame_layers"] = [cells.store_layer(cfg.cell, layer, store) for layer in params["frame_layers"]]
@@ -390,6 +324,7 @@ def check(cfg: ModelConfig) -> None:
         ("model.frame_input", cfg.frame_input, ("scaled", "embedded")),
         ("model.upsampling", cfg.upsampling, ("per_position", "shared")),
         ("model.sample_level", cfg.sample_level, ("mlp", "rnn")),
+        ("model.sample_input", cfg.sample_input, ("embedded", "scaled", "both")),
     ):
         if value not in options:
             raise UserError(f"{key} must be one of {', '.join(options)}, got '{value}'")

@@ -106,12 +106,14 @@ def gemm_shapes(cfg) -> list[tuple[str, int, int, int, int]] | None:
             input_grad = layer > 0 or m.frame_input == "embedded" or above > 0
             shapes += _layer_shapes(f"{name}{layer}", T // frame, B, ins, H, G, input_grad=input_grad)
         shapes += _dense_shapes(up, B * (T // frame), H, up_out)
+    per_input = (E if m.sample_input in ("embedded", "both") else 0) + (m.sample_input in ("scaled", "both"))
     if m.sample_level == "mlp":
-        shapes += _dense_shapes("mlp_in", B * T, F * E, D)
+        mlp_in = _dense_shapes("mlp_in", B * T, F * per_input, D)
+        shapes += mlp_in if per_input > 1 else [s for s in mlp_in if s[0] != "mlp_in_dX"]  # scaled: no grad
         for layer in range(m.sample_layers - 1):
             shapes += _dense_shapes(f"mlp{layer}", B * T, D, D)
     else:
-        shapes += _layer_shapes("sample", T, B, E + D, D, GATES[m.cell] * D, input_grad=True)
+        shapes += _layer_shapes("sample", T, B, per_input + D, D, GATES[m.cell] * D, input_grad=True)
     return shapes + _dense_shapes("out", B * T, D, V)
 
 

@@ -26,15 +26,18 @@ from jaxvoice.streams import Streams
 
 F, B = 4, 3
 LEVELS = ["mlp", "rnn"]
-# (sample level, tiers, upsampling): each sample level with 2 tiers and with a top tier over 2 frames above
-SHAPES = [("mlp", 2, "per_position"), ("rnn", 2, "per_position"), ("mlp", 2, "shared"), ("mlp", 3, "per_position"),
-          ("rnn", 3, "shared")]  # fmt: skip
+# (sample level, tiers, upsampling, sample input): each sample level with 2 tiers and with a top tier over
+# 2 frames above, each with each way a sample enters it
+SHAPES = [("mlp", 2, "per_position", "embedded"), ("rnn", 2, "per_position", "embedded"),
+          ("mlp", 2, "shared", "both"), ("mlp", 3, "per_position", "scaled"), ("rnn", 3, "shared", "both"),
+          ("rnn", 2, "per_position", "scaled")]  # fmt: skip
+SHAPE_NAMES = ("level", "tiers", "upsampling", "sample_input")
 
 
-def tiny(level="mlp", tiers=2, upsampling="per_position", **kw) -> ModelConfig:
+def tiny(level="mlp", tiers=2, upsampling="per_position", sample_input="embedded", **kw) -> ModelConfig:
     base = dict(kind="tiered", cell="gru", rnn_size=12, num_layers=2, wordvec_size=5, frame_size=F,
                 sample_size=10, sample_level=level, sample_layers=2, tiers=tiers, top_frame_size=2 * F,
-                upsampling=upsampling)  # fmt: skip
+                upsampling=upsampling, sample_input=sample_input)  # fmt: skip
     return ModelConfig(**{**base, **kw})
 
 
@@ -52,10 +55,10 @@ def tokens(T, seed=1):
     return jnp.asarray(np.random.default_rng(seed).integers(0, 256, (B, T)), jnp.uint8)
 
 
-@pytest.mark.parametrize(("level", "tiers", "upsampling"), SHAPES)
+@pytest.mark.parametrize(SHAPE_NAMES, SHAPES)
 @pytest.mark.parametrize("frame_input", ["scaled", "embedded"])
-def test_shapes_and_the_carry(level, tiers, upsampling, frame_input):
-    cfg = tiny(level, tiers, upsampling, frame_input=frame_input)
+def test_shapes_and_the_carry(level, tiers, upsampling, sample_input, frame_input):
+    cfg = tiny(level, tiers, upsampling, sample_input, frame_input=frame_input)
     P = period(cfg)
     assert period(cfg) == (F if tiers == 2 else 2 * F)
     params, x = random_params(cfg), tokens(3 * P)
@@ -67,11 +70,11 @@ def test_shapes_and_the_carry(level, tiers, upsampling, frame_input):
     assert all(leaf.shape[0] == B for leaf in jax.tree.leaves(new))  # batch first: shardable by stream
 
 
-@pytest.mark.parametrize(("level", "tiers", "upsampling"), SHAPES)
-def test_generation_steps_equal_the_training_forward(level, tiers, upsampling):
+@pytest.mark.parametrize(SHAPE_NAMES, SHAPES)
+def test_generation_steps_equal_the_training_forward(level, tiers, upsampling, sample_input):
     """Teacher-forced: `step` one sample at a time gives the forward's logits (to 1e-5), across two windows
     with the carry passed on; and the frame-by-frame sampler chooses what a loop of `step` chooses."""
-    cfg = tiny(level, tiers, upsampling)
+    cfg = tiny(level, tiers, upsampling, sample_input)
     P = period(cfg)
     params, x = random_params(cfg), tokens(4 * P)
     carry = model.init_carry(cfg, B)
@@ -104,13 +107,14 @@ def test_generation_steps_equal_the_training_forward(level, tiers, upsampling):
 
 
 @pytest.mark.parametrize(
-    ("level", "kernels", "tiers", "upsampling"),
-    [("mlp", "xla", 2, "per_position"), ("rnn", "xla", 2, "per_position"), ("mlp", "auto", 2, "shared"),
-     ("rnn", "auto", 2, "per_position"), ("mlp", "xla", 3, "shared"), ("rnn", "auto", 3, "per_position")],
+    ("level", "kernels", "tiers", "upsampling", "sample_input"),
+    [("mlp", "xla", 2, "per_position", "embedded"), ("rnn", "xla", 2, "per_position", "embedded"),
+     ("mlp", "auto", 2, "shared", "both"), ("rnn", "auto", 2, "per_position", "both"),
+     ("mlp", "xla", 3, "shared", "scaled"), ("rnn", "auto", 3, "per_position", "scaled")],
 )  # fmt: skip
-def test_gradients_match_finite_differences(level, kernels, tiers, upsampling):
+def test_gradients_match_finite_differences(level, kernels, tiers, upsampling, sample_input):
     cell = "lstm" if level == "rnn" else "gru"
-    cfg = tiny(level, tiers, upsampling, cell=cell, kernels=kernels, dtype="float64")
+    cfg = tiny(level, tiers, upsampling, sample_input, cell=cell, kernels=kernels, dtype="float64")
     T = 2 * period(cfg)
     x, y = tokens(T + 1)[:, :-1], tokens(T + 1)[:, 1:]
     with jax.enable_x64(True):
@@ -124,11 +128,11 @@ def test_gradients_match_finite_differences(level, kernels, tiers, upsampling):
         check_grads(loss, (params,), order=1, modes=["rev", "fwd"], atol=1e-6, rtol=1e-6, eps=1e-6)
 
 
-@pytest.mark.parametrize(("level", "tiers", "upsampling"), SHAPES)
-def test_dropout_is_for_training_only_and_its_gradients_are_exact(level, tiers, upsampling):
+@pytest.mark.parametrize(SHAPE_NAMES, SHAPES)
+def test_dropout_is_for_training_only_and_its_gradients_are_exact(level, tiers, upsampling, sample_input):
     """With a key, model.dropout changes the loss (and each key its own masks); without one (evaluation,
     sampling) the model is the rate-0 model. With a fixed key the gradients match finite differences."""
-    cfg = tiny(level, tiers, upsampling, dropout=0.3)
+    cfg = tiny(level, tiers, upsampling, sample_input, dropout=0.3)
     T = 2 * period(cfg)
     params, x, y = random_params(cfg), tokens(T), tokens(T, seed=2)
     carry = model.init_carry(cfg, B)
