@@ -21,7 +21,7 @@ from jaxvoice.synth import RATE, singing_corpus
 DEMO_FILE = "demo.json"  # marks a folder as a demo (so --force may replace it) and records the figures
 # The preset trained: of the model families, the one with the lower held-out bits on the demo's corpus in the
 # demo's 2 minutes (test bits/sample, 2-core Zen 5, 2026-11-30): flat voice_cpu 2.067, flat tiny 2.203, tiered
-# voice_cpu_tiered 2.122 (its earlier per-position upsampling: 2.166).
+# voice_cpu_tiered 2.093 (with embedded samples only: 2.122; per-position upsampling: 2.166).
 PRESET = "voice_cpu"
 MIN_SECONDS = 10.0  # the preset's 32 x 64 windows need ~2 s (val is 10%); 10 s gives it 1 s to judge by
 WARMUP_STEPS = 20  # trained first, to measure the speed that sets the evaluation interval
