@@ -109,7 +109,8 @@ def gemm_shapes(cfg) -> list[tuple[str, int, int, int, int]] | None:
     per_input = (E if m.sample_input in ("embedded", "both") else 0) + (m.sample_input in ("scaled", "both"))
     if m.sample_level == "mlp":
         mlp_in = _dense_shapes("mlp_in", B * T, F * per_input, D)
-        shapes += mlp_in if per_input > 1 else [s for s in mlp_in if s[0] != "mlp_in_dX"]  # scaled: no grad
+        # values alone need no input gradient (embeddings do)
+        shapes += mlp_in if m.sample_input != "scaled" else [s for s in mlp_in if s[0] != "mlp_in_dX"]
         for layer in range(m.sample_layers - 1):
             shapes += _dense_shapes(f"mlp{layer}", B * T, D, D)
     else:
