@@ -40,7 +40,7 @@ def _embedded(cfg: ModelConfig) -> bool:
     return cfg.sample_input in ("embedded", "both")
 
 
-def _input_size(cfg: ModelConfig) -> int:
+def input_size(cfg: ModelConfig) -> int:
     """I: the width of one sample as the sample level reads it."""
     return (cfg.wordvec_size if _embedded(cfg) else 0) + (1 if cfg.sample_input in ("scaled", "both") else 0)
 
@@ -62,32 +62,23 @@ def in_weight(cfg: ModelConfig) -> str:
 
 
 def init_params(
-    embed_key: jax.Array,
-    out_key: jax.Array,
-    keys: Iterator[jax.Array],
-    cfg: ModelConfig,
+    embed_key: jax.Array, out_key: jax.Array, keys: Iterator[jax.Array], cfg: ModelConfig
 ) -> dict:
     """The sample level's params: embeddings from `embed_key`, the output layer from `out_key`, the rest
     from `keys`."""
     F, E, D = cfg.frame_size, cfg.wordvec_size, cfg.sample_size
-    params = {
-        "out_DxV": model.dense_init(out_key, D, V),
-        "out_b_V": jnp.zeros((V,), jnp.float32),
-    }
+    params = {"out_DxV": model.dense_init(out_key, D, V), "out_b_V": jnp.zeros((V,), jnp.float32)}
     if _embedded(cfg):
         params["embed_VxE"] = jax.random.normal(embed_key, (V, E), jnp.float32)
     if cfg.sample_level == "mlp":
-        params[in_weight(cfg)] = model.dense_init(next(keys), F * _input_size(cfg), D)
+        params[in_weight(cfg)] = model.dense_init(next(keys), F * input_size(cfg), D)
         params["in_b_D"] = jnp.zeros((D,), jnp.float32)
         params["hidden"] = [
-            {
-                "w_DxD": model.dense_init(next(keys), D, D),
-                "b_D": jnp.zeros((D,), jnp.float32),
-            }
+            {"w_DxD": model.dense_init(next(keys), D, D), "b_D": jnp.zeros((D,), jnp.float32)}
             for _ in range(cfg.sample_layers - 1)
         ]
     else:
-        params["sample_layer"] = cells.get_cell(cfg.cell).init(next(keys), _input_size(cfg) + D, D)
+        params["sample_layer"] = cells.get_cell(cfg.cell).init(next(keys), input_size(cfg) + D, D)
     return params
 
 
@@ -150,12 +141,12 @@ def window_logits(params, e_BxTL, L: int, cond_TxBxD, carry, cfg, dropout_key=No
     return model.dense(cfg, hs_TxBxD.reshape(T * B, D), params["out_DxV"]) + params["out_b_V"], carry
 
 
-def step_logits(params, window_BxF, token_B, cond_BxD, carry, cfg, tables_FxVxD=None):
-    """Generation: (logits_BxV of the next sample, carry) from the last F inputs (the newest, `token_B`,
-    last) and the sample's conditioning vector. `params` may be `sample_prepare`'s."""
+def step_logits(params, window_BxF, cond_BxD, carry, cfg, tables_FxVxD=None):
+    """Generation: (logits_BxV of the next sample, carry) from the last F inputs (the newest last) and the
+    sample's conditioning vector. `params` may be `sample_prepare`'s."""
     if cfg.sample_level == "mlp":
         return _mlp_logits(params, window_BxF, cond_BxD, cfg, tables_FxVxD), ()
-    x_BxI = jnp.concatenate([_inputs(params, token_B[:, None], cfg), cond_BxD], axis=-1)
+    x_BxI = jnp.concatenate([_inputs(params, window_BxF[:, -1:], cfg), cond_BxD], axis=-1)
     h_BxD, (carry,) = model.step_layers(_rnn_cfg(cfg), [params["sample_layer"]], (carry,), x_BxI)
     out_DxV = stored.as_dtype(params["out_DxV"], jnp.dtype(cfg.dtype))
     return cells.dot(h_BxD, out_DxV) + params["out_b_V"], carry

@@ -210,33 +210,24 @@ def _frame_step(params, carry, cfg, above_BxH=None):
     return dict(carry, frame=frame_carry, cond=_conditioning(params, o_BxH, cfg))
 
 
-def _sample_step(params, carry, token_B, cfg, tables_FxVxD=None, position=None):
+def _sample_step(params, carry, cfg, tables_FxVxD=None, position=None):
     """The sample level at position carry["pos"] of the period: (logits_BxV, carry with pos + 1). A loop that
     knows the position in the frame (`position`, a Python int) saves reading it from the carry."""
-    B, F = token_B.shape[0], cfg.frame_size
+    F = cfg.frame_size
     if position is None:
         cond_BxD = jnp.take_along_axis(carry["cond"], (carry["pos"] % F)[:, None, None], axis=1)[:, 0]
     else:
         cond_BxD = carry["cond"][:, position]
     logits_BxV, sample_carry = sample_level.step_logits(
-        params,
-        carry["window"][:, -F:],
-        token_B,
-        cond_BxD,
-        carry["sample"],
-        cfg,
-        tables_FxVxD,
+        params, carry["window"][:, -F:], cond_BxD, carry["sample"], cfg, tables_FxVxD
     )
     pos = (carry["pos"] + 1) % _period(cfg)
-    return logits_BxV, dict(carry, sample=sample_carry, pos=pos.reshape(B))
+    return logits_BxV, dict(carry, sample=sample_carry, pos=pos)
 
 
 def _push(carry, token_B):
     """The window with the newest input appended (its oldest dropped)."""
-    return dict(
-        carry,
-        window=jnp.concatenate([carry["window"][:, 1:], token_B[:, None]], axis=1),
-    )
+    return dict(carry, window=jnp.concatenate([carry["window"][:, 1:], token_B[:, None]], axis=1))
 
 
 def step(params, carry, token_B, cfg):
@@ -248,18 +239,15 @@ def step(params, carry, token_B, cfg):
         carry = jax.lax.cond(pos[0] == 0, lambda c: _top_step(params, c, cfg), lambda c: c, carry)
         above_BxH = jnp.take_along_axis(carry["top_cond"], (pos // F)[:, None, None], axis=1)[:, 0]
     carry = jax.lax.cond(
-        pos[0] % F == 0,
-        lambda c: _frame_step(params, c, cfg, above_BxH),
-        lambda c: c,
-        carry,
+        pos[0] % F == 0, lambda c: _frame_step(params, c, cfg, above_BxH), lambda c: c, carry
     )
-    return _sample_step(params, carry, token_B.astype(jnp.int32), cfg)
+    return _sample_step(params, carry, cfg)
 
 
 def sample_prepare(params, cfg, store):
-    """The params as the sampler reads them: the sample level's (`sample_level.sample_prepare`), the products' weights
-    as `store(w)` keeps them (e.g. packed for jaxvoice's CPU kernel), the frame tiers' too where their cell
-    multiplies only through `cells.dot`."""
+    """The params as the sampler reads them: the sample level's (`sample_level.sample_prepare`), the
+    upsamplings' weights as `store(w)` keeps them (e.g. packed for jaxvoice's CPU kernel), the frame tiers'
+    too where their cell multiplies only through `cells.dot`."""
     sp = dict(params, **sample_level.sample_prepare(params, cfg, store))
     sp.pop(sample_level.in_weight(cfg), None)  # generation reads its tables instead
     up = _up_weight(cfg)
@@ -288,7 +276,7 @@ def sample_scan(sp, carry, token_B, u_CxB, choose, cfg):
         for position in range(F):  # unrolled, so each step knows its position in the frame
             if position:
                 carry = _push(carry, token)
-            logits_BxV, carry = _sample_step(sp, carry, token, cfg, tables_FxVxD, position)
+            logits_BxV, carry = _sample_step(sp, carry, cfg, tables_FxVxD, position)
             token = choose(logits_BxV, u_FxB[position])
             chosen.append(token.astype(jnp.uint8))
         return (carry, token), jnp.stack(chosen)

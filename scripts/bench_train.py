@@ -106,7 +106,9 @@ def gemm_shapes(cfg) -> list[tuple[str, int, int, int, int]] | None:
             input_grad = layer > 0 or m.frame_input == "embedded" or above > 0
             shapes += _layer_shapes(f"{name}{layer}", T // frame, B, ins, H, G, input_grad=input_grad)
         shapes += _dense_shapes(up, B * (T // frame), H, up_out)
-    per_input = (E if m.sample_input in ("embedded", "both") else 0) + (m.sample_input in ("scaled", "both"))
+    from jaxvoice import sample_level
+
+    per_input = sample_level.input_size(m)
     if m.sample_level == "mlp":
         mlp_in = _dense_shapes("mlp_in", B * T, F * per_input, D)
         # values alone need no input gradient (embeddings do)
