@@ -14,6 +14,7 @@ setup(
         Extension(
             f"jaxvoice._{name}",
             sources=[f"jaxvoice/native/{name}.cc"],
+            depends=["jaxvoice/native/packed_tiles.h"],
             include_dirs=[include],
             language="c++",
             extra_compile_args=["-std=c++17", "-O3"],
