@@ -1,7 +1,8 @@
 """The compiled pieces, XLA FFI custom calls for the CPU loaded with ctypes (jaxvoice/native.py): the sampler's
-matrix-vector kernel (jaxvoice/native/packed_matmul.cc) and the LSTM's time loops for training
-(jaxvoice/native/lstm_recurrence.cc). Everything else is in pyproject.toml. Both are optional: where they do
-not build (no C++ compiler), jaxvoice installs without them and uses XLA's own ops."""
+matrix-vector kernel (jaxvoice/native/packed_matmul.cc), the tiered sample level's frame
+(jaxvoice/native/sample_frame.cc) and the LSTM's time loops for training (jaxvoice/native/lstm_recurrence.cc).
+Everything else is in pyproject.toml. All are optional: where they do not build (no C++ compiler), jaxvoice
+installs without them and uses XLA's own ops."""
 
 from pathlib import Path
 
@@ -20,6 +21,6 @@ setup(
             extra_compile_args=["-std=c++17", "-O3"],
             optional=True,
         )
-        for name in ("packed_matmul", "lstm_recurrence")
+        for name in ("packed_matmul", "sample_frame", "lstm_recurrence")
     ]
 )

@@ -228,6 +228,25 @@ def choose(logits_BxV: jax.Array, u_B: jax.Array, temperature, sampler: Sampler,
     return token_B
 
 
+class Choice(NamedTuple):
+    """`choose` with its settings bound, as the step loops call it: `choice(logits_BxV, u_B)`. A family's
+    own loop may instead draw natively by the same rule where `native_temperature` is not None (the plain
+    inverse-CDF draw: no top-k/p; 0 for the greedy sampler), e.g. `tiered`'s frame kernel."""
+
+    temperature: jax.Array | float
+    sampler: Sampler
+    top_p: jax.Array | float = 1.0
+
+    def __call__(self, logits_BxV: jax.Array, u_B: jax.Array) -> jax.Array:
+        return choose(logits_BxV, u_B, self.temperature, self.sampler, self.top_p)
+
+    @property
+    def native_temperature(self):
+        if self.sampler.top_k or self.sampler.use_top_p:
+            return None
+        return 0.0 if self.sampler.greedy else self.temperature
+
+
 def uniforms(key: jax.Array, start, steps: int, num_streams: int) -> jax.Array:
     """u [steps, B] for absolute steps start .. start + steps - 1: a function of (key, stream, step) only."""
     stream_keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(num_streams))
@@ -260,7 +279,7 @@ def _run_chunk(sp, carry, token_B, key, start, temperature, top_p, *, cfg, chunk
     B = token_B.shape[0]
     u_CxB = uniforms(key, start, chunk, B) if not sampler.greedy else jnp.zeros((chunk, B), jnp.float32)
 
-    pick = lambda logits_BxV, u_B: choose(logits_BxV, u_B, temperature, sampler, top_p)
+    pick = Choice(temperature, sampler, top_p)
     family = model.get_family(cfg)
     if family.sample_scan is not None and not _fast_path(cfg):  # the family's own loop (e.g. frame by frame)
         return family.sample_scan(sp, carry, token_B, u_CxB, pick, _compute_cfg(cfg, layout))

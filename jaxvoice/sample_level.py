@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import jax
 import jax.numpy as jnp
 
-from jaxvoice import cells, model, stored
+from jaxvoice import cells, model, sample_frame, stored
 from jaxvoice.config import ModelConfig
 
 V = model.V
@@ -155,11 +155,15 @@ def step_logits(params, window_BxF, cond_BxD, carry, cfg, tables_FxVxD=None):
 def sample_prepare(params, cfg, store) -> dict:
     """The sample level's params as generation reads them (`store(w)` keeps a product's weights as the
     sampler's layout wants): the MLP's first layer as `_tables` (under "tables_FxVxD"; drop
-    `in_weight(cfg)`), the other products stored."""
+    `in_weight(cfg)`), the other products stored; where they are stored packed and `model.kernels` is
+    "auto", also the operands of the frame kernel (`jaxvoice.sample_frame`, under "frame_kernel")."""
     sp = {"out_DxV": store(params["out_DxV"])}
     if cfg.sample_level == "mlp":
         sp["tables_FxVxD"] = _tables(params, cfg)
         sp["hidden"] = [dict(layer, w_DxD=store(layer["w_DxD"])) for layer in params["hidden"]]
+        packed = isinstance(sp["out_DxV"], stored.Stored) and sp["out_DxV"].form == "packed"
+        if packed and cfg.kernels == "auto" and sample_frame.available():
+            sp["frame_kernel"] = sample_frame.kernel_params(sp)
     else:
         sp["sample_layer"] = cells.store_layer(cfg.cell, params["sample_layer"], store)
     return sp

@@ -35,7 +35,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxvoice import cells, model, sample_level
+from jaxvoice import cells, model, sample_frame, sample_level
 from jaxvoice.config import ModelConfig
 from jaxvoice.errors import UserError
 
@@ -264,14 +264,23 @@ def sample_scan(sp, carry, token_B, u_CxB, choose, cfg):
     steps the frame tier once and scans the F samples of the frame, each chosen by `choose(logits, u)`; with
     3 tiers, a scan over top frames whose body steps the top tier once and then scans its R frames.
     `token_B` is the input of the first step; what `step` computes, step by step. `sp` is `sample_prepare`'s
-    (or the params themselves)."""
+    (or the params themselves). Where `sp` has the frame kernel's operands and `choose` says it draws by the
+    plain rule (`sample.Choice.native_temperature`), each frame's sample level is one kernel call."""
     F = cfg.frame_size
     C, B = u_CxB.shape
     tables_FxVxD = sp.get("tables_FxVxD")
+    temperature = getattr(choose, "native_temperature", None)
+    native = "frame_kernel" in sp and temperature is not None
 
     def frame(state, xs):
         (carry, token), (above_BxH, u_FxB) = state, xs
         carry = _frame_step(sp, _push(carry, token), cfg, above_BxH)
+        if native:  # the sample level's F steps in one call of jaxvoice's CPU kernel
+            window = carry["window"]
+            tokens_BxF, _ = sample_frame.frame(sp, window[:, -F:], carry["cond"], u_FxB, temperature)
+            window = jnp.concatenate([window, tokens_BxF[:, :-1]], axis=1)[:, -window.shape[1] :]
+            carry = dict(carry, window=window, pos=(carry["pos"] + F) % _period(cfg))
+            return (carry, tokens_BxF[:, -1]), tokens_BxF.T.astype(jnp.uint8)
         chosen = []
         for position in range(F):  # unrolled, so each step knows its position in the frame
             if position:

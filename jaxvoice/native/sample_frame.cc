@@ -1,0 +1,321 @@
+// The sample level of one frame of a tiered model (jaxvoice/sample_level.py's MLP), all F samples of it in
+// one XLA FFI custom call for the CPU: per sample, the first layer as a sum of F table rows (one per window
+// position) plus the bias and the frame tier's conditioning, the hidden and output layers as packed-panel
+// products (packed_tiles.h), and the draw of the next symbol from its logits by the sampler's own rule
+// (jaxvoice/sample.py `choose` without top-k/p).
+//
+// Why: in XLA the same sample is ~17 dispatched ops (gather, row sum, two products, bias and ReLU, the
+// draw's max, exp, cumsum and count), a floor of ~2-3 us per sample whatever the widths; here the frame is
+// one call. The products are split by columns between the calling thread and one pool thread, each keeping
+// its half of the weights in its own core's cache; they meet at a spin barrier after each product, and both
+// compute the first layer and the draw themselves (cheap) so that they need no other meeting. The pool
+// thread joins whenever it starts, at a sample boundary: the caller never waits for it to begin.
+
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+#include "packed_tiles.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int64_t kSymbols = 256;  // V: the sampler's alphabet
+
+#if JV_X86
+
+JV_TARGET inline __m256 fmadd(__m256 a, __m256 b, float c) { return _mm256_fmadd_ps(a, b, _mm256_set1_ps(c)); }
+
+// exp(x) for x <= 0 (the draw's scaled logit minus the largest), as Cephes' expf: 2^n p(r), r = x - n ln 2;
+// below -87 (e^-87 ~ 1e-38) it is clamped there, not flushed to 0.
+JV_TARGET inline __m256 exp8(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = fmadd(p, r, 1.3981999507e-3f);
+  p = fmadd(p, r, 8.3334519073e-3f);
+  p = fmadd(p, r, 4.1665795894e-2f);
+  p = fmadd(p, r, 1.6666665459e-1f);
+  p = fmadd(p, r, 5.0000001201e-1f);
+  const __m256 y = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+JV_TARGET inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+JV_TARGET inline float hmax8(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
+}
+
+// The next symbol from one row of logits [256]: with temperature t > 0, the first symbol whose cumulative
+// exp((l / t) - max) exceeds u times their total (the last one if rounding leaves none); with t == 0 the
+// most probable (the first of equals). `e` is scratch [256].
+JV_TARGET int32_t draw(const float* logits, float u, float t, float* e) {
+  if (t == 0.0f) {
+    int32_t best = 0;
+    for (int32_t v = 1; v < kSymbols; ++v)
+      if (logits[v] > logits[best]) best = v;
+    return best;
+  }
+  const __m256 tv = _mm256_set1_ps(t);
+  __m256 mv = _mm256_set1_ps(-INFINITY);
+  for (int64_t v = 0; v < kSymbols; v += 8) {
+    const __m256 s = _mm256_div_ps(_mm256_loadu_ps(logits + v), tv);
+    _mm256_storeu_ps(e + v, s);
+    mv = _mm256_max_ps(mv, s);
+  }
+  const __m256 m = _mm256_set1_ps(hmax8(mv));
+  // blocks of 16: their sums find the block where the cumulative sum crosses u * total, then it is walked
+  constexpr int kBlock = 16, kBlocks = kSymbols / kBlock;
+  float block_sum[kBlocks];
+  float total = 0.0f;
+  for (int k = 0; k < kBlocks; ++k) {
+    const __m256 a = exp8(_mm256_sub_ps(_mm256_loadu_ps(e + k * kBlock), m));
+    const __m256 b = exp8(_mm256_sub_ps(_mm256_loadu_ps(e + k * kBlock + 8), m));
+    _mm256_storeu_ps(e + k * kBlock, a);
+    _mm256_storeu_ps(e + k * kBlock + 8, b);
+    block_sum[k] = hsum8(_mm256_add_ps(a, b));
+    total += block_sum[k];
+  }
+  const float target = u * total;
+  float cumulative = 0.0f;
+  for (int k = 0; k < kBlocks; ++k) {
+    if (cumulative + block_sum[k] > target) {
+      for (int j = 0; j < kBlock; ++j) {
+        cumulative += e[k * kBlock + j];
+        if (cumulative > target) return k * kBlock + j;
+      }
+      return k * kBlock + kBlock - 1;  // the block's own order of sums fell just short: its last symbol
+    }
+    cumulative += block_sum[k];
+  }
+  return kSymbols - 1;
+}
+
+// Two threads meeting after each product: the last to arrive starts the next generation.
+struct Barrier {
+  std::atomic<int> arrived{0};
+  std::atomic<int> generation{0};
+
+  void wait(int& passed) {
+    if (arrived.fetch_add(1, std::memory_order_acq_rel) == 1) {
+      arrived.store(0, std::memory_order_relaxed);
+      generation.store(passed + 1, std::memory_order_release);
+    } else {
+      while (generation.load(std::memory_order_acquire) == passed) _mm_pause();
+    }
+    ++passed;
+  }
+};
+
+struct Sizes {
+  int64_t B, F, D, L;  // streams, frame size, sample_size, hidden layers after the first
+};
+
+// What the two threads share: the products' outputs, the barrier, and the pool thread's joining.
+struct Shared {
+  explicit Shared(const Sizes& s) : hidden(s.L * s.B * s.D), logits(2 * s.B * kSymbols) {}
+  std::vector<float> hidden;  // [L, B, D]: each hidden layer's output
+  // [2, B, 256]: a sample's logits, in turns, so that one thread's next sample can write them while the
+  // other still draws from this one's (with no hidden layer, no meeting comes between)
+  std::vector<float> logits;
+  Barrier barrier;
+  std::atomic<int> state{0};   // 0: the pool thread has not come; 1: it has; 2: the call is over
+  std::atomic<int> start{-1};  // the sample the pool thread joins at (F: none left)
+  std::atomic<int> helper_done{0};
+};
+
+template <typename W>
+struct Frame {
+  Sizes s;
+  const int32_t* window;  // [B, F]: the inputs up to the frame's first sample, the newest last
+  const float *cond, *u, *tables, *in_b;  // [B, F, D], [F, B], [F, 256, D], [D]
+  float temperature;
+  const W* hidden_w;  // [L, ceil(D / 16), D, 16]
+  const float* hidden_b;  // [L, D]
+  const W* out_w;  // [16, D, 16]
+  const float* out_b;  // [256]
+  int32_t* tokens;  // [B, F]
+  float* logits;  // [B, F, 256]
+
+  // y[:, panels of this thread] = x @ W for the thread `part` of `parts`, then + bias (and ReLU)
+  JV_TARGET void product(const float* x, const W* w, const float* bias, float* y, int64_t O, bool relu, int part,
+               int parts) const {
+    static const bool avx512 = has_avx512();
+    const int64_t P = (O + kPanel - 1) / kPanel, begin = P * part / parts, end = P * (part + 1) / parts;
+    if (s.B > 2 && avx512)
+      panels512<W>(x, s.B, s.D, w, y, O, begin, end);
+    else
+      panels<W>(x, s.B, s.D, w, y, O, begin, end);
+    const int64_t c0 = begin * kPanel, c1 = std::min(O, end * kPanel);
+    for (int64_t b = 0; b < s.B; ++b)
+      for (int64_t c = c0; c < c1; ++c) {
+        const float v = y[b * O + c] + bias[c];
+        y[b * O + c] = relu ? std::max(v, 0.0f) : v;
+      }
+  }
+
+  // Samples first .. F - 1 as thread `part` (0 the caller, 1 the pool thread); the caller runs alone
+  // until the pool thread has come (`shared.state` 1), then gives it the next sample to start at.
+  JV_TARGET void run(Shared& shared, int part, int first) const {
+    const int64_t B = s.B, F = s.F, D = s.D;
+    std::vector<int32_t> win(window, window + B * F);  // this thread's copy of each stream's window
+    for (int64_t b = 0; b < B; ++b)  // the pool thread joining late: the samples already drawn
+      for (int j = 0; j < first; ++j) {
+        std::copy(win.begin() + b * F + 1, win.begin() + (b + 1) * F, win.begin() + b * F);
+        win[b * F + F - 1] = tokens[b * F + j];
+      }
+    std::vector<float> x0(B * D);
+    alignas(32) float scratch[kSymbols];
+    int parts = part == 0 ? 1 : 2, passed = 0;
+    for (int64_t pos = first; pos < F; ++pos) {
+      if (parts == 1 && shared.state.load(std::memory_order_acquire) == 1) {
+        shared.start.store(static_cast<int>(pos), std::memory_order_release);
+        parts = 2;
+      }
+      // the first layer: bias + conditioning + the table row of each window position's symbol, ReLU
+      for (int64_t b = 0; b < B; ++b) {
+        float* x = x0.data() + b * D;
+        const float* c = cond + (b * F + pos) * D;
+        for (int64_t d = 0; d < D; ++d) x[d] = in_b[d] + c[d];
+        for (int64_t j = 0; j < F; ++j) {
+          const float* row = tables + (j * kSymbols + win[b * F + j]) * D;
+          int64_t d = 0;
+          for (; d + 8 <= D; d += 8)
+            _mm256_storeu_ps(x + d, _mm256_add_ps(_mm256_loadu_ps(x + d), _mm256_loadu_ps(row + d)));
+          for (; d < D; ++d) x[d] += row[d];
+        }
+        for (int64_t d = 0; d < D; ++d) x[d] = std::max(x[d], 0.0f);
+      }
+      const float* x = x0.data();
+      const int64_t panel_rows = (D + kPanel - 1) / kPanel * D * kPanel;
+      for (int64_t l = 0; l < s.L; ++l) {
+        float* y = shared.hidden.data() + l * B * D;
+        product(x, hidden_w + l * panel_rows, hidden_b + l * D, y, D, true, part, parts);
+        if (parts == 2) shared.barrier.wait(passed);
+        x = y;
+      }
+      float* logits_BxV = shared.logits.data() + (pos % 2) * B * kSymbols;
+      product(x, out_w, out_b, logits_BxV, kSymbols, false, part, parts);
+      if (parts == 2) shared.barrier.wait(passed);
+      for (int64_t b = 0; b < B; ++b) {
+        const float* row = logits_BxV + b * kSymbols;
+        const int32_t token = draw(row, u[pos * B + b], temperature, scratch);
+        std::copy(win.begin() + b * F + 1, win.begin() + (b + 1) * F, win.begin() + b * F);
+        win[b * F + F - 1] = token;
+        if (part == 0) {
+          tokens[b * F + pos] = token;
+          std::copy(row, row + kSymbols, logits + (b * F + pos) * kSymbols);
+        }
+      }
+    }
+  }
+};
+
+#endif
+
+template <typename Buffer>
+int64_t count(const Buffer& buffer) {
+  return static_cast<int64_t>(buffer.element_count());
+}
+
+template <typename W>
+ffi::Error SampleFrame(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> window, ffi::Buffer<ffi::F32> cond,
+                       ffi::Buffer<ffi::F32> u, ffi::Buffer<ffi::F32> temperature, ffi::Buffer<ffi::F32> tables,
+                       ffi::Buffer<ffi::F32> in_b, ffi::AnyBuffer hidden_w, ffi::Buffer<ffi::F32> hidden_b,
+                       ffi::AnyBuffer out_w, ffi::Buffer<ffi::F32> out_b, ffi::ResultBuffer<ffi::S32> tokens,
+                       ffi::ResultBuffer<ffi::F32> logits) {
+#if JV_X86
+  auto wd = window.dimensions(), cd = cond.dimensions(), td = tables.dimensions(), hd = hidden_w.dimensions();
+  if (wd.size() != 2 || cd.size() != 3 || td.size() != 3 || hd.size() != 4)
+    return ffi::Error::InvalidArgument("sample_frame: expected window[B, F], cond[B, F, D], tables[F, 256, D], "
+                                       "hidden_w[L, ceil(D/16), D, 16]");
+  const Sizes s{wd[0], wd[1], td[2], hd[0]};
+  const int64_t PD = (s.D + kPanel - 1) / kPanel;
+  auto od = out_w.dimensions();
+  if (cd[0] != s.B || cd[1] != s.F || cd[2] != s.D || td[0] != s.F || td[1] != kSymbols ||
+      count(u) != s.F * s.B || count(temperature) != 1 || count(in_b) != s.D ||
+      (s.L && (hd[1] != PD || hd[2] != s.D || hd[3] != kPanel)) || count(hidden_b) != s.L * s.D ||
+      od.size() != 3 || od[0] != kSymbols / kPanel || od[1] != s.D || od[2] != kPanel || count(out_b) != kSymbols)
+    return ffi::Error::InvalidArgument("sample_frame: the operands' shapes do not agree");
+  constexpr ffi::DataType kWeights = sizeof(W) == 4 ? ffi::DataType::F32 : ffi::DataType::BF16;
+  if (hidden_w.element_type() != kWeights || out_w.element_type() != kWeights)
+    return ffi::Error::InvalidArgument("sample_frame: the weights' dtype does not match the target");
+  if (s.B == 0) return ffi::Error::Success();
+
+  const Frame<W> frame{s,
+                       window.typed_data(),
+                       cond.typed_data(),
+                       u.typed_data(),
+                       tables.typed_data(),
+                       in_b.typed_data(),
+                       temperature.typed_data()[0],
+                       reinterpret_cast<const W*>(hidden_w.untyped_data()),
+                       hidden_b.typed_data(),
+                       reinterpret_cast<const W*>(out_w.untyped_data()),
+                       out_b.typed_data(),
+                       tokens->typed_data(),
+                       logits->typed_data()};
+  auto shared = std::make_shared<Shared>(s);
+  if (pool.num_threads() >= 2) {
+    pool.Schedule([shared, frame] {
+      int open = 0;
+      if (!shared->state.compare_exchange_strong(open, 1, std::memory_order_acq_rel)) return;  // too late
+      int first;
+      while ((first = shared->start.load(std::memory_order_acquire)) < 0) _mm_pause();
+      if (first < frame.s.F) frame.run(*shared, 1, first);
+      shared->helper_done.store(1, std::memory_order_release);
+    });
+  }
+  frame.run(*shared, 0, 0);
+  int open = 0;
+  if (!shared->state.compare_exchange_strong(open, 2, std::memory_order_acq_rel)) {  // the pool thread came
+    if (shared->start.load(std::memory_order_acquire) < 0)  // after the last sample: nothing for it to do
+      shared->start.store(static_cast<int>(s.F), std::memory_order_release);
+    while (!shared->helper_done.load(std::memory_order_acquire)) _mm_pause();
+  }
+  return ffi::Error::Success();
+#else
+  return ffi::Error::Unimplemented("sample_frame needs an x86-64 CPU with AVX2 and FMA");
+#endif
+}
+
+}  // namespace
+
+static auto Binding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::S32>>()   // window [B, F]
+      .Arg<ffi::Buffer<ffi::F32>>()   // cond [B, F, D]
+      .Arg<ffi::Buffer<ffi::F32>>()   // u [F, B]
+      .Arg<ffi::Buffer<ffi::F32>>()   // temperature [] (0: the most probable symbol)
+      .Arg<ffi::Buffer<ffi::F32>>()   // tables [F, 256, D]
+      .Arg<ffi::Buffer<ffi::F32>>()   // in_b [D]
+      .Arg<ffi::AnyBuffer>()          // hidden_w [L, ceil(D / 16), D, 16]
+      .Arg<ffi::Buffer<ffi::F32>>()   // hidden_b [L, D]
+      .Arg<ffi::AnyBuffer>()          // out_w [16, D, 16]
+      .Arg<ffi::Buffer<ffi::F32>>()   // out_b [256]
+      .Ret<ffi::Buffer<ffi::S32>>()   // tokens [B, F]
+      .Ret<ffi::Buffer<ffi::F32>>();  // logits [B, F, 256]
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvoiceSampleFrameF32, SampleFrame<float>, Binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvoiceSampleFrameBF16, SampleFrame<uint16_t>, Binding());
+
+// 1 where this CPU runs the kernel (AVX2 + FMA), 0 where Python must use the XLA step.
+extern "C" int jaxvoice_sample_frame_isa() { return has_avx2_fma() ? 1 : 0; }

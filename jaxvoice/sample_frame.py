@@ -1,0 +1,101 @@
+"""The tiered sample level's frame as one CPU kernel (native/sample_frame.cc, built by setup.py as an optional
+extension): all F samples of a frame of the MLP sample level (`jaxvoice.sample_level`), each drawn by the
+sampler's rule without top-k/p (`jaxvoice.sample.choose`), in one XLA FFI call where XLA runs ~17 ops per
+sample. The products are split between two threads, each keeping half of the weights in its core's cache.
+
+`tiered.sample_scan` uses it where the sampler stored the weights packed (a single CPU device, see
+`sample.layout_for`) and `model.kernels = "auto"`; `available()` is False where the extension was not built,
+does not load or the CPU lacks AVX2/FMA, and then the XLA step runs. Tested against the XLA step in
+tests/test_sample_frame.py; figures in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxvoice import native, packed_matmul, stored
+
+log = logging.getLogger(__name__)
+V = 256
+PANEL = packed_matmul.PANEL
+_TARGETS = {"float32": "JaxvoiceSampleFrameF32", "bfloat16": "JaxvoiceSampleFrameBF16"}
+
+
+@functools.cache
+def available() -> bool:
+    """True where the kernel is built, loads, runs on this CPU, and is registered with XLA."""
+    lib = native.load("sample_frame")
+    if lib is None or lib.jaxvoice_sample_frame_isa() != 1 or not packed_matmul.available():
+        return False
+    for name in _TARGETS.values():
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
+    # One tiny frame on the CPU whose every draw is symbol 7 (a kernel built against other XLA FFI headers
+    # than this jaxlib's may refuse to run; then the XLA step is the answer, not an error mid-sampling).
+    F, D = 2, 16
+    out_b = np.full(V, -1000.0, np.float32)
+    out_b[7] = 0.0
+    try:
+        with jax.ensure_compile_time_eval(), jax.default_device(jax.devices("cpu")[0]):
+            sp = {
+                "tables_FxVxD": jnp.zeros((F, V, D)),
+                "in_b_D": jnp.zeros(D),
+                "frame_kernel": {"hidden_w": jnp.zeros((0, 1, D, PANEL)), "hidden_b": jnp.zeros((0, D))},
+                "out_DxV": stored.store(jnp.zeros((D, V)), "packed"),
+                "out_b_V": jnp.asarray(out_b),
+            }
+            window, cond, u = jnp.zeros((1, F), jnp.int32), jnp.zeros((1, F, D)), jnp.full((F, 1), 0.5)
+            tokens, logits = _call(sp, window, cond, u, 1.0)
+        if np.array_equal(np.asarray(tokens), [[7, 7]]) and np.array_equal(np.asarray(logits)[0, 1], out_b):
+            return True
+        log.warning("jaxvoice's sample-frame kernel computes wrong frames here: using the XLA step")
+    except Exception as e:  # noqa: BLE001 (any failure means: do not use it)
+        log.warning(
+            f"jaxvoice's sample-frame kernel does not run here ({type(e).__name__}): using the XLA step"
+        )
+    return False
+
+
+def kernel_params(sp: dict) -> dict:
+    """What the kernel reads beyond the MLP sample level's generation params (`sample_level.sample_prepare`
+    with its products stored packed): the hidden layers' packed weights and biases stacked, once per model."""
+    hidden, D = sp["hidden"], sp["tables_FxVxD"].shape[-1]
+    if not hidden:
+        dtype = sp["out_DxV"].dtype
+        return {"hidden_w": jnp.zeros((0, -(-D // PANEL), D, PANEL), dtype), "hidden_b": jnp.zeros((0, D))}
+    return {
+        "hidden_w": jnp.stack([layer["w_DxD"].data for layer in hidden]),
+        "hidden_b": jnp.stack([layer["b_D"] for layer in hidden]).astype(jnp.float32),
+    }
+
+
+def frame(sp: dict, window_BxF, cond_BxFxD, u_FxB, temperature):
+    """One frame of the sample level: (tokens_BxF int32, logits_BxFxV) of its F samples from the F inputs up
+    to its first (the newest last), each sample's conditioning vector and uniform, and the temperature
+    (0: the most probable symbol, as the greedy sampler). `sp`: the generation params with the kernel's
+    own (`kernel_params`, under "frame_kernel"). Needs `available()`."""
+    if not available():
+        raise RuntimeError("jaxvoice's sample_frame kernel is not built for this machine")
+    return _call(sp, window_BxF, cond_BxFxD, u_FxB, temperature)
+
+
+def _call(sp, window_BxF, cond_BxFxD, u_FxB, temperature):
+    B, F = window_BxF.shape
+    out_w = sp["out_DxV"].data
+    results = (jax.ShapeDtypeStruct((B, F), jnp.int32), jax.ShapeDtypeStruct((B, F, V), jnp.float32))
+    return jax.ffi.ffi_call(_TARGETS[jnp.dtype(out_w.dtype).name], results, vmap_method="sequential")(
+        window_BxF.astype(jnp.int32),
+        cond_BxFxD.astype(jnp.float32),
+        jnp.asarray(u_FxB, jnp.float32),
+        jnp.asarray(temperature, jnp.float32).reshape(()),
+        sp["tables_FxVxD"].astype(jnp.float32),
+        sp["in_b_D"].astype(jnp.float32),
+        sp["frame_kernel"]["hidden_w"],
+        sp["frame_kernel"]["hidden_b"],
+        out_w,
+        sp["out_b_V"].astype(jnp.float32),
+    )

@@ -1,0 +1,122 @@
+"""The tiered sample level's frame kernel against the XLA step it replaces, and that it is built where it can
+run."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import cpu_flags
+
+from jaxvoice import model, sample, sample_frame, sample_level
+from jaxvoice.config import ModelConfig
+
+needs_kernel = pytest.mark.skipif(not sample_frame.available(), reason="the kernel is not built here")
+
+
+def test_kernel_is_built_where_it_can_run():
+    """setup.py builds it as an optional extension: a failed build must not pass unnoticed."""
+    flags = cpu_flags()
+    if "avx2" in flags and "fma" in flags:
+        assert sample_frame.available()
+
+
+def tiered(**kw) -> ModelConfig:
+    base = dict(kind="tiered", cell="lstm", rnn_size=24, num_layers=1, wordvec_size=6, frame_size=8,
+                sample_size=40, sample_layers=2, upsampling="shared", sample_input="both")  # fmt: skip
+    return ModelConfig(**{**base, **kw})
+
+
+def random_params(cfg, seed=0):
+    """The model's init with every parameter moved a little (so that biases are not 0): logits of the size
+    a trained model's have."""
+    rng = np.random.default_rng(seed)
+    init = model.init_params(jax.random.key(seed), cfg)
+    return jax.tree.map(lambda p: p + jnp.asarray(0.05 * rng.standard_normal(p.shape), p.dtype), init)
+
+
+def generation_params(cfg, params, weights="float32"):
+    layout = sample.Layout(packed=True, weights=weights)
+    sp = jax.jit(sample._prepare, static_argnums=(1, 2))(params, cfg, layout)
+    assert "frame_kernel" in sp
+    return sp, sample._compute_cfg(cfg, layout)
+
+
+@needs_kernel
+@pytest.mark.parametrize("weights", ["float32", "bfloat16"])
+@pytest.mark.parametrize(
+    ("streams", "frame_size", "sample_size", "sample_layers", "temperature"),
+    [(1, 8, 40, 2, 1.0), (2, 4, 10, 1, 0.7), (3, 16, 256, 2, 1.3), (5, 8, 48, 3, 1.0), (16, 2, 16, 2, 0.0),
+     (1, 16, 256, 3, 0.0)],
+)  # fmt: skip
+def test_a_frame_equals_the_xla_steps(streams, frame_size, sample_size, sample_layers, temperature, weights):
+    """Teacher-forced on the kernel's own draws, its logits equal the XLA step's (1e-5), and each draw is the
+    one `sample.choose` makes from those logits (temperature 0: the greedy sampler's)."""
+    cfg = tiered(frame_size=frame_size, sample_size=sample_size, sample_layers=sample_layers)
+    sp, compute_cfg = generation_params(cfg, random_params(cfg), weights)
+    rng = np.random.default_rng(streams)
+    F, D = frame_size, sample_size
+    window_BxF = jnp.asarray(rng.integers(0, 256, (streams, F)), jnp.int32)
+    cond_BxFxD = jnp.asarray(rng.standard_normal((streams, F, D)), jnp.float32)
+    u_FxB = jnp.asarray(rng.random((F, streams)), jnp.float32)
+    tokens_BxF, logits_BxFxV = jax.jit(sample_frame.frame)(sp, window_BxF, cond_BxFxD, u_FxB, temperature)
+    assert tokens_BxF.shape == (streams, F) and logits_BxFxV.shape == (streams, F, 256)
+
+    inputs_BxT = jnp.concatenate([window_BxF, tokens_BxF], axis=1)
+    step = jax.jit(sample_level.step_logits, static_argnums=4)
+    sampler = sample.Sampler(greedy=temperature == 0.0)
+    for p in range(F):
+        want_BxV, _ = step(sp, inputs_BxT[:, p : p + F], cond_BxFxD[:, p], (), compute_cfg,
+                           sp["tables_FxVxD"])  # fmt: skip
+        np.testing.assert_allclose(logits_BxFxV[:, p], want_BxV, rtol=1e-5, atol=1e-5)
+        chosen_B = sample.choose(logits_BxFxV[:, p], u_FxB[p], temperature or 1.0, sampler)
+        np.testing.assert_array_equal(tokens_BxF[:, p], chosen_B, err_msg=f"position {p}")
+
+
+def _generate(params, cfg, streams, **kw):
+    chunks = sample.generate(params, cfg, jax.random.key(3), length=700, num_streams=streams, chunk=256, **kw)
+    return np.concatenate(list(chunks), axis=1)
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    ("tiers", "sample_layers", "streams", "settings"),
+    [(2, 2, 1, {}), (2, 1, 1, {}), (2, 3, 2, {"temperature": 0.8}), (3, 2, 3, {}), (2, 2, 1, {"greedy": True}),
+     (2, 2, 4, {"top_k": 20}), (3, 2, 1, {"top_p": 0.9, "temperature": 1.2})],
+)  # fmt: skip
+def test_generation_with_the_kernel_equals_the_xla_step(tiers, sample_layers, streams, settings):
+    """`jaxvoice sample` of a tiered MLP model draws the same symbols with `model.kernels = "auto"` (the
+    kernel, or with top-k/p the XLA step) as with "xla" (the equations), over chunks and frames. The
+    preset's widths, so that the kernel's two threads meet (and the pool thread joins mid-frame) for real."""
+    cfg = tiered(tiers=tiers, top_frame_size=32, rnn_size=64, frame_size=16, sample_size=256,
+                 sample_layers=sample_layers)  # fmt: skip
+    params = random_params(cfg)
+    with_kernel = _generate(params, cfg, streams, **settings)
+    equations = _generate(params, dataclasses.replace(cfg, kernels="xla"), streams, **settings)
+    assert with_kernel.shape == (streams, 700)
+    np.testing.assert_array_equal(with_kernel, equations)
+    assert len(np.unique(with_kernel)) > 1
+
+
+@needs_kernel
+def test_the_sampler_runs_the_kernel_where_it_can():
+    """The compiled chunk calls the kernel for the plain draw on packed weights, and not for top-k, nor with
+    `model.kernels = "xla"` (there the sampler has no kernel operands at all)."""
+    cfg = tiered()
+    params = random_params(cfg)
+    layout = sample.Layout(packed=True)
+    sp = sample._prepare(params, cfg, layout)
+    carry, token = model.init_carry(cfg, 1), jnp.zeros((1,), jnp.int32)
+
+    def lowered(sampler, sp=sp, cfg=cfg):
+        static = dict(cfg=cfg, chunk=16, sampler=sampler, layout=layout)
+        return sample._run_chunk.lower(sp, carry, token, jax.random.key(0), 0, 1.0, 1.0, **static).as_text()
+
+    assert "JaxvoiceSampleFrame" in lowered(sample.Sampler())
+    assert "JaxvoiceSampleFrame" in lowered(sample.Sampler(greedy=True))
+    assert "JaxvoiceSampleFrame" not in lowered(sample.Sampler(top_k=5))
+    xla_cfg = dataclasses.replace(cfg, kernels="xla")
+    xla_sp = sample._prepare(params, xla_cfg, layout)
+    assert "frame_kernel" not in xla_sp
+    assert "JaxvoiceSampleFrame" not in lowered(sample.Sampler(), xla_sp, xla_cfg)
