@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -107,6 +108,15 @@ JV_TARGET int32_t draw(const float* logits, float u, float t, float* e) {
   return kSymbols - 1;
 }
 
+// A spin-wait's turn: a pause, and after ~10 us of them the CPU given up each turn, so that a partner
+// thread the OS has descheduled (more busy threads than cores) can run rather than wait for a time slice.
+inline void idle(int& turns) {
+  if (++turns < 2000)
+    _mm_pause();
+  else
+    std::this_thread::yield();
+}
+
 // Two threads meeting after each product: the last to arrive starts the next generation.
 struct Barrier {
   std::atomic<int> arrived{0};
@@ -117,7 +127,7 @@ struct Barrier {
       arrived.store(0, std::memory_order_relaxed);
       generation.store(passed + 1, std::memory_order_release);
     } else {
-      while (generation.load(std::memory_order_acquire) == passed) _mm_pause();
+      for (int turns = 0; generation.load(std::memory_order_acquire) == passed;) idle(turns);
     }
     ++passed;
   }
@@ -277,7 +287,7 @@ ffi::Error SampleFrame(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> window, ffi::
       int open = 0;
       if (!shared->state.compare_exchange_strong(open, 1, std::memory_order_acq_rel)) return;  // too late
       int first;
-      while ((first = shared->start.load(std::memory_order_acquire)) < 0) _mm_pause();
+      for (int turns = 0; (first = shared->start.load(std::memory_order_acquire)) < 0;) idle(turns);
       if (first < frame.s.F) frame.run(*shared, 1, first);
       shared->helper_done.store(1, std::memory_order_release);
     });
@@ -287,7 +297,7 @@ ffi::Error SampleFrame(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> window, ffi::
   if (!shared->state.compare_exchange_strong(open, 2, std::memory_order_acq_rel)) {  // the pool thread came
     if (shared->start.load(std::memory_order_acquire) < 0)  // after the last sample: nothing for it to do
       shared->start.store(static_cast<int>(s.F), std::memory_order_release);
-    while (!shared->helper_done.load(std::memory_order_acquire)) _mm_pause();
+    for (int turns = 0; !shared->helper_done.load(std::memory_order_acquire);) idle(turns);
   }
   return ffi::Error::Success();
 #else
