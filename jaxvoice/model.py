@@ -38,10 +38,11 @@ class Family(NamedTuple):
     layout the loss reads without a transpose. `check(cfg)` raises UserError for settings it cannot build.
     `window(cfg)`: the windows it reads (training, evaluation, priming) are a multiple of this many steps.
     `sample_scan(sp, carry, token_B, u_CxB, choose, cfg) -> (carry, token_B, tokens_CxB)`: its own
-    generation loop over C steps (`choose(logits_BxV, u_B) -> token_B`; by default `step` in a scan), on
-    the params `sample_prepare(params, cfg, store)` made (by default the params themselves): `store(w_IxO)`
-    keeps a weight matrix the sampler's fastest way (a `stored.Stored`, which `cells.dot` and `dense`
-    multiply by)."""
+    generation loop over C steps (`choose(logits_BxV, u_B) -> token_B`, a `sample.Choice`, whose
+    `native_temperature` lets a loop draw in a kernel of its own by the same rule; by default `step` in a
+    scan), on the params `sample_prepare(params, cfg, store)` made (by default the params themselves):
+    `store(w_IxO)` keeps a weight matrix the sampler's fastest way (a `stored.Stored`, which `cells.dot` and
+    `dense` multiply by)."""
 
     init_params: Callable[[jax.Array, ModelConfig], dict]
     init_carry: Callable[[ModelConfig, int], Any]

@@ -30,7 +30,9 @@ constexpr int64_t kSymbols = 256;  // V: the sampler's alphabet
 
 #if JV_X86
 
-JV_TARGET inline __m256 fmadd(__m256 a, __m256 b, float c) { return _mm256_fmadd_ps(a, b, _mm256_set1_ps(c)); }
+JV_TARGET inline __m256 fmadd(__m256 a, __m256 b, float c) {
+  return _mm256_fmadd_ps(a, b, _mm256_set1_ps(c));
+}
 
 // exp(x) for x <= 0 (the draw's scaled logit minus the largest), as Cephes' expf: 2^n p(r), r = x - n ln 2;
 // below -87 (e^-87 ~ 1e-38) it is clamped there, not flushed to 0.
@@ -108,8 +110,9 @@ JV_TARGET int32_t draw(const float* logits, float u, float t, float* e) {
   return kSymbols - 1;
 }
 
-// A spin-wait's turn: a pause, and after ~10 us of them the CPU given up each turn, so that a partner
-// thread the OS has descheduled (more busy threads than cores) can run rather than wait for a time slice.
+// A spin-wait's turn: a pause, and after a couple of thousand of them (tens of us) the CPU given up each
+// turn, so that a partner thread the OS has descheduled (more busy threads than cores) can run rather than
+// wait out a time slice.
 inline void idle(int& turns) {
   if (++turns < 2000)
     _mm_pause();
@@ -164,8 +167,8 @@ struct Frame {
   float* logits;  // [B, F, 256]
 
   // y[:, panels of this thread] = x @ W for the thread `part` of `parts`, then + bias (and ReLU)
-  JV_TARGET void product(const float* x, const W* w, const float* bias, float* y, int64_t O, bool relu, int part,
-               int parts) const {
+  JV_TARGET void product(const float* x, const W* w, const float* bias, float* y, int64_t O, bool relu,
+                         int part, int parts) const {
     static const bool avx512 = has_avx512();
     const int64_t P = (O + kPanel - 1) / kPanel, begin = P * part / parts, end = P * (part + 1) / parts;
     if (s.B > 2 && avx512)
@@ -204,7 +207,9 @@ struct Frame {
         const float* c = cond + (b * F + pos) * D;
         for (int64_t d = 0; d < D; ++d) x[d] = in_b[d] + c[d];
         for (int64_t j = 0; j < F; ++j) {
-          const float* row = tables + (j * kSymbols + win[b * F + j]) * D;
+          // a symbol outside 0..255 is clamped to it, as XLA's gather does (a guard: symbols are bytes)
+          const int32_t symbol = std::min<int32_t>(std::max<int32_t>(win[b * F + j], 0), kSymbols - 1);
+          const float* row = tables + (j * kSymbols + symbol) * D;
           int64_t d = 0;
           for (; d + 8 <= D; d += 8)
             _mm256_storeu_ps(x + d, _mm256_add_ps(_mm256_loadu_ps(x + d), _mm256_loadu_ps(row + d)));
@@ -253,15 +258,17 @@ ffi::Error SampleFrame(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> window, ffi::
 #if JV_X86
   auto wd = window.dimensions(), cd = cond.dimensions(), td = tables.dimensions(), hd = hidden_w.dimensions();
   if (wd.size() != 2 || cd.size() != 3 || td.size() != 3 || hd.size() != 4)
-    return ffi::Error::InvalidArgument("sample_frame: expected window[B, F], cond[B, F, D], tables[F, 256, D], "
-                                       "hidden_w[L, ceil(D/16), D, 16]");
+    return ffi::Error::InvalidArgument(
+        "sample_frame: expected window[B, F], cond[B, F, D], tables[F, 256, D], "
+        "hidden_w[L, ceil(D/16), D, 16]");
   const Sizes s{wd[0], wd[1], td[2], hd[0]};
   const int64_t PD = (s.D + kPanel - 1) / kPanel;
   auto od = out_w.dimensions();
   if (cd[0] != s.B || cd[1] != s.F || cd[2] != s.D || td[0] != s.F || td[1] != kSymbols ||
       count(u) != s.F * s.B || count(temperature) != 1 || count(in_b) != s.D ||
       (s.L && (hd[1] != PD || hd[2] != s.D || hd[3] != kPanel)) || count(hidden_b) != s.L * s.D ||
-      od.size() != 3 || od[0] != kSymbols / kPanel || od[1] != s.D || od[2] != kPanel || count(out_b) != kSymbols)
+      od.size() != 3 || od[0] != kSymbols / kPanel || od[1] != s.D || od[2] != kPanel ||
+      count(out_b) != kSymbols)
     return ffi::Error::InvalidArgument("sample_frame: the operands' shapes do not agree");
   constexpr ffi::DataType kWeights = sizeof(W) == 4 ? ffi::DataType::F32 : ffi::DataType::BF16;
   if (hidden_w.element_type() != kWeights || out_w.element_type() != kWeights)
