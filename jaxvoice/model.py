@@ -38,7 +38,7 @@ class Family(NamedTuple):
     layout the loss reads without a transpose. `check(cfg)` raises UserError for settings it cannot build.
     `window(cfg)`: the windows it reads (training, evaluation, priming) are a multiple of this many steps.
     `sample_scan(sp, carry, token_B, u_CxB, choose, cfg) -> (carry, token_B, tokens_CxB)`: its own
-    generation loop over C steps (`choose(logits_BxV, u_B) -> token_B`, a `sample.Choice`, whose
+    generation loop over C steps (`choose(logits_BxV, u_B) -> token_B`, a `draw.Choice`, whose
     `native_temperature` lets a loop draw in a kernel of its own by the same rule; by default `step` in a
     scan), on the params `sample_prepare(params, cfg, store)` made (by default the params themselves):
     `store(w_IxO)` keeps a weight matrix the sampler's fastest way (a `stored.Stored`, which `cells.dot` and

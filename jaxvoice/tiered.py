@@ -265,7 +265,7 @@ def sample_scan(sp, carry, token_B, u_CxB, choose, cfg):
     3 tiers, a scan over top frames whose body steps the top tier once and then scans its R frames.
     `token_B` is the input of the first step; what `step` computes, step by step. `sp` is `sample_prepare`'s
     (or the params themselves). Where `sp` has the frame kernel's operands and `choose` says it draws by the
-    plain rule (`sample.Choice.native_temperature`), each frame's sample level is one kernel call."""
+    plain rule (`draw.Choice.native_temperature`), each frame's sample level is one kernel call."""
     F = cfg.frame_size
     C, B = u_CxB.shape
     tables_FxVxD = sp.get("tables_FxVxD")
