@@ -40,6 +40,7 @@ class ModelConfig:
     upsampling: str = "per_position"  # frame output -> its F vectors: per_position maps | shared (+ biases)
     tiers: int = 2  # 2: frame tier + sample level | 3: a top tier every top_frame_size samples above them
     top_frame_size: int = 64  # tiers = 3: samples per top-tier step, a multiple of frame_size
+    sample_history: int = 0  # the W samples before the sample level's window, read linearly (0: none)
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,7 @@ def _validate(cfg: Config) -> Config:
         (cfg.sample.top_k >= 0, "sample.top_k must be >= 0 (0 turns it off)"),
         (0.0 < cfg.sample.top_p <= 1.0, "sample.top_p must be in (0, 1]"),
         (cfg.sample.length >= 0, "sample.length must be >= 0"),
+        (cfg.model.sample_history >= 0, "model.sample_history must be >= 0 (0 turns it off)"),
     ]
     for ok, message in checks:
         if not ok:

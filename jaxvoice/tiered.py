@@ -13,13 +13,20 @@ stack's and spans F times more audio per step; most of the work is whole-window 
 before the upsampling, and the sample level's hidden activations (its regulariser: the MLP and the
 upsampling hold most of the parameters).
 
+With `model.sample_history = W`, each sample's conditioning also gets a linear map of the values (in
+[-2, 2]) of the W samples before the sample level's window: a long-term predictor, as speech coders have,
+that reaches a pitch period or a bass note's cycle back at the sample's own resolution, where the frame
+tier sees the past only through a vector per frame and the MLP sees one frame. Those samples are all older
+than the sample's frame, so generation adds them once per frame, into the conditioning the frame step
+makes; the sample level (and its CPU kernel) is unchanged.
+
 With `model.tiers = 3`, a top tier of the same layers steps once per L = `model.top_frame_size` samples
 (a multiple of F) on the L samples before it; its output, upsampled to R = L / F vectors of width H, joins
 the inputs of the frame tier's R steps (SampleRNN's 3-tier model).
 
 Windows are a multiple of the period P (F, or L with 3 tiers) long and start at period boundaries. The
-carry (batch-first, like every family's) is {"frame": the frame tier's cells, "window": the last P input
-symbols [B, P], "sample": the sample-level cell's state (rnn) or (), "cond": the current frame's
+carry (batch-first, like every family's) is {"frame": the frame tier's cells, "window": the last N input
+symbols [B, N] (N = P, or F + W with a longer history), "sample": the sample-level cell's state (rnn) or (), "cond": the current frame's
 conditioning [B, F, D], "pos": the position in the period [B]}, and with 3 tiers {"top": the top tier's
 cells, "top_cond": the current top frame's conditioning [B, R, H]}. Generation (`sample_scan`) is a
 `lax.scan` over frames whose body steps the frame tier once and scans the F samples of the frame (with 3
@@ -27,7 +34,7 @@ tiers, inside a scan over top frames that steps the top tier once); `step` does 
 its frame starts).
 
 Shape letters: B batch, T samples (K = T / F frames), F frame size, L top frame size, R = L / F, E
-wordvec_size, H rnn_size, D sample_size, V 256.
+wordvec_size, H rnn_size, D sample_size, W sample_history, N the carried window, V 256.
 """
 
 from __future__ import annotations
@@ -50,6 +57,12 @@ def _frame_input_size(cfg: ModelConfig, frame: int) -> int:
 def _period(cfg: ModelConfig) -> int:
     """Samples per step of the slowest tier: windows and generation chunks are whole periods."""
     return cfg.top_frame_size if cfg.tiers == 3 else cfg.frame_size
+
+
+def _window_length(cfg: ModelConfig) -> int:
+    """N: the input symbols the carry keeps: a period, or with `model.sample_history` W the F + W that the
+    history of a frame's last sample reaches back."""
+    return max(_period(cfg), cfg.frame_size + cfg.sample_history)
 
 
 def init_params(key: jax.Array, cfg: ModelConfig) -> dict:
@@ -79,6 +92,8 @@ def init_params(key: jax.Array, cfg: ModelConfig) -> dict:
             next(top_keys), H, (1 if cfg.upsampling == "shared" else R) * H
         )
         params["top_up_b_RH"] = jnp.zeros((R * H,), jnp.float32)
+    if cfg.sample_history:  # its own key, so that the other inits stay what they were
+        params["history_WxD"] = model.dense_init(jax.random.fold_in(key, 5), cfg.sample_history, D)
     params.update(sample_level.init_params(embed_key, out_key, keys, cfg))
     return params
 
@@ -88,7 +103,7 @@ def init_carry(cfg: ModelConfig, batch: int) -> dict:
     F, H, D = cfg.frame_size, cfg.rnn_size, cfg.sample_size
     carry = {
         "frame": tuple(cell.initial_carry(batch, H) for _ in range(cfg.num_layers)),
-        "window": jnp.full((batch, _period(cfg)), SILENCE, jnp.int32),
+        "window": jnp.full((batch, _window_length(cfg)), SILENCE, jnp.int32),
         "sample": cell.initial_carry(batch, D) if cfg.sample_level == "rnn" else (),
         "cond": jnp.zeros((batch, F, D), jnp.float32),
         "pos": jnp.zeros((batch,), jnp.int32),
@@ -130,6 +145,21 @@ def _conditioning(params, o_NxH, cfg) -> jax.Array:
     return _upsample(cfg, o_NxH, params[_up_weight(cfg)], params["up_b_FD"], cfg.frame_size)
 
 
+def _history(params, e_BxS, N: int, T: int, cfg) -> jax.Array:
+    """[T, B, D]: what the W = `model.sample_history` samples before each target's window add to its
+    conditioning, from e = the N - 1 inputs before target 0's and the rest [B, >= N - 1 + T - F]. A linear
+    map of their values in [-2, 2]: a long-term predictor, as speech coders have, that can reach a pitch
+    period back where the MLP's window is a frame. Every one of them is older than its frame, so generation
+    adds it once per frame (`_frame_step`) and the sample level is unchanged."""
+    F, W = cfg.frame_size, cfg.sample_history
+    # target t's history: e[t + N - F - W : t + N - F], the W inputs before its window
+    index_TxW = jnp.arange(T)[:, None] + jnp.arange(W)[None, :] + (N - F - W)
+    values_BxTxW = sample_level.scaled(e_BxS[:, index_TxW])
+    B = e_BxS.shape[0]
+    out_TBxD = model.dense(cfg, values_BxTxW.transpose(1, 0, 2).reshape(T * B, W), params["history_WxD"])
+    return out_TBxD.reshape(T, B, -1)
+
+
 def _top_conditioning(params, o_NxH, cfg) -> jax.Array:
     """R = top_frame_size / frame_size conditioning vectors [N, R, H] per top tier output, one per frame."""
     R = cfg.top_frame_size // cfg.frame_size
@@ -148,26 +178,26 @@ def _run_tier(layers, carry, inputs_NxI, K, cfg, key):
 
 def logits(params, tokens_BxT, carry, cfg, dropout_key=None):
     """Time-major logits_TxBxV of the sample after each input, and the carry after the window."""
-    F, D, L = cfg.frame_size, cfg.sample_size, _period(cfg)
+    F, D, L, N = cfg.frame_size, cfg.sample_size, _period(cfg), _window_length(cfg)
     B, T = tokens_BxT.shape
     K = T // F
     x_BxT = tokens_BxT.astype(jnp.int32)
-    # e[:, j] = the input j - (L - 1): the history of L - 1 symbols, then this window's.
-    e_BxTL = jnp.concatenate([carry["window"][:, 1:], x_BxT], axis=1)
+    # e[:, j] = the input j - (N - 1): the history of N - 1 symbols, then this window's.
+    e_BxTN = jnp.concatenate([carry["window"][:, 1:], x_BxT], axis=1)
     frame_key, sample_key, top_key = None, None, None
     if dropout_key is not None and cfg.dropout > 0:
         frame_key, sample_key = jax.random.split(dropout_key)
         top_key = jax.random.fold_in(frame_key, 3)
     new_carry = {}
-    # Frame k reads the F inputs up to its first target's input, e[kF + L - F : kF + L]; its output
+    # Frame k reads the F inputs up to its first target's input, e[kF + N - F : kF + N]; its output
     # conditions the targets kF .. kF + F - 1.
-    frames_KxBxF = e_BxTL[:, L - F : L - F + K * F].reshape(B, K, F).transpose(1, 0, 2)
+    frames_KxBxF = e_BxTN[:, N - F : N - F + K * F].reshape(B, K, F).transpose(1, 0, 2)
     inputs_NxI = _frame_inputs(params, frames_KxBxF.reshape(K * B, F), cfg)
     if cfg.tiers == 3:
-        # Top frame k reads the L inputs up to its first target's input, e[kL : kL + L]; its R outputs
-        # join the inputs of frames kR .. kR + R - 1.
+        # Top frame k reads the L inputs up to its first target's input, e[kL + N - L : kL + N]; its R
+        # outputs join the inputs of frames kR .. kR + R - 1.
         K3, R = T // L, L // F
-        top_KxBxL = e_BxTL[:, : K3 * L].reshape(B, K3, L).transpose(1, 0, 2)
+        top_KxBxL = e_BxTN[:, N - L : N - L + K3 * L].reshape(B, K3, L).transpose(1, 0, 2)
         top_inputs_NxI = _frame_inputs(params, top_KxBxL.reshape(K3 * B, L), cfg)
         o_KxBxH, new_carry["top"] = _run_tier(
             params["top_layers"], carry["top"], top_inputs_NxI, K3, cfg, top_key
@@ -179,14 +209,16 @@ def logits(params, tokens_BxT, carry, cfg, dropout_key=None):
     o_KxBxH, frame_carry = _run_tier(params["frame_layers"], carry["frame"], inputs_NxI, K, cfg, frame_key)
     cond_KxBxFxD = _conditioning(params, o_KxBxH.reshape(K * B, -1), cfg).reshape(K, B, F, D)
     cond_TxBxD = cond_KxBxFxD.transpose(0, 2, 1, 3).reshape(T, B, D)  # t = kF + i
+    if cfg.sample_history:
+        cond_TxBxD = cond_TxBxD + _history(params, e_BxTN, N, T, cfg)
     logits_NxV, sample_carry = sample_level.window_logits(
-        params, e_BxTL, L, cond_TxBxD, carry["sample"], cfg, sample_key
+        params, e_BxTN, N, cond_TxBxD, carry["sample"], cfg, sample_key
     )
     new_carry.update(
         frame=frame_carry,
-        window=e_BxTL[:, -L:],
+        window=e_BxTN[:, -N:],
         sample=sample_carry,
-        cond=cond_KxBxFxD[-1],
+        cond=cond_TxBxD[-F:].transpose(1, 0, 2),
         pos=jnp.zeros((B,), jnp.int32),  # the next window starts a period
     )
     return logits_NxV.reshape(T, B, V), new_carry
@@ -195,7 +227,7 @@ def logits(params, tokens_BxT, carry, cfg, dropout_key=None):
 def _top_step(params, carry, cfg):
     """At a period start (3 tiers): the top tier one step on the last L inputs, and its R conditioning
     vectors for the frame tier."""
-    inputs_BxI = _frame_inputs(params, carry["window"], cfg)
+    inputs_BxI = _frame_inputs(params, carry["window"][:, -cfg.top_frame_size :], cfg)
     o_BxH, top_carry = model.step_layers(cfg, params["top_layers"], carry["top"], inputs_BxI)
     return dict(carry, top=top_carry, top_cond=_top_conditioning(params, o_BxH, cfg))
 
@@ -207,7 +239,12 @@ def _frame_step(params, carry, cfg, above_BxH=None):
     if above_BxH is not None:
         inputs_BxI = jnp.concatenate([inputs_BxI, above_BxH], axis=-1)
     o_BxH, frame_carry = model.step_layers(cfg, params["frame_layers"], carry["frame"], inputs_BxI)
-    return dict(carry, frame=frame_carry, cond=_conditioning(params, o_BxH, cfg))
+    cond_BxFxD = _conditioning(params, o_BxH, cfg)
+    if cfg.sample_history:  # the window's last input is target 0's: e with N - 1 inputs before it
+        window_BxN = carry["window"]
+        history_FxBxD = _history(params, window_BxN, window_BxN.shape[1], cfg.frame_size, cfg)
+        cond_BxFxD = cond_BxFxD + history_FxBxD.transpose(1, 0, 2)
+    return dict(carry, frame=frame_carry, cond=cond_BxFxD)
 
 
 def _sample_step(params, carry, cfg, tables_FxVxD=None, position=None):
@@ -253,6 +290,8 @@ def sample_prepare(params, cfg, store):
     up = _up_weight(cfg)
     sp[up] = store(params[up])  # read once per frame, but (per position) F x D wide: the largest product
     sp["frame_layers"] = [cells.store_layer(cfg.cell, layer, store) for layer in params["frame_layers"]]
+    if cfg.sample_history:  # F rows per frame: as large a product as the upsampling's
+        sp["history_WxD"] = store(params["history_WxD"])
     if cfg.tiers == 3:
         sp[_up_weight(cfg, top=True)] = store(params[_up_weight(cfg, top=True)])
         sp["top_layers"] = [cells.store_layer(cfg.cell, layer, store) for layer in params["top_layers"]]

@@ -26,18 +26,19 @@ from jaxvoice.streams import Streams
 
 F, B = 4, 3
 LEVELS = ["mlp", "rnn"]
-# (sample level, tiers, upsampling, sample input): each sample level with 2 tiers and with a top tier over
-# 2 frames above, each with each way a sample enters it
-SHAPES = [("mlp", 2, "per_position", "embedded"), ("rnn", 2, "per_position", "embedded"),
-          ("mlp", 2, "shared", "both"), ("mlp", 3, "per_position", "scaled"), ("rnn", 3, "shared", "both"),
-          ("rnn", 2, "per_position", "scaled")]  # fmt: skip
-SHAPE_NAMES = ("level", "tiers", "upsampling", "sample_input")
+# (sample level, tiers, upsampling, sample input, sample history): each sample level with 2 tiers and with a
+# top tier over 2 frames above, each with each way a sample enters it, and with a history longer than the
+# period (so the carry keeps more than a period) that is not a multiple of the frame
+SHAPES = [("mlp", 2, "per_position", "embedded", 0), ("rnn", 2, "per_position", "embedded", 0),
+          ("mlp", 2, "shared", "both", 7), ("mlp", 3, "per_position", "scaled", 0),
+          ("rnn", 3, "shared", "both", 11), ("rnn", 2, "per_position", "scaled", 0)]  # fmt: skip
+SHAPE_NAMES = ("level", "tiers", "upsampling", "sample_input", "history")
 
 
-def tiny(level="mlp", tiers=2, upsampling="per_position", sample_input="embedded", **kw) -> ModelConfig:
+def tiny(level="mlp", tiers=2, upsampling="per_position", sample_input="embedded", history=0, **kw):
     base = dict(kind="tiered", cell="gru", rnn_size=12, num_layers=2, wordvec_size=5, frame_size=F,
                 sample_size=10, sample_level=level, sample_layers=2, tiers=tiers, top_frame_size=2 * F,
-                upsampling=upsampling, sample_input=sample_input)  # fmt: skip
+                upsampling=upsampling, sample_input=sample_input, sample_history=history)  # fmt: skip
     return ModelConfig(**{**base, **kw})
 
 
@@ -57,24 +58,24 @@ def tokens(T, seed=1):
 
 @pytest.mark.parametrize(SHAPE_NAMES, SHAPES)
 @pytest.mark.parametrize("frame_input", ["scaled", "embedded"])
-def test_shapes_and_the_carry(level, tiers, upsampling, sample_input, frame_input):
-    cfg = tiny(level, tiers, upsampling, sample_input, frame_input=frame_input)
-    P = period(cfg)
+def test_shapes_and_the_carry(level, tiers, upsampling, sample_input, history, frame_input):
+    cfg = tiny(level, tiers, upsampling, sample_input, history, frame_input=frame_input)
+    P, N = period(cfg), max(period(cfg), F + history)  # the carry keeps the history's reach
     assert period(cfg) == (F if tiers == 2 else 2 * F)
     params, x = random_params(cfg), tokens(3 * P)
     carry = model.init_carry(cfg, B)
     logits, new = jax.jit(model.forward, static_argnums=3)(params, x, carry, cfg)
     assert logits.shape == (B, 3 * P, 256) and logits.dtype == jnp.float32
     assert jax.tree.structure(new) == jax.tree.structure(carry)
-    np.testing.assert_array_equal(new["window"], np.asarray(x[:, -P:], np.int32))
+    np.testing.assert_array_equal(new["window"], np.asarray(x[:, -N:], np.int32))
     assert all(leaf.shape[0] == B for leaf in jax.tree.leaves(new))  # batch first: shardable by stream
 
 
 @pytest.mark.parametrize(SHAPE_NAMES, SHAPES)
-def test_generation_steps_equal_the_training_forward(level, tiers, upsampling, sample_input):
+def test_generation_steps_equal_the_training_forward(level, tiers, upsampling, sample_input, history):
     """Teacher-forced: `step` one sample at a time gives the forward's logits (to 1e-5), across two windows
     with the carry passed on; and the frame-by-frame sampler chooses what a loop of `step` chooses."""
-    cfg = tiny(level, tiers, upsampling, sample_input)
+    cfg = tiny(level, tiers, upsampling, sample_input, history)
     P = period(cfg)
     params, x = random_params(cfg), tokens(4 * P)
     carry = model.init_carry(cfg, B)
@@ -107,14 +108,14 @@ def test_generation_steps_equal_the_training_forward(level, tiers, upsampling, s
 
 
 @pytest.mark.parametrize(
-    ("level", "kernels", "tiers", "upsampling", "sample_input"),
-    [("mlp", "xla", 2, "per_position", "embedded"), ("rnn", "xla", 2, "per_position", "embedded"),
-     ("mlp", "auto", 2, "shared", "both"), ("rnn", "auto", 2, "per_position", "both"),
-     ("mlp", "xla", 3, "shared", "scaled"), ("rnn", "auto", 3, "per_position", "scaled")],
+    ("level", "kernels", "tiers", "upsampling", "sample_input", "history"),
+    [("mlp", "xla", 2, "per_position", "embedded", 0), ("rnn", "xla", 2, "per_position", "embedded", 0),
+     ("mlp", "auto", 2, "shared", "both", 7), ("rnn", "auto", 2, "per_position", "both", 0),
+     ("mlp", "xla", 3, "shared", "scaled", 0), ("rnn", "auto", 3, "per_position", "scaled", 11)],
 )  # fmt: skip
-def test_gradients_match_finite_differences(level, kernels, tiers, upsampling, sample_input):
+def test_gradients_match_finite_differences(level, kernels, tiers, upsampling, sample_input, history):
     cell = "lstm" if level == "rnn" else "gru"
-    cfg = tiny(level, tiers, upsampling, sample_input, cell=cell, kernels=kernels, dtype="float64")
+    cfg = tiny(level, tiers, upsampling, sample_input, history, cell=cell, kernels=kernels, dtype="float64")
     T = 2 * period(cfg)
     x, y = tokens(T + 1)[:, :-1], tokens(T + 1)[:, 1:]
     with jax.enable_x64(True):
@@ -129,10 +130,12 @@ def test_gradients_match_finite_differences(level, kernels, tiers, upsampling, s
 
 
 @pytest.mark.parametrize(SHAPE_NAMES, SHAPES)
-def test_dropout_is_for_training_only_and_its_gradients_are_exact(level, tiers, upsampling, sample_input):
+def test_dropout_is_for_training_only_and_its_gradients_are_exact(
+    level, tiers, upsampling, sample_input, history
+):
     """With a key, model.dropout changes the loss (and each key its own masks); without one (evaluation,
     sampling) the model is the rate-0 model. With a fixed key the gradients match finite differences."""
-    cfg = tiny(level, tiers, upsampling, sample_input, dropout=0.3)
+    cfg = tiny(level, tiers, upsampling, sample_input, history, dropout=0.3)
     T = 2 * period(cfg)
     params, x, y = random_params(cfg), tokens(T), tokens(T, seed=2)
     carry = model.init_carry(cfg, B)
