@@ -41,6 +41,7 @@ class ModelConfig:
     tiers: int = 2  # 2: frame tier + sample level | 3: a top tier every top_frame_size samples above them
     top_frame_size: int = 64  # tiers = 3: samples per top-tier step, a multiple of frame_size
     sample_history: int = 0  # the W samples before the sample level's window, read linearly (0: none)
+    sample_history_rank: int = 0  # Q > 0: the history through Q channels the frame tier scales (0: W x D)
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,10 @@ def _validate(cfg: Config) -> Config:
         (0.0 < cfg.sample.top_p <= 1.0, "sample.top_p must be in (0, 1]"),
         (cfg.sample.length >= 0, "sample.length must be >= 0"),
         (cfg.model.sample_history >= 0, "model.sample_history must be >= 0 (0 turns it off)"),
+        (
+            cfg.model.sample_history_rank >= 0,
+            "model.sample_history_rank must be >= 0 (0: one full map of the history)",
+        ),
     ]
     for ok, message in checks:
         if not ok:

@@ -28,15 +28,18 @@ F, B = 4, 3
 LEVELS = ["mlp", "rnn"]
 # (sample level, tiers, upsampling, sample input, sample history): each sample level with 2 tiers and with a
 # top tier over 2 frames above, each with each way a sample enters it, and with a history longer than the
-# period (so the carry keeps more than a period) that is not a multiple of the frame
+# period (so the carry keeps more than a period) that is not a multiple of the frame; (W, Q): a history of W
+# through Q channels the frame tier scales (model.sample_history_rank)
 SHAPES = [("mlp", 2, "per_position", "embedded", 0), ("rnn", 2, "per_position", "embedded", 0),
           ("mlp", 2, "shared", "both", 7), ("mlp", 3, "per_position", "scaled", 0),
-          ("rnn", 3, "shared", "both", 11), ("rnn", 2, "per_position", "scaled", 0)]  # fmt: skip
+          ("rnn", 3, "shared", "both", 11), ("rnn", 2, "per_position", "scaled", 0),
+          ("mlp", 2, "shared", "both", (7, 3)), ("mlp", 3, "shared", "embedded", (6, 2))]  # fmt: skip
 SHAPE_NAMES = ("level", "tiers", "upsampling", "sample_input", "history")
 
 
 def tiny(level="mlp", tiers=2, upsampling="per_position", sample_input="embedded", history=0, **kw):
-    base = dict(kind="tiered", cell="gru", rnn_size=12, num_layers=2, wordvec_size=5, frame_size=F,
+    history, rank = history if isinstance(history, tuple) else (history, 0)
+    base = dict(sample_history_rank=rank, kind="tiered", cell="gru", rnn_size=12, num_layers=2, wordvec_size=5, frame_size=F,
                 sample_size=10, sample_level=level, sample_layers=2, tiers=tiers, top_frame_size=2 * F,
                 upsampling=upsampling, sample_input=sample_input, sample_history=history)  # fmt: skip
     return ModelConfig(**{**base, **kw})
@@ -60,7 +63,7 @@ def tokens(T, seed=1):
 @pytest.mark.parametrize("frame_input", ["scaled", "embedded"])
 def test_shapes_and_the_carry(level, tiers, upsampling, sample_input, history, frame_input):
     cfg = tiny(level, tiers, upsampling, sample_input, history, frame_input=frame_input)
-    P, N = period(cfg), max(period(cfg), F + history)  # the carry keeps the history's reach
+    P, N = period(cfg), max(period(cfg), F + cfg.sample_history)  # the carry keeps the history's reach
     assert period(cfg) == (F if tiers == 2 else 2 * F)
     params, x = random_params(cfg), tokens(3 * P)
     carry = model.init_carry(cfg, B)
@@ -111,7 +114,8 @@ def test_generation_steps_equal_the_training_forward(level, tiers, upsampling, s
     ("level", "kernels", "tiers", "upsampling", "sample_input", "history"),
     [("mlp", "xla", 2, "per_position", "embedded", 0), ("rnn", "xla", 2, "per_position", "embedded", 0),
      ("mlp", "auto", 2, "shared", "both", 7), ("rnn", "auto", 2, "per_position", "both", 0),
-     ("mlp", "xla", 3, "shared", "scaled", 0), ("rnn", "auto", 3, "per_position", "scaled", 11)],
+     ("mlp", "xla", 3, "shared", "scaled", 0), ("rnn", "auto", 3, "per_position", "scaled", 11),
+     ("mlp", "auto", 2, "shared", "both", (7, 3))],
 )  # fmt: skip
 def test_gradients_match_finite_differences(level, kernels, tiers, upsampling, sample_input, history):
     cell = "lstm" if level == "rnn" else "gru"
