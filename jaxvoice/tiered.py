@@ -13,14 +13,9 @@ stack's and spans F times more audio per step; most of the work is whole-window 
 before the upsampling, and the sample level's hidden activations (its regulariser: the MLP and the
 upsampling hold most of the parameters).
 
-With `model.sample_history = W`, each sample's conditioning also gets a linear map of the values (in
-[-2, 2]) of the W samples before the sample level's window: a long-term predictor, as speech coders have,
-that reaches a pitch period or a bass note's cycle back at the sample's own resolution, where the frame
-tier sees the past only through a vector per frame and the MLP sees one frame. Those samples are all older
-than the sample's frame, so generation adds them once per frame, into the conditioning the frame step
-makes; the sample level (and its CPU kernel) is unchanged. With `model.sample_history_rank = Q` the map
-goes through Q channels, each scaled by a gain the frame tier sets every frame: a predictor that follows
-the pitch or the note (a fixed map cannot), in fewer weights.
+With `model.sample_history = W`, each sample's conditioning also gets what the W samples before the sample
+level's window say (`jaxvoice.sample_history`: a long-term predictor, optionally with gains the frame tier
+sets every frame), added once per frame in generation.
 
 With `model.tiers = 3`, a top tier of the same layers steps once per L = `model.top_frame_size` samples
 (a multiple of F) on the L samples before it; its output, upsampled to R = L / F vectors of width H, joins
@@ -45,7 +40,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxvoice import cells, model, sample_frame, sample_level
+from jaxvoice import cells, model, sample_frame, sample_history, sample_level
 from jaxvoice.config import ModelConfig
 from jaxvoice.errors import UserError
 
@@ -95,17 +90,7 @@ def init_params(key: jax.Array, cfg: ModelConfig) -> dict:
             next(top_keys), H, (1 if cfg.upsampling == "shared" else R) * H
         )
         params["top_up_b_RH"] = jnp.zeros((R * H,), jnp.float32)
-    if cfg.sample_history:  # its own keys, so that the other inits stay what they were
-        W, Q = cfg.sample_history, cfg.sample_history_rank
-        if Q:
-            history_in_key, history_out_key = jax.random.split(jax.random.fold_in(key, 5))
-            params["history_WxQ"] = model.dense_init(history_in_key, W, Q)
-            params["history_QxD"] = model.dense_init(history_out_key, Q, D)
-            # the frame tier's gain per channel starts at 1: a low-rank linear map that learns to adapt
-            params["history_gain_HxQ"] = jnp.zeros((H, Q), jnp.float32)
-            params["history_gain_b_Q"] = jnp.ones((Q,), jnp.float32)
-        else:
-            params["history_WxD"] = model.dense_init(jax.random.fold_in(key, 5), W, D)
+    params.update(sample_history.init_params(key, cfg))  # {} without a history
     params.update(sample_level.init_params(embed_key, out_key, keys, cfg))
     return params
 
@@ -155,31 +140,6 @@ def _upsample(cfg, o_NxH, w, b_CW, count: int) -> jax.Array:
 def _conditioning(params, o_NxH, cfg) -> jax.Array:
     """F conditioning vectors [N, F, D] per frame tier output."""
     return _upsample(cfg, o_NxH, params[_up_weight(cfg)], params["up_b_FD"], cfg.frame_size)
-
-
-def _history(params, e_BxS, N: int, T: int, cfg, o_KxBxH) -> jax.Array:
-    """[T, B, D]: what the W = `model.sample_history` samples before each target's window add to its
-    conditioning, from e = the N - 1 inputs before target 0's and the rest [B, >= N - 1 + T - F], and the
-    frame tier's outputs o [K = T / F, B, H] of the targets' frames. A linear map of their values in
-    [-2, 2]: a long-term predictor, as speech coders have, that can reach a pitch period back where the
-    MLP's window is a frame. With `model.sample_history_rank` Q it goes through Q channels, each scaled by
-    a gain the frame tier sets per frame: a predictor that adapts to the note or the voice's pitch, as a
-    speech coder's is re-fitted every frame (a fixed map cannot follow a period that changes). Every sample
-    it reads is older than its frame, so generation adds it once per frame (`_frame_step`) and the sample
-    level is unchanged."""
-    F, W, Q = cfg.frame_size, cfg.sample_history, cfg.sample_history_rank
-    # target t's history: e[t + N - F - W : t + N - F], the W inputs before its window
-    index_TxW = jnp.arange(T)[:, None] + jnp.arange(W)[None, :] + (N - F - W)
-    values_BxTxW = sample_level.scaled(e_BxS[:, index_TxW])
-    B = e_BxS.shape[0]
-    values_TBxW = values_BxTxW.transpose(1, 0, 2).reshape(T * B, W)
-    if not Q:
-        return model.dense(cfg, values_TBxW, params["history_WxD"]).reshape(T, B, -1)
-    K = T // F
-    gain_KBxQ = model.dense(cfg, o_KxBxH.reshape(K * B, -1), params["history_gain_HxQ"])
-    gain_Kx1xBxQ = gain_KBxQ.reshape(K, 1, B, Q) + params["history_gain_b_Q"]  # one gain for a frame's F
-    channels_KxFxBxQ = model.dense(cfg, values_TBxW, params["history_WxQ"]).reshape(K, F, B, Q) * gain_Kx1xBxQ
-    return model.dense(cfg, channels_KxFxBxQ.reshape(T * B, Q), params["history_QxD"]).reshape(T, B, -1)
 
 
 def _top_conditioning(params, o_NxH, cfg) -> jax.Array:
@@ -232,7 +192,7 @@ def logits(params, tokens_BxT, carry, cfg, dropout_key=None):
     cond_KxBxFxD = _conditioning(params, o_KxBxH.reshape(K * B, -1), cfg).reshape(K, B, F, D)
     cond_TxBxD = cond_KxBxFxD.transpose(0, 2, 1, 3).reshape(T, B, D)  # t = kF + i
     if cfg.sample_history:
-        cond_TxBxD = cond_TxBxD + _history(params, e_BxTN, N, T, cfg, o_KxBxH)
+        cond_TxBxD = cond_TxBxD + sample_history.conditioning(params, e_BxTN, N, T, cfg, o_KxBxH)
     logits_NxV, sample_carry = sample_level.window_logits(
         params, e_BxTN, N, cond_TxBxD, carry["sample"], cfg, sample_key
     )
@@ -264,7 +224,9 @@ def _frame_step(params, carry, cfg, above_BxH=None):
     cond_BxFxD = _conditioning(params, o_BxH, cfg)
     if cfg.sample_history:  # the window's last input is target 0's: e with N - 1 inputs before it
         window_BxN = carry["window"]
-        history_FxBxD = _history(params, window_BxN, window_BxN.shape[1], cfg.frame_size, cfg, o_BxH[None])
+        history_FxBxD = sample_history.conditioning(
+            params, window_BxN, window_BxN.shape[1], cfg.frame_size, cfg, o_BxH[None]
+        )
         cond_BxFxD = cond_BxFxD + history_FxBxD.transpose(1, 0, 2)
     return dict(carry, frame=frame_carry, cond=cond_BxFxD)
 
@@ -312,7 +274,7 @@ def sample_prepare(params, cfg, store):
     up = _up_weight(cfg)
     sp[up] = store(params[up])  # read once per frame, but (per position) F x D wide: the largest product
     sp["frame_layers"] = [cells.store_layer(cfg.cell, layer, store) for layer in params["frame_layers"]]
-    for name in ("history_WxD", "history_WxQ", "history_QxD"):  # F rows per frame, as the upsampling's
+    for name in sample_history.STORED:
         if name in params:
             sp[name] = store(params[name])
     if cfg.tiers == 3:
@@ -379,11 +341,7 @@ def check(cfg: ModelConfig) -> None:
             f"model.top_frame_size must be a multiple of model.frame_size ({cfg.frame_size}) above it for "
             f"model.tiers 3, got {cfg.top_frame_size}"
         )
-    if cfg.sample_history_rank and not cfg.sample_history:
-        raise UserError(
-            "model.sample_history_rank needs a history to read: set model.sample_history > 0 (e.g. 256) "
-            "or model.sample_history_rank = 0"
-        )
+    sample_history.check(cfg)
     for key, value, options in (
         ("model.frame_input", cfg.frame_input, ("scaled", "embedded")),
         ("model.upsampling", cfg.upsampling, ("per_position", "shared")),

@@ -1,0 +1,74 @@
+"""The tiered family's sample history (`jaxvoice.tiered`): what the W = `model.sample_history` samples before
+the sample level's window add to each sample's conditioning.
+
+A linear map of their values in [-2, 2]: a long-term predictor, as speech coders have, that reaches a pitch
+period or a bass note's cycle back at the sample's own resolution, where the frame tier sees the past only
+through a vector per frame and the sample level sees one frame. With `model.sample_history_rank = Q` the
+map goes through Q channels, each scaled by a gain the frame tier sets every frame: a predictor that follows
+the pitch or the note, as a speech coder's is re-fitted every frame (a fixed map cannot follow a period
+that changes), in fewer weights.
+
+Every sample it reads is older than its sample's frame and the gain is per frame, so generation adds it
+once per frame, into the conditioning the frame step makes; the sample level (and its CPU kernel) is
+unchanged.
+
+Shape letters: B batch, T targets (K = T / F frames), F frame size, H rnn_size, D sample_size,
+W sample_history, Q sample_history_rank.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxvoice import model, sample_level
+from jaxvoice.config import ModelConfig
+from jaxvoice.errors import UserError
+
+# the products generation reads F rows of per frame, as the upsampling's: worth storing packed
+STORED = ("history_WxD", "history_WxQ", "history_QxD")
+
+
+def init_params(key: jax.Array, cfg: ModelConfig) -> dict:
+    """The history's params ({} without one); `key` is the tiered model's own, folded here so that adding a
+    history leaves the other params' inits what they were."""
+    W, Q, H, D = cfg.sample_history, cfg.sample_history_rank, cfg.rnn_size, cfg.sample_size
+    if not W:
+        return {}
+    if not Q:
+        return {"history_WxD": model.dense_init(jax.random.fold_in(key, 5), W, D)}
+    in_key, out_key = jax.random.split(jax.random.fold_in(key, 5))
+    return {
+        "history_WxQ": model.dense_init(in_key, W, Q),
+        "history_QxD": model.dense_init(out_key, Q, D),
+        # the frame tier's gain per channel starts at 1: a low-rank linear map that learns to adapt
+        "history_gain_HxQ": jnp.zeros((H, Q), jnp.float32),
+        "history_gain_b_Q": jnp.ones((Q,), jnp.float32),
+    }
+
+
+def conditioning(params, e_BxS, N: int, T: int, cfg: ModelConfig, o_KxBxH) -> jax.Array:
+    """[T, B, D]: what the history adds to the conditioning of T targets, from e = the N - 1 inputs before
+    target 0's and the rest [B, >= N - 1 + T - F] (N the tiered carry's window), and the frame tier's outputs
+    o [K, B, H] of the targets' frames (which set the gains)."""
+    F, W, Q = cfg.frame_size, cfg.sample_history, cfg.sample_history_rank
+    # target t's history: e[t + N - F - W : t + N - F], the W inputs before its window
+    index_TxW = jnp.arange(T)[:, None] + jnp.arange(W)[None, :] + (N - F - W)
+    values_BxTxW = sample_level.scaled(e_BxS[:, index_TxW])
+    B = e_BxS.shape[0]
+    values_TBxW = values_BxTxW.transpose(1, 0, 2).reshape(T * B, W)
+    if not Q:
+        return model.dense(cfg, values_TBxW, params["history_WxD"]).reshape(T, B, -1)
+    K = T // F
+    gain_KBxQ = model.dense(cfg, o_KxBxH.reshape(K * B, -1), params["history_gain_HxQ"])
+    gain_Kx1xBxQ = gain_KBxQ.reshape(K, 1, B, Q) + params["history_gain_b_Q"]  # one gain for a frame's F
+    channels_KxFxBxQ = model.dense(cfg, values_TBxW, params["history_WxQ"]).reshape(K, F, B, Q) * gain_Kx1xBxQ
+    return model.dense(cfg, channels_KxFxBxQ.reshape(T * B, Q), params["history_QxD"]).reshape(T, B, -1)
+
+
+def check(cfg: ModelConfig) -> None:
+    if cfg.sample_history_rank and not cfg.sample_history:
+        raise UserError(
+            "model.sample_history_rank needs a history to read: set model.sample_history > 0 (e.g. 256) "
+            "or model.sample_history_rank = 0"
+        )
