@@ -53,12 +53,25 @@ def generation_params(cfg, params, weights="float32"):
 def test_a_frame_equals_the_xla_steps(streams, frame_size, sample_size, sample_layers, temperature, weights):
     """Teacher-forced on the kernel's own draws, its logits equal the XLA step's (1e-5), and each draw is the
     one `sample.choose` makes from those logits (temperature 0: the greedy sampler's)."""
+    check_frame(streams, frame_size, sample_size, sample_layers, temperature, weights)
+
+
+@needs_kernel
+@pytest.mark.parametrize("cond_shift", [-100.0, 3.0])
+def test_one_stream_frames_whose_relus_leave_no_input_or_nearly_all(cond_shift):
+    """At one stream the products read only the weight rows of the inputs a ReLU left: with none left (the
+    conditioning far below 0: the logits are the output bias) or nearly all of the first layer's, still the
+    XLA step's."""
+    check_frame(1, 8, 40, 2, 1.0, "float32", cond_shift)
+
+
+def check_frame(streams, frame_size, sample_size, sample_layers, temperature, weights, cond_shift=0.0):
     cfg = tiered(frame_size=frame_size, sample_size=sample_size, sample_layers=sample_layers)
     sp, compute_cfg = generation_params(cfg, random_params(cfg), weights)
     rng = np.random.default_rng(streams)
     F, D = frame_size, sample_size
     window_BxF = jnp.asarray(rng.integers(0, 256, (streams, F)), jnp.int32)
-    cond_BxFxD = jnp.asarray(rng.standard_normal((streams, F, D)), jnp.float32)
+    cond_BxFxD = jnp.asarray(rng.standard_normal((streams, F, D)) + cond_shift, jnp.float32)
     u_FxB = jnp.asarray(rng.random((F, streams)), jnp.float32)
     tokens_BxF, logits_BxFxV = jax.jit(sample_frame.frame)(sp, window_BxF, cond_BxFxD, u_FxB, temperature)
     assert tokens_BxF.shape == (streams, F) and logits_BxFxV.shape == (streams, F, 256)

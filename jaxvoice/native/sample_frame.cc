@@ -110,6 +110,34 @@ JV_TARGET int32_t draw(const float* logits, float u, float t, float* e) {
   return kSymbols - 1;
 }
 
+// One row (stream) of y[:, panels p0 .. p0+NP] = x @ W reading only the weight rows `rows[0..n)` where x is
+// not 0: after a ReLU most inputs are 0, and at one stream a product's time is the reading of its weights
+// from L2, so the rows of zeros are skipped. The same sums in the same order as `tile<1, NP>` without their
+// x * w = 0 terms: the same floats.
+template <int NP, typename W>
+JV_TARGET void sparse_tile(const float* x, const int32_t* rows, int64_t n, int64_t I, const W* w, int64_t p0,
+                           float* y, int64_t O) {
+  __m256 acc[NP][2];
+  for (int p = 0; p < NP; ++p) acc[p][0] = acc[p][1] = _mm256_setzero_ps();
+  const W* panel[NP];
+  for (int p = 0; p < NP; ++p) panel[p] = w + (p0 + p) * I * kPanel;
+  for (int64_t k = 0; k < n; ++k) {
+    const int64_t i = rows[k];
+    const __m256 xv = _mm256_broadcast_ss(x + i);
+    for (int p = 0; p < NP; ++p) {
+      acc[p][0] = _mm256_fmadd_ps(xv, load8(panel[p] + i * kPanel), acc[p][0]);
+      acc[p][1] = _mm256_fmadd_ps(xv, load8(panel[p] + i * kPanel + 8), acc[p][1]);
+    }
+  }
+  for (int p = 0; p < NP; ++p) {
+    const int64_t col = (p0 + p) * kPanel;
+    alignas(32) float tmp[kPanel];
+    _mm256_store_ps(tmp, acc[p][0]);
+    _mm256_store_ps(tmp + 8, acc[p][1]);
+    std::memcpy(y + col, tmp, sizeof(float) * std::min<int64_t>(kPanel, O - col));
+  }
+}
+
 // A spin-wait's turn: a pause, and after a couple of thousand of them (tens of us) the CPU given up each
 // turn, so that a partner thread the OS has descheduled (more busy threads than cores) can run rather than
 // wait out a time slice.
@@ -168,10 +196,19 @@ struct Frame {
 
   // y[:, panels of this thread] = x @ W for the thread `part` of `parts`, then + bias (and ReLU)
   JV_TARGET void product(const float* x, const W* w, const float* bias, float* y, int64_t O, bool relu,
-                         int part, int parts) const {
+                         int part, int parts, int32_t* rows) const {
     static const bool avx512 = has_avx512();
     const int64_t P = (O + kPanel - 1) / kPanel, begin = P * part / parts, end = P * (part + 1) / parts;
-    if (s.B > 2 && avx512)
+    if (s.B == 1) {  // one stream: only the weight rows of the inputs the ReLU left (x is >= 0 here)
+      int64_t n = 0;
+      for (int64_t i = 0; i < s.D; ++i) {
+        rows[n] = static_cast<int32_t>(i);
+        n += x[i] != 0.0f;
+      }
+      int64_t p = begin;
+      for (; p + 4 <= end; p += 4) sparse_tile<4>(x, rows, n, s.D, w, p, y, O);
+      for (; p < end; ++p) sparse_tile<1>(x, rows, n, s.D, w, p, y, O);
+    } else if (s.B > 2 && avx512)
       panels512<W>(x, s.B, s.D, w, y, O, begin, end);
     else
       panels<W>(x, s.B, s.D, w, y, O, begin, end);
@@ -194,6 +231,7 @@ struct Frame {
         win[b * F + F - 1] = tokens[b * F + j];
       }
     std::vector<float> x0(B * D);
+    std::vector<int32_t> rows(D);  // scratch of `product` at one stream
     alignas(32) float scratch[kSymbols];
     int parts = part == 0 ? 1 : 2, passed = 0;
     for (int64_t pos = first; pos < F; ++pos) {
@@ -221,12 +259,12 @@ struct Frame {
       const int64_t panel_rows = (D + kPanel - 1) / kPanel * D * kPanel;
       for (int64_t l = 0; l < s.L; ++l) {
         float* y = shared.hidden.data() + l * B * D;
-        product(x, hidden_w + l * panel_rows, hidden_b + l * D, y, D, true, part, parts);
+        product(x, hidden_w + l * panel_rows, hidden_b + l * D, y, D, true, part, parts, rows.data());
         if (parts == 2) shared.barrier.wait(passed);
         x = y;
       }
       float* logits_BxV = shared.logits.data() + (pos % 2) * B * kSymbols;
-      product(x, out_w, out_b, logits_BxV, kSymbols, false, part, parts);
+      product(x, out_w, out_b, logits_BxV, kSymbols, false, part, parts, rows.data());
       if (parts == 2) shared.barrier.wait(passed);
       for (int64_t b = 0; b < B; ++b) {
         const float* row = logits_BxV + b * kSymbols;
