@@ -54,6 +54,7 @@ class TrainConfig:
     lr_schedule: str = "step"  # step (torch-rnn decay) | constant | cosine
     lr_decay_every: int = 5  # epochs, for the step schedule
     lr_decay_factor: float = 0.5
+    weight_decay: float = 0.0  # > 0: AdamW's decoupled decay of the matrices (0: Adam, torch-rnn's)
     max_epochs: int = 50
     eval_every: int = 1000  # steps
     checkpoint_every: int = 1000  # steps
@@ -180,6 +181,7 @@ def _validate(cfg: Config) -> Config:
         ),
         (cfg.train.grad_clip > 0, "train.grad_clip must be positive"),
         (0.0 < cfg.train.lr_decay_factor <= 1.0, "train.lr_decay_factor must be in (0, 1]"),
+        (cfg.train.weight_decay >= 0, "train.weight_decay must be >= 0 (0 turns it off)"),
         (cfg.sample.temperature > 0, "sample.temperature must be > 0"),
         (
             math.isfinite(cfg.train.sample_seconds) and 0 <= cfg.train.sample_seconds <= 3600,
