@@ -69,9 +69,10 @@ def _filtered(cfg: ModelConfig, e_BxS, N: int, T: int, w_WxC) -> jax.Array:
     F, W = cfg.frame_size, cfg.sample_history
     start = N - F - W
     if isinstance(w_WxC, stored.Stored):  # generation: a frame's F rows, on the weights stored for it
+        B = e_BxS.shape[0]
         index_TxW = jnp.arange(T)[:, None] + jnp.arange(W)[None, :] + start
-        values_TBxW = sample_level.scaled(e_BxS[:, index_TxW]).transpose(1, 0, 2).reshape(T * e_BxS.shape[0], W)
-        return model.dense(cfg, values_TBxW, w_WxC).reshape(T, e_BxS.shape[0], -1)
+        values_TBxW = sample_level.scaled(e_BxS[:, index_TxW]).transpose(1, 0, 2).reshape(T * B, W)
+        return model.dense(cfg, values_TBxW, w_WxC).reshape(T, B, -1)
     values_Bx1xS = sample_level.scaled(e_BxS[:, start : start + T + W - 1])[:, None, :]
     filters_Cx1xW = w_WxC.astype(jnp.dtype(cfg.dtype)).T[:, None, :]
     y_BxCxT = jax.lax.conv_general_dilated(
