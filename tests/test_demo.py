@@ -103,7 +103,7 @@ def read_rows(path: Path) -> list[dict]:
 def short_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "demo"
     proc = run_jaxvoice(
-        "demo", "--out", out, "--minutes", "0.2", "--seconds", "20", "--seed", "5", check=True
+        "demo", "--out", out, "--minutes", "0.5", "--seconds", "20", "--seed", "5", check=True
     )
     return out, proc
 
