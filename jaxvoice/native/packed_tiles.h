@@ -31,14 +31,19 @@ JV_TARGET inline __m256 load8(const uint16_t* p) {
 }
 
 // Rows m0 .. m0+MR of y, panels p0 .. p0+NP: MR * NP * 2 accumulators stay in registers over all of I.
-template <int MR, int NP, typename W>
-JV_TARGET void tile(const float* x, int64_t I, const W* w, int64_t p0, float* y, int64_t O, int64_t m0) {
+// `Listed`: only the weight rows `rows[0..n)` are read, the inputs where x is not 0 (after a ReLU most are, and
+// at one stream a product's time is the reading of its weights from L2); the same sums in the same order
+// without their x * w = 0 terms, so the same floats.
+template <int MR, int NP, typename W, bool Listed = false>
+JV_TARGET void tile(const float* x, int64_t I, const W* w, int64_t p0, float* y, int64_t O, int64_t m0,
+                    const int32_t* rows = nullptr, int64_t n = 0) {
   __m256 acc[MR][NP][2];
   for (int r = 0; r < MR; ++r)
     for (int p = 0; p < NP; ++p) acc[r][p][0] = acc[r][p][1] = _mm256_setzero_ps();
   const W* panel[NP];
   for (int p = 0; p < NP; ++p) panel[p] = w + (p0 + p) * I * kPanel;
-  for (int64_t i = 0; i < I; ++i) {
+  for (int64_t k = 0, count = Listed ? n : I; k < count; ++k) {
+    const int64_t i = Listed ? rows[k] : k;
     __m256 wv[NP][2];
     for (int p = 0; p < NP; ++p) {
       wv[p][0] = load8(panel[p] + i * kPanel);

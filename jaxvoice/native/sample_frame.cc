@@ -110,34 +110,6 @@ JV_TARGET int32_t draw(const float* logits, float u, float t, float* e) {
   return kSymbols - 1;
 }
 
-// One row (stream) of y[:, panels p0 .. p0+NP] = x @ W reading only the weight rows `rows[0..n)` where x is
-// not 0: after a ReLU most inputs are 0, and at one stream a product's time is the reading of its weights
-// from L2, so the rows of zeros are skipped. The same sums in the same order as `tile<1, NP>` without their
-// x * w = 0 terms: the same floats.
-template <int NP, typename W>
-JV_TARGET void sparse_tile(const float* x, const int32_t* rows, int64_t n, int64_t I, const W* w, int64_t p0,
-                           float* y, int64_t O) {
-  __m256 acc[NP][2];
-  for (int p = 0; p < NP; ++p) acc[p][0] = acc[p][1] = _mm256_setzero_ps();
-  const W* panel[NP];
-  for (int p = 0; p < NP; ++p) panel[p] = w + (p0 + p) * I * kPanel;
-  for (int64_t k = 0; k < n; ++k) {
-    const int64_t i = rows[k];
-    const __m256 xv = _mm256_broadcast_ss(x + i);
-    for (int p = 0; p < NP; ++p) {
-      acc[p][0] = _mm256_fmadd_ps(xv, load8(panel[p] + i * kPanel), acc[p][0]);
-      acc[p][1] = _mm256_fmadd_ps(xv, load8(panel[p] + i * kPanel + 8), acc[p][1]);
-    }
-  }
-  for (int p = 0; p < NP; ++p) {
-    const int64_t col = (p0 + p) * kPanel;
-    alignas(32) float tmp[kPanel];
-    _mm256_store_ps(tmp, acc[p][0]);
-    _mm256_store_ps(tmp + 8, acc[p][1]);
-    std::memcpy(y + col, tmp, sizeof(float) * std::min<int64_t>(kPanel, O - col));
-  }
-}
-
 // A spin-wait's turn: a pause, and after a couple of thousand of them (tens of us) the CPU given up each
 // turn, so that a partner thread the OS has descheduled (more busy threads than cores) can run rather than
 // wait out a time slice.
@@ -206,8 +178,8 @@ struct Frame {
         n += x[i] != 0.0f;
       }
       int64_t p = begin;
-      for (; p + 4 <= end; p += 4) sparse_tile<4>(x, rows, n, s.D, w, p, y, O);
-      for (; p < end; ++p) sparse_tile<1>(x, rows, n, s.D, w, p, y, O);
+      for (; p + 4 <= end; p += 4) tile<1, 4, W, true>(x, s.D, w, p, y, O, 0, rows, n);
+      for (; p < end; ++p) tile<1, 1, W, true>(x, s.D, w, p, y, O, 0, rows, n);
     } else if (s.B > 2 && avx512)
       panels512<W>(x, s.B, s.D, w, y, O, begin, end);
     else
