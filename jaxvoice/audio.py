@@ -1,27 +1,25 @@
-"""Read any audio file libsndfile reads as mono float32 at a chosen rate (streamed in blocks), and write WAVs.
+"""Read any audio file libsndfile reads as mono float32 at a chosen rate, streamed in blocks (writing is
+jaxvoice/audio_write.py's).
 
-The only module that imports soundfile and soxr. Reading never holds a whole file: blocks of BLOCK_FRAMES
-frames go through a downmix (the channel average, as `sox -c 1` does) and a soxr stream (quality HQ, which
-is what `sox rate` uses by default), so a 1 GB WAV costs a few MB of RAM.
+The only module that imports soxr (and, with audio_write.py, soundfile). Reading never holds a whole file:
+blocks of BLOCK_FRAMES frames go through a downmix (the channel average, as `sox -c 1` does) and a soxr
+stream (quality HQ, which is what `sox rate` uses by default), so a 1 GB WAV costs a few MB of RAM.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import os
 import struct
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import soundfile
 import soxr
 
-from jaxvoice import codec, files, paths
+from jaxvoice import paths
 from jaxvoice.errors import UserError
 
 _log = logging.getLogger(__name__)
@@ -51,7 +49,8 @@ class AudioInfo:
         return self.frames / self.rate
 
 
-def _reason(e: Exception) -> str:
+def error_text(e: Exception) -> str:
+    """What a soundfile/libsndfile error says, without its trailing period (for one-line messages)."""
     text = getattr(e, "error_string", None) or str(e)
     return text.strip().rstrip(".")
 
@@ -83,7 +82,7 @@ def _open(path: str) -> soundfile.SoundFile:
     try:
         return soundfile.SoundFile(sf_name(path))
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        raise NotAudio(path, _reason(e)) from None
+        raise NotAudio(path, error_text(e)) from None
 
 
 def _check_riff_complete(path: str) -> None:
@@ -149,7 +148,7 @@ def stream_mono(
                 block_FxC = f.read(block_frames, dtype="float32", always_2d=True, out=buffer_FxC)
             except (soundfile.LibsndfileError, RuntimeError) as e:
                 raise UserError(
-                    f"{info.path} is corrupt after {frames_read} frames ({_reason(e)}): export or copy the file again"
+                    f"{info.path} is corrupt after {frames_read} frames ({error_text(e)}): export or copy the file again"
                 ) from None
             n = len(block_FxC)
             if n == 0:
@@ -204,210 +203,3 @@ def read_mono(path: str | os.PathLike, rate: int) -> np.ndarray:
     """A whole (short) file as float32 mono at `rate` Hz."""
     blocks = list(stream_mono(path, rate))
     return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
-
-
-# ---- writing -----------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, *, force: bool = False) -> Iterator[Path]:
-    """Yield a fresh temporary path next to `path`; on success it replaces `path`, on any error it is removed.
-
-    So an output is either complete or absent, and an existing file survives a failed run. Without `force`
-    an existing `path` is a UserError (checked by paths.check_output_file, before any work). Missing parent
-    folders are made, and removed again if the block fails. The caller creates the temporary file (so it
-    gets the umask); an OSError in the block becomes a UserError naming the file.
-    """
-    path = paths.check_output_file(path, force=force)
-    with files.new_output(path) as tmp:
-        yield tmp
-
-
-def _as_int16_from_u8(symbols: np.ndarray) -> np.ndarray:
-    """Linear 8-bit symbols as int16 (u - 128) << 8, which libsndfile stores in PCM_U8 as exactly u again."""
-    return ((symbols.astype(np.int16) - 128) << 8).astype(np.int16)
-
-
-def _as_int16(audio: np.ndarray) -> np.ndarray:
-    """Float audio in [-1, 1] as int16: round half up of x * 32768, clipped (NaN -> 0)."""
-    scaled = np.floor(np.nan_to_num(np.asarray(audio, np.float64)) * 32768.0 + 0.5)
-    return np.clip(scaled, -32768, 32767).astype(np.int16)
-
-
-def write_wav(path: str | os.PathLike, samples, rate: int, subtype: str | None = None) -> Path:
-    """Write mono (N,) or multichannel (N, C) audio as a WAV, atomically (replacing `path` if it exists).
-
-    uint8 samples are linear 8-bit symbols: written as PCM_U8 (the default for them) they are the exact bytes;
-    with another subtype they are converted exactly ((u - 128) / 128). Float samples default to PCM_16; to
-    PCM_U8 they are quantised with codec.linear_encode (sox's rounding, not libsndfile's truncation).
-    """
-    samples = np.asarray(samples)
-    rate = check_rate(rate)
-    if samples.dtype == np.uint8:
-        subtype = subtype or "PCM_U8"
-        data = _as_int16_from_u8(samples) if subtype == "PCM_U8" else codec.linear_decode(samples)
-    else:
-        subtype = subtype or "PCM_16"
-        data = samples.astype(np.float32)
-        if subtype == "PCM_U8":
-            data = _as_int16_from_u8(codec.linear_encode(data))
-    if not soundfile.check_format("WAV", subtype):
-        raise UserError(f"WAV cannot hold subtype '{subtype}': use PCM_U8, PCM_16, PCM_24, PCM_32 or FLOAT")
-    with atomic_output(path, force=True) as tmp:
-        open(tmp, "xb").close()  # by Python first, so a folder that cannot be written is named plainly
-        try:
-            soundfile.write(sf_name(tmp), data, rate, subtype=subtype, format="WAV")
-        except (soundfile.LibsndfileError, RuntimeError) as e:
-            raise UserError(f"cannot write {path}: {_reason(e)}; check the free space") from None
-    return Path(path)
-
-
-_STREAM_SUBTYPES = {"PCM_U8": (1, 8), "PCM_16": (1, 16), "FLOAT": (3, 32)}  # WAVE format tag, bits
-
-
-class WavStreamWriter:
-    """A mono WAV that grows while it is written and is a complete, playable file after every `write`.
-
-    libsndfile writes the sizes into the header only on close (its flush does not), so a sampler that is
-    killed would leave a header saying 0 frames. This writer keeps the canonical header itself:
-    each write appends the samples first, then patches the RIFF and data sizes, then flushes to the OS.
-    An existing file at `path` is replaced. Use as a context manager or call close().
-    """
-
-    def __init__(self, path: str | os.PathLike, rate: int, subtype: str = "PCM_U8"):
-        if subtype not in _STREAM_SUBTYPES:
-            raise UserError(
-                f"streamed WAV subtype must be one of {', '.join(_STREAM_SUBTYPES)}, got '{subtype}'"
-            )
-        self.path = Path(path)
-        self.rate = check_rate(rate)
-        self.subtype = subtype
-        self.frames = 0
-        self._tag, self._bits = _STREAM_SUBTYPES[subtype]
-        self._data_bytes = 0
-        try:
-            self._file = open(self.path, "wb")  # noqa: SIM115 (closed in close())
-        except OSError as e:
-            raise UserError(f"cannot write {self.path}: {e.strerror}") from None
-        self._header_bytes = len(self._header())
-        self._file.write(self._header())
-        self._file.flush()
-
-    def _header(self) -> bytes:
-        """Canonical header; FLOAT (format tag 3) also gets cbSize and the `fact` chunk that non-PCM needs."""
-        align = self._bits // 8
-        fmt = struct.pack("<HHIIHH", self._tag, 1, self.rate, self.rate * align, align, self._bits)
-        fact = b""
-        if self._tag == 3:
-            fmt += struct.pack("<H", 0)
-            fact = struct.pack("<4sII", b"fact", 4, self.frames)
-        chunks = (
-            struct.pack("<4sI", b"fmt ", len(fmt))
-            + fmt
-            + fact
-            + struct.pack("<4sI", b"data", self._data_bytes)
-        )
-        riff_size = 4 + len(chunks) + self._data_bytes + (self._data_bytes & 1)
-        return struct.pack("<4sI4s", b"RIFF", riff_size, b"WAVE") + chunks
-
-    def _payload(self, samples: np.ndarray) -> bytes:
-        if samples.dtype == np.uint8:  # linear 8-bit symbols, converted exactly
-            if self.subtype == "PCM_U8":
-                return samples.tobytes()
-            if self.subtype == "PCM_16":
-                return _as_int16_from_u8(samples).astype("<i2").tobytes()
-            return codec.linear_decode(samples).astype("<f4").tobytes()
-        audio = np.asarray(samples, dtype=np.float32)
-        if self.subtype == "PCM_U8":
-            return codec.linear_encode(audio).tobytes()
-        if self.subtype == "PCM_16":
-            return _as_int16(audio).astype("<i2").tobytes()
-        return audio.astype("<f4").tobytes()
-
-    def write(self, samples) -> None:
-        """Append mono samples: uint8 linear symbols, or float audio in [-1, 1]."""
-        samples = np.asarray(samples).reshape(-1)
-        payload = self._payload(samples)
-        if self._data_bytes + len(payload) > 0xFFFFFFFF - 64:
-            raise UserError(f"{self.path} would exceed the 4 GiB a WAV file can hold: write shorter samples")
-        f = self._file
-        f.seek(self._header_bytes + self._data_bytes)
-        f.write(payload)
-        self._data_bytes += len(payload)
-        self.frames += len(samples)
-        if self._data_bytes & 1:
-            f.write(b"\0")  # RIFF pad byte; the next write starts over it
-        f.seek(0)
-        f.write(self._header())
-        f.flush()
-
-    def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
-
-    def __enter__(self) -> WavStreamWriter:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-# ---- other formats: what libsndfile writes, for sampled audio (finalised on close) ---------------------------
-
-
-def format_subtypes(fmt: str) -> list[str]:
-    """The subtypes libsndfile writes in the major format `fmt` ("FLAC" -> PCM_S8, PCM_16, PCM_24); [] if
-    this libsndfile has no such format (MP3 needs libsndfile >= 1.1)."""
-    return list(soundfile.available_subtypes(fmt)) if fmt in soundfile.available_formats() else []
-
-
-def cannot_write(fmt: str, subtype: str, rate: int) -> str | None:
-    """Why libsndfile cannot write mono `fmt`/`subtype` at `rate` Hz (Opus at 11025 Hz, say), or None.
-    Tried on a file in memory, so a refusal comes before anything is sampled."""
-    try:
-        with soundfile.SoundFile(io.BytesIO(), "w", rate, 1, subtype, format=fmt) as f:
-            f.write(np.zeros(64, np.float32))
-    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        return _reason(e)
-    return None
-
-
-class SoundFileWriter:
-    """Mono audio of any format libsndfile writes (FLAC, OGG, MP3, AIFF ...), appended block by block; the
-    file is complete only after close(). `path` must not exist (callers write to a temporary name)."""
-
-    def __init__(
-        self, path: str | os.PathLike, rate: int, fmt: str, subtype: str, *, name: str | None = None
-    ):
-        self.path = Path(path)
-        self.name = name or str(path)  # in messages: the output the user named, not a temporary file
-        self.frames = 0
-        self._pcm = subtype.startswith("PCM")
-        try:
-            open(self.path, "xb").close()  # by Python first: a folder that cannot be written is named plainly
-            self._file = soundfile.SoundFile(sf_name(path), "w", check_rate(rate), 1, subtype, format=fmt)
-        except OSError as e:
-            raise UserError(f"cannot write {self.name}: {e.strerror or e}") from None
-        except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-            self.path.unlink(missing_ok=True)
-            raise UserError(f"cannot write {self.name} as {fmt} {subtype}: {_reason(e)}") from None
-
-    def write(self, samples) -> None:
-        """Append uint8 linear symbols (stored exactly, as int16) or float audio in [-1, 1]."""
-        samples = np.asarray(samples).reshape(-1)
-        if samples.dtype == np.uint8:
-            data = _as_int16_from_u8(samples)
-        else:  # PCM rounded as WavStreamWriter does; lossy encoders take the floats
-            data = _as_int16(samples) if self._pcm else samples.astype(np.float32)
-        try:
-            self._file.write(data)
-        except (soundfile.LibsndfileError, RuntimeError) as e:
-            raise UserError(f"cannot write {self.name}: {_reason(e)}; check the free space") from None
-        self.frames += len(data)
-
-    def close(self) -> None:
-        if not self._file.closed:
-            try:
-                self._file.close()
-            except (soundfile.LibsndfileError, RuntimeError) as e:
-                raise UserError(f"cannot finish {self.name}: {_reason(e)}; check the free space") from None

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxvoice import audio, clips, codec, csvlog, files, paths, plot, report_html
+from jaxvoice import audio, audio_write, clips, codec, csvlog, files, paths, plot, report_html
 from jaxvoice.errors import UserError
 
 REPORT_FILE = "report.html"
@@ -124,7 +124,7 @@ def _corpus_clip(corpus, files_dir: Path, made: set[str], notes: list[str]) -> s
     where = "the start of the val split" if start else "the start of the corpus"
     symbols = np.array(corpus.data[start : start + int(EXCERPT_SECONDS * meta["rate"])])
     x = codec.decode(meta["codec"], symbols)
-    audio.write_wav(
+    audio_write.write_wav(
         files_dir / "corpus_excerpt.wav", symbols if meta["codec"] == "linear" else x, meta["rate"]
     )
     clips.draw_clip(x, meta["rate"], files_dir / "corpus_excerpt.png", "corpus excerpt")

@@ -1,6 +1,6 @@
 """Where sampled symbols go: one file per stream, in the format its extension names, checked before sampling.
 
-- `.wav` (or no extension): a WAV that is complete and playable after every chunk (audio.WavStreamWriter);
+- `.wav` (or no extension): a WAV that is complete and playable after every chunk (audio_write.WavStreamWriter);
   linear symbols are its PCM_U8 bytes, μ-law symbols are decoded to PCM_16.
 - another extension that libsndfile writes (.flac, .ogg, .opus, .mp3, .aiff, .au, .caf, .w64, .rf64): that
   format, through soundfile, into a temporary file beside the output that is finalised and renamed onto it
@@ -22,11 +22,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxvoice import audio, files, paths
+from jaxvoice import audio_write, files, paths
 from jaxvoice import codec as codec_lib
 from jaxvoice.errors import UserError
 
-STREAMED = ("", ".wav", ".wave")  # written by audio.WavStreamWriter
+STREAMED = ("", ".wav", ".wave")  # written by audio_write.WavStreamWriter
 # extension -> (libsndfile major format, subtype; None: 8-bit PCM for linear symbols, else 16-bit)
 _FORMATS = {
     ".flac": ("FLAC", None), ".ogg": ("OGG", "VORBIS"), ".oga": ("OGG", "VORBIS"), ".opus": ("OGG", "OPUS"),
@@ -63,7 +63,7 @@ def writable_extensions() -> tuple[str, ...]:
     """The audio extensions this machine's libsndfile can write (MP3 needs libsndfile >= 1.1)."""
     found = [".wav"]
     for ext, (fmt, subtype) in _FORMATS.items():
-        subtypes = audio.format_subtypes(fmt)
+        subtypes = audio_write.format_subtypes(fmt)
         if subtypes and (subtype is None or subtype in subtypes):
             found.append(ext)
     return tuple(found)
@@ -84,11 +84,11 @@ def output_format(path: str | Path, codec_name: str, rate: int | None) -> Format
         )
     fmt, subtype = _FORMATS[suffix]
     if subtype is None:
-        subtypes = audio.format_subtypes(fmt)
+        subtypes = audio_write.format_subtypes(fmt)
         subtype = next(
             s for s in ("PCM_U8", "PCM_S8", "PCM_16") if s in subtypes and (eight_bit or s == "PCM_16")
         )
-    reason = audio.cannot_write(fmt, subtype, rate)
+    reason = audio_write.cannot_write(fmt, subtype, rate)
     if reason is not None:
         raise UserError(
             f"{path}: libsndfile cannot write {fmt} ({subtype}) at {rate} Hz ({reason}): choose another "
@@ -173,10 +173,10 @@ class SymbolWriter:
             except OSError as e:
                 raise UserError(f"cannot write {self.path}: {e.strerror}") from None
         elif self.format.name == "WAV":
-            self._wav = audio.WavStreamWriter(self.path, rate, self.format.subtype)
+            self._wav = audio_write.WavStreamWriter(self.path, rate, self.format.subtype)
         else:
             tmp = files.temporary_path(self.path)
-            self._sound = audio.SoundFileWriter(tmp, rate, *self.format[:2], name=str(self.path))
+            self._sound = audio_write.SoundFileWriter(tmp, rate, *self.format[:2], name=str(self.path))
 
     def write(self, symbols: np.ndarray) -> None:
         symbols = np.asarray(symbols, np.uint8).reshape(-1)

@@ -209,10 +209,10 @@ def singing_corpus(folder, *, seconds: float = 60.0, seed: int = 0, quiet: bool 
     that need a voice-like corpus and have no recording."""
     from pathlib import Path
 
-    from jaxvoice import audio, corpus
+    from jaxvoice import audio_write, corpus
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    wav = audio.write_wav(folder / "voice.wav", synthesize(seconds, seed), RATE)
+    wav = audio_write.write_wav(folder / "voice.wav", synthesize(seconds, seed), RATE)
     corpus.prepare([wav], folder / "corpus", rate=RATE, codec="linear", quiet=quiet)
     return corpus.open_corpus(folder / "corpus")

@@ -1,4 +1,4 @@
-"""audio.py: reading any format to mono at a target rate (streamed), and the two WAV writers."""
+"""audio.py: reading any format to mono at a target rate (streamed); audio_write.py: the two WAV writers."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 from conftest import sawtooth, sine, write_audio
 
-from jaxvoice import audio, codec
+from jaxvoice import audio, audio_write, codec
 from jaxvoice.errors import UserError
 
 RATE = 11025
@@ -84,7 +84,7 @@ def test_downmix_is_the_channel_average(tmp_path):
 
 def test_8_bit_file_at_the_target_rate_gives_its_own_bytes(tmp_path):
     symbols = np.random.default_rng(1).integers(0, 256, 20_000).astype(np.uint8)
-    path = audio.write_wav(tmp_path / "u8.wav", symbols, RATE)
+    path = audio_write.write_wav(tmp_path / "u8.wav", symbols, RATE)
     np.testing.assert_array_equal(codec.linear_encode(audio.read_mono(path, RATE)), symbols)
 
 
@@ -198,35 +198,35 @@ def _data_chunk(path) -> bytes:
 
 def test_write_wav_stores_uint8_symbols_as_the_exact_bytes(tmp_path):
     symbols = np.arange(256, dtype=np.uint8).repeat(3)
-    path = audio.write_wav(tmp_path / "u8.wav", symbols, RATE)
+    path = audio_write.write_wav(tmp_path / "u8.wav", symbols, RATE)
     assert sf.info(path).subtype == "PCM_U8" and sf.info(path).samplerate == RATE
     assert _data_chunk(path) == symbols.tobytes()
-    as16 = audio.write_wav(tmp_path / "16.wav", symbols, RATE, subtype="PCM_16")
+    as16 = audio_write.write_wav(tmp_path / "16.wav", symbols, RATE, subtype="PCM_16")
     np.testing.assert_array_equal(sf.read(as16, dtype="float32")[0], codec.linear_decode(symbols))
 
 
 def test_write_wav_float_input(tmp_path):
     x = np.array([0.0, 0.5, -0.5, 0.5 / 128, 1.0], dtype=np.float32)
-    path = audio.write_wav(tmp_path / "f.wav", x, RATE, subtype="PCM_U8")
+    path = audio_write.write_wav(tmp_path / "f.wav", x, RATE, subtype="PCM_U8")
     assert _data_chunk(path)[:5] == codec.linear_encode(x).tobytes()
-    path16 = audio.write_wav(tmp_path / "f16.wav", x[:3], RATE)
+    path16 = audio_write.write_wav(tmp_path / "f16.wav", x[:3], RATE)
     assert sf.info(path16).subtype == "PCM_16"
     np.testing.assert_array_equal(sf.read(path16, dtype="float32")[0], x[:3])
     with pytest.raises(UserError, match="subtype"):
-        audio.write_wav(tmp_path / "bad.wav", x, RATE, subtype="VORBIS")
+        audio_write.write_wav(tmp_path / "bad.wav", x, RATE, subtype="VORBIS")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.wav", "f16.wav"]  # no temporary files left
 
 
 def test_atomic_output_keeps_the_old_file_on_failure(tmp_path):
     target = tmp_path / "out.bin"
     target.write_bytes(b"precious")
-    with pytest.raises(UserError, match="already exists"), audio.atomic_output(target):
+    with pytest.raises(UserError, match="already exists"), audio_write.atomic_output(target):
         pass
-    with pytest.raises(RuntimeError), audio.atomic_output(target, force=True) as tmp:
+    with pytest.raises(RuntimeError), audio_write.atomic_output(target, force=True) as tmp:
         tmp.write_bytes(b"half")
         raise RuntimeError("crash")
     assert target.read_bytes() == b"precious" and os.listdir(tmp_path) == ["out.bin"]
-    with audio.atomic_output(target, force=True) as tmp:
+    with audio_write.atomic_output(target, force=True) as tmp:
         tmp.write_bytes(b"new")
     assert target.read_bytes() == b"new" and os.listdir(tmp_path) == ["out.bin"]
 
@@ -236,7 +236,7 @@ def test_stream_writer_is_a_complete_wav_after_every_write(tmp_path, subtype):
     path = tmp_path / "grow.wav"
     rng = np.random.default_rng(3)
     written = []
-    with audio.WavStreamWriter(path, RATE, subtype) as writer:
+    with audio_write.WavStreamWriter(path, RATE, subtype) as writer:
         for n in (1, 1000, 333, 4096):  # odd and even sizes: the RIFF pad byte comes and goes
             written.append(rng.integers(0, 256, n).astype(np.uint8))
             writer.write(written[-1])
@@ -253,7 +253,7 @@ def test_stream_writer_is_a_complete_wav_after_every_write(tmp_path, subtype):
 
 def test_stream_writer_float_input_matches_the_codec(tmp_path):
     x = np.linspace(-1, 1, 999, dtype=np.float32)
-    with audio.WavStreamWriter(tmp_path / "f.wav", RATE) as writer:
+    with audio_write.WavStreamWriter(tmp_path / "f.wav", RATE) as writer:
         writer.write(x)
     assert _data_chunk(tmp_path / "f.wav") == codec.linear_encode(x).tobytes()
 
@@ -261,7 +261,7 @@ def test_stream_writer_float_input_matches_the_codec(tmp_path):
 _CHILD = """
 import os, sys
 import numpy as np
-from jaxvoice.audio import WavStreamWriter
+from jaxvoice.audio_write import WavStreamWriter
 writer = WavStreamWriter(sys.argv[1], 11025)
 block = 0
 while True:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import assert_user_error, run_jaxvoice
 
-from jaxvoice import audio, checkpoint, clips, corpus, report, synth, video
+from jaxvoice import audio, audio_write, checkpoint, clips, corpus, report, synth, video
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -28,7 +28,7 @@ ODD_NAME = """step_40 <b>"odd" & 'name' &amp; #1?.wav"""  # HTML and URL special
 def base_run(tmp_path_factory) -> Path:
     """A small real run: 12 s of the demo voice, 40 steps with checkpoints at 20 and 40, a sample of each."""
     root = tmp_path_factory.mktemp("report")
-    wav = audio.write_wav(root / "voice.wav", synth.synthesize(12.0, seed=1), synth.RATE)
+    wav = audio_write.write_wav(root / "voice.wav", synth.synthesize(12.0, seed=1), synth.RATE)
     corpus.prepare([wav], root / "corpus", rate=synth.RATE, quiet=True)
     run = root / "run"
     every = ["--set", "train.eval_every=20", "--set", "train.checkpoint_every=20"]

@@ -14,7 +14,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from jaxvoice import audio, codec, paths
+    from jaxvoice import audio_write, codec, paths
 
     paths.check_given(TEXT=args.input, **{"-o": args.output})
     source = paths.check_input_file(args.input, give="a text file made by `jaxvoice encode`")
@@ -25,7 +25,7 @@ def run(args):
 
     written = 0
     with (
-        audio.atomic_output(args.output, force=args.force) as tmp,
+        audio_write.atomic_output(args.output, force=args.force) as tmp,
         open(source, "rb") as src,
         open(tmp, "xb") as dst,
     ):
