@@ -109,3 +109,18 @@ def test_dumps_round_trips(tmp_path):
 def test_missing_preset_lists_the_presets():
     with pytest.raises(UserError, match="tiny"):
         config.load("no_such_preset")
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in config.PRESET_DIR.glob("*.toml")))
+def test_every_preset_builds_and_says_how_to_launch_it(name):
+    """Each shipped preset loads, its model family accepts it (check and param shapes, nothing computed),
+    and its comment gives a launch line."""
+    import jax
+
+    from jaxvoice import model
+
+    cfg = config.load(name)
+    model.check(cfg.model)
+    shapes = jax.eval_shape(lambda: model.init_params(jax.random.key(0), cfg.model))
+    assert jax.tree.leaves(shapes)
+    assert f"jaxvoice train --config {name}" in (config.PRESET_DIR / f"{name}.toml").read_text()
