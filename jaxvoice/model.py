@@ -41,8 +41,8 @@ class Family(NamedTuple):
     generation loop over C steps (`choose(logits_BxV, u_B) -> token_B`, a `draw.Choice`, whose
     `native_temperature` lets a loop draw in a kernel of its own by the same rule; by default `step` in a
     scan), on the params `sample_prepare(params, cfg, store)` made (by default the params themselves):
-    `store(w_IxO)` keeps a weight matrix the sampler's fastest way (a `stored.Stored`, which `cells.dot` and
-    `dense` multiply by)."""
+    `store(w_IxO, rows=1)` keeps a weight matrix the sampler's fastest way for a product of `rows` rows per
+    stream (a `stored.Stored`, which `cells.dot` and `dense` multiply by)."""
 
     init_params: Callable[[jax.Array, ModelConfig], dict]
     init_carry: Callable[[ModelConfig, int], Any]

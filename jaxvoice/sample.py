@@ -149,9 +149,15 @@ def sampling_params(params: dict, cfg: ModelConfig, layout: Layout = DEFAULT_LAY
     return {"layers": layers, "out": stored_weight(params["out_HxV"], layout), "out_b_V": params["out_b_V"]}
 
 
-def stored_weight(w_IxO: jax.Array, layout: Layout) -> stored.Stored:
-    """A product's [in, out] weights as `layout` stores them (`cells.dot` and `stored.product` multiply)."""
-    form = "packed" if layout.packed else "rows" if layout.transposed else "columns"
+def stored_weight(w_IxO: jax.Array, layout: Layout, rows: int = 1) -> stored.Stored:
+    """A product's [in, out] weights as `layout` stores them (`cells.dot` and `stored.product` multiply).
+    `rows`: how many rows per stream each use multiplies (e.g. a frame's F samples at once). The layouts
+    are for a step's one row per stream; a product of several is a matrix product, which XLA's CPU dot does
+    faster on [in, out] than the packed kernel or [out, in] (docs/performance.md), so it keeps them so."""
+    if rows > 1:
+        form = "columns"
+    else:
+        form = "packed" if layout.packed else "rows" if layout.transposed else "columns"
     return stored.store(w_IxO, form, layout.weights)
 
 

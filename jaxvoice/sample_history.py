@@ -70,8 +70,10 @@ def _filtered(cfg: ModelConfig, e_BxS, N: int, T: int, w_WxC) -> jax.Array:
     start = N - F - W
     if isinstance(w_WxC, stored.Stored):  # generation: a frame's F rows, on the weights stored for it
         B = e_BxS.shape[0]
-        index_TxW = jnp.arange(T)[:, None] + jnp.arange(W)[None, :] + start
-        values_TBxW = sample_level.scaled(e_BxS[:, index_TxW]).transpose(1, 0, 2).reshape(T * B, W)
+        values_BxS = sample_level.scaled(e_BxS[:, start : start + T + W - 1])
+        # each target's W values as a static slice: XLA's CPU gather of the same T x W indices cost more than
+        # the frame tier's LSTM step (docs/performance.md)
+        values_TBxW = jnp.stack([values_BxS[:, t : t + W] for t in range(T)]).reshape(T * B, W)
         return model.dense(cfg, values_TBxW, w_WxC).reshape(T, B, -1)
     values_Bx1xS = sample_level.scaled(e_BxS[:, start : start + T + W - 1])[:, None, :]
     filters_Cx1xW = w_WxC.astype(jnp.dtype(cfg.dtype)).T[:, None, :]

@@ -275,8 +275,8 @@ def sample_prepare(params, cfg, store):
     sp[up] = store(params[up])  # read once per frame, but (per position) F x D wide: the largest product
     sp["frame_layers"] = [cells.store_layer(cfg.cell, layer, store) for layer in params["frame_layers"]]
     for name in sample_history.STORED:
-        if name in params:
-            sp[name] = store(params[name])
+        if name in params:  # read by a frame's F rows at once
+            sp[name] = store(params[name], rows=cfg.frame_size)
     if cfg.tiers == 3:
         sp[_up_weight(cfg, top=True)] = store(params[_up_weight(cfg, top=True)])
         sp["top_layers"] = [cells.store_layer(cfg.cell, layer, store) for layer in params["top_layers"]]

@@ -183,6 +183,22 @@ def test_cells_step_on_stored_weights_as_on_their_own(cell, transposed, packed):
 
 
 @pytest.mark.parametrize("transposed,packed", LAYOUTS)
+def test_products_of_many_rows_stay_in_columns_in_every_layout(transposed, packed):
+    """A product a step applies to several rows per stream (a frame's samples) is a matrix product: it is
+    stored [in, out] for XLA's dot whatever the layout says for one-row products, in the layout's dtype
+    (its inputs rounded to it too, as every stored product's), and multiplies as the plain matrix does."""
+    w_IxO = jax.random.normal(jax.random.key(1), (40, 24))
+    x_MxI = jax.random.normal(jax.random.key(2), (16, 40))
+    for weights in ("float32", "bfloat16"):
+        layout = sample.Layout(transposed=transposed, weights=weights, packed=packed)
+        one_row, many_rows = sample.stored_weight(w_IxO, layout), sample.stored_weight(w_IxO, layout, rows=16)
+        assert many_rows.form == "columns" and many_rows.dtype == jnp.dtype(weights)
+        assert one_row.form == ("packed" if packed else "rows" if transposed else "columns")
+        expected = x_MxI.astype(weights).astype(jnp.float32) @ w_IxO.astype(weights).astype(jnp.float32)
+        np.testing.assert_allclose(stored.product(x_MxI, many_rows), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("transposed,packed", LAYOUTS)
 def test_bfloat16_weights_step_close_to_float32(transposed, packed):
     """Rounded weights: a slightly different model, within bf16's rounding of the float32 one."""
     cfg = ModelConfig(cell="lstm", rnn_size=64, num_layers=2, wordvec_size=16)
