@@ -1,7 +1,7 @@
 """Checkpoints of a run, through orbax (the only module that imports it).
 
-A checkpoint at step N holds three items: `params` (what sampling needs), `train` (opt_state, step, carry,
-key: what exact resume needs) and `meta` (JSON: the resolved config, the corpus meta, the data cursor, the
+A checkpoint at step N holds three items: `params` (what sampling needs: with train.ema_decay > 0 the
+weights' moving average), `train` (opt_state, step, carry, key, and then the weights: what exact resume needs) and `meta` (JSON: the resolved config, the corpus meta, the data cursor, the
 val loss), so a checkpoint alone rebuilds the model. Orbax writes each save into a temporary directory and
 renames it when complete, so a kill mid-save leaves the previous checkpoints intact.
 """
@@ -67,7 +67,10 @@ STATE_FORMAT = 2
 
 
 def _train_part(state: Any) -> dict:
-    return {"opt_state": state.opt_state, "step": state.step, "carry": state.carry, "key": state.key}
+    part = {"opt_state": state.opt_state, "step": state.step, "carry": state.carry, "key": state.key}
+    if getattr(state, "averaged", None) is not None:  # the params item is the average: resume needs these
+        part["params"] = state.params
+    return part
 
 
 def _legacy_carry(carry: Any) -> Any:
@@ -111,14 +114,16 @@ def digest(tree: Any) -> str:
 def save(mngr: ocp.CheckpointManager, state: Any, meta: dict, val_loss: float | None) -> None:
     """Save `state` (a TrainState) at its step, with `meta` (JSON) and checksums of both array items."""
     train_part = _train_part(state)
+    averaged = getattr(state, "averaged", None)
+    params = state.params if averaged is None else averaged  # what sampling reads: the average, if any
     meta = dict(
-        meta, params_sha256=digest(state.params), train_sha256=digest(train_part), state_format=STATE_FORMAT
+        meta, params_sha256=digest(params), train_sha256=digest(train_part), state_format=STATE_FORMAT
     )
     metrics = {"val_loss": float(val_loss)} if val_loss is not None else None
     mngr.save(
         int(state.step),
         args=ocp.args.Composite(
-            params=ocp.args.StandardSave(state.params),
+            params=ocp.args.StandardSave(params),
             train=ocp.args.StandardSave(train_part),
             meta=ocp.args.JsonSave(meta),
         ),
@@ -193,7 +198,11 @@ def restore_train(
     never appears: orbax renames a step into place last.
     """
     run_dir = Path(mngr.directory).parent
-    abstract = {"params": abstract_state.params, "train": _train_part(abstract_state)}
+    averaged = getattr(abstract_state, "averaged", None) is not None
+    abstract = {
+        "params": abstract_state.averaged if averaged else abstract_state.params,
+        "train": _train_part(abstract_state),
+    }
     steps = sorted(mngr.all_steps(), reverse=True)
     damaged: list[tuple[int, str]] = []
     for step in steps:
@@ -219,6 +228,8 @@ def restore_train(
         train = dict(restored["train"])
         if restored["meta"].get("state_format", 1) == 1:
             train["carry"] = _from_legacy(train["carry"], abstract_state.carry)
+        if averaged:  # the params item is the average, the weights are in train
+            return abstract_state.replace(averaged=restored["params"], **train), restored["meta"]
         return abstract_state.replace(params=restored["params"], **train), restored["meta"]
     if damaged or manifests.saved_before(Path(mngr.directory)):
         found = "; ".join(f"step {s}: {why}" for s, why in damaged) or "their folders are gone"

@@ -55,6 +55,7 @@ class TrainConfig:
     lr_decay_every: int = 5  # epochs, for the step schedule
     lr_decay_factor: float = 0.5
     weight_decay: float = 0.0  # > 0: AdamW's decoupled decay of the matrices (0: Adam, torch-rnn's)
+    ema_decay: float = 0.0  # > 0: evaluate, save and sample a moving average of the weights (0: the weights)
     max_epochs: int = 50
     eval_every: int = 1000  # steps
     checkpoint_every: int = 1000  # steps
@@ -182,6 +183,10 @@ def _validate(cfg: Config) -> Config:
         (cfg.train.grad_clip > 0, "train.grad_clip must be positive"),
         (0.0 < cfg.train.lr_decay_factor <= 1.0, "train.lr_decay_factor must be in (0, 1]"),
         (cfg.train.weight_decay >= 0, "train.weight_decay must be >= 0 (0 turns it off)"),
+        (
+            0.0 <= cfg.train.ema_decay < 1.0,
+            "train.ema_decay must be in [0, 1), e.g. 0.999 (0 turns the weights' moving average off)",
+        ),
         (cfg.sample.temperature > 0, "sample.temperature must be > 0"),
         (
             math.isfinite(cfg.train.sample_seconds) and 0 <= cfg.train.sample_seconds <= 3600,

@@ -49,7 +49,7 @@ class TrainLog(Hook):
 
 
 class Evaluate(Hook):
-    """The mean held-out loss of `loop.state.params`, by `evaluate(params) -> nats`, every `every` steps
+    """The mean held-out loss of `loop.state.model_params`, by `evaluate(params) -> nats`, every `every` steps
     and at the end (unless the loop was stopped by a signal: then only the save is urgent). Written to
     `log` (val.csv) and left in `loop.values["val_loss"]` as (step, nats); `on_result(step, nats)` if given."""
 
@@ -66,7 +66,7 @@ class Evaluate(Hook):
         self.last_step: int | None = None
 
     def _run(self, loop: Loop) -> None:
-        val_loss = self.evaluate(loop.state.params)
+        val_loss = self.evaluate(loop.state.model_params)
         self.log.write(
             loop.step, round(loop.step / self.steps_per_epoch, 6), val_loss, val_loss * model.BITS_PER_NAT
         )
@@ -141,7 +141,7 @@ class Sample(Hook):
         if path.exists():
             return
         t0 = time.monotonic()
-        checkpoint_samples.write_sample(loop.state.params, self.run.config, meta, path, self.seconds)
+        checkpoint_samples.write_sample(loop.state.model_params, self.run.config, meta, path, self.seconds)
         self.log.write(
             step, round(round(self.seconds * meta["rate"]) / meta["rate"], 6), round(time.monotonic() - t0, 3)
         )

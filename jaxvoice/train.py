@@ -31,10 +31,24 @@ LossFn = Callable[
 
 class TrainState(struct.PyTreeNode):
     step: jax.Array  # int32 scalar: updates done so far
-    params: dict
+    params: dict  # the weights the gradients update
     opt_state: Any
     carry: Any  # the model's carry (batch-first arrays), carried from batch to batch
     key: jax.Array  # raw uint32 key data (checkpoints as a plain array); dropout keys fold in the step
+    averaged: dict | None = None  # with train.ema_decay > 0: the moving average of `params`
+
+    @property
+    def model_params(self) -> dict:
+        """The params the run's model is: evaluated, saved for sampling, sampled at checkpoints (the moving
+        average of the weights with train.ema_decay > 0, else the weights)."""
+        return self.params if self.averaged is None else self.averaged
+
+
+def ema_rate(ema_decay: float, step: jax.Array) -> jax.Array:
+    """The moving average's decay at update `step`: `ema_decay`, but (1 + step) / (10 + step) while that is
+    smaller, so that the first updates' weights (far from any good model) are soon forgotten."""
+    step = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
 
 
 def make_schedule(train_cfg: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
@@ -75,7 +89,8 @@ def init_state(
     *,
     optimizer: optax.GradientTransformation | None = None,
 ) -> TrainState:
-    """Step 0: params from train.seed, the optimizer's state (default: `make_optimizer`), a zero carry."""
+    """Step 0: params from train.seed, the optimizer's state (default: `make_optimizer`), a zero carry, and
+    with train.ema_decay > 0 the moving average (a copy of the params)."""
     init_key, dropout_key = jax.random.split(jax.random.key(cfg.train.seed))
     params = model.init_params(init_key, cfg.model)
     optimizer = optimizer or make_optimizer(cfg.train, steps_per_epoch)
@@ -85,6 +100,7 @@ def init_state(
         opt_state=optimizer.init(params),
         carry=model.init_carry(cfg.model, batch_size),
         key=jax.random.key_data(dropout_key),
+        averaged=jax.tree.map(jnp.copy, params) if cfg.train.ema_decay > 0 else None,
     )
 
 
@@ -102,11 +118,13 @@ def _train_step(state: TrainState, inputs_BxT, targets_BxT, *, cfg, steps_per_ep
     updates, opt_state = (optimizer or make_optimizer(cfg.train, steps_per_epoch)).update(
         grads, state.opt_state, state.params
     )
+    params = optax.apply_updates(state.params, updates)
+    averaged = state.averaged
+    if averaged is not None:  # Polyak averaging: a high learning rate's noise averaged out of the model
+        rate = ema_rate(cfg.train.ema_decay, state.step)
+        averaged = jax.tree.map(lambda a, p: (rate * a + (1.0 - rate) * p).astype(a.dtype), averaged, params)
     new_state = state.replace(
-        step=state.step + 1,
-        params=optax.apply_updates(state.params, updates),
-        opt_state=opt_state,
-        carry=carry,
+        step=state.step + 1, params=params, opt_state=opt_state, carry=carry, averaged=averaged
     )
     if optimizer is None:
         lr = make_schedule(cfg.train, steps_per_epoch)(state.step)
@@ -214,12 +232,15 @@ def memory_needed(cfg: Config) -> dict[str, int]:
     inputs = set(map(id, jaxpr.invars))
     kept = [v.aval for v in jaxpr.outvars if id(v) not in inputs and hasattr(v.aval, "shape")]
     params_bytes = memory.tree_bytes(params)
-    return {
+    needed = {
         "parameters": params_bytes,
         "gradients": params_bytes,
         "optimizer state": memory.tree_bytes(opt_state),
         "activations": memory.tree_bytes(kept),
     }
+    if cfg.train.ema_decay > 0:
+        needed["moving average"] = params_bytes
+    return needed
 
 
 def check_memory(cfg: Config, num_devices: int = 1, available: int | None = None) -> None:

@@ -91,6 +91,8 @@ def test_unknown_key_in_a_toml_file(tmp_path):
         "sample.temperature=0",
         "sample.top_p=1.5",
         "train.learning_rate=-1",
+        "train.ema_decay=1.0",
+        "train.ema_decay=-0.5",
     ],
 )
 def test_impossible_values_are_refused(override):

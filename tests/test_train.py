@@ -96,6 +96,59 @@ def test_two_steps_save_resume_equals_four_steps_bitwise(saw_corpus, tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def test_moving_average_resumes_bitwise_and_is_the_model_that_is_saved_and_evaluated(saw_corpus, tmp_path):
+    """With train.ema_decay the checkpoints' params (what eval and sample read) are the weights' moving
+    average, val.csv is its loss, and the weights themselves go through the checkpoint for exact resume."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    extra = ["--set", "train.checkpoint_every=3", "--set", "train.eval_every=3", "--set", "train.ema_decay=0.9"]
+    run_jaxvoice(*train_cmd(saw_corpus, straight, "--steps", "6", *extra), check=True)
+    run_jaxvoice(*train_cmd(saw_corpus, resumed, "--steps", "3", *extra), check=True)
+    run_jaxvoice(*train_cmd(saw_corpus, resumed, "--steps", "6", "--resume", *extra), check=True)
+    loss = lambda run: [(r["step"], r["loss"], r["grad_norm"]) for r in read_csv(run / "train.csv")]
+    assert loss(resumed) == loss(straight) and len(loss(straight)) == 6
+    assert read_csv(resumed / "val.csv") == read_csv(straight / "val.csv")
+
+    cfg = config.load(straight / "config.toml")
+    states = []
+    for run in (straight, resumed):
+        mngr = checkpoint.manager(run, read_only=True)
+        state, _ = checkpoint.restore_train(mngr, train.init_state(cfg, 1, cfg.train.batch_size), cfg)
+        mngr.close()
+        states.append(state)
+    for x, y in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1]), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    saved = checkpoint.restore_for_inference(straight, "latest")
+    for x, y in zip(jax.tree.leaves(saved.params), jax.tree.leaves(states[0].averaged), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    gap = max(float(np.abs(np.asarray(a) - np.asarray(w)).max())
+              for a, w in zip(jax.tree.leaves(states[0].averaged), jax.tree.leaves(states[0].params)))  # fmt: skip
+    assert gap > 1e-4  # the average is not the weights
+    out = run_jaxvoice("eval", "--run", straight, "--checkpoint", "latest", "--json", check=True)
+    assert json.loads(out.stdout)["loss"] == pytest.approx(float(read_csv(straight / "val.csv")[-1]["val_loss"]),
+                                                           rel=1e-5)  # fmt: skip
+
+
+def test_moving_average_follows_the_weights_at_its_rate():
+    """After each update a = r a + (1 - r) w with r = min(decay, (1 + step) / (10 + step)): at step 0 it is
+    0.1, so the average leaves the initial weights at once."""
+    cfg = config.load("tiny", ["model.rnn_size=16", "train.batch_size=4", "train.seq_length=8",
+                               "train.ema_decay=0.5"])  # fmt: skip
+    streams = Streams(_tokens_with_period(50, 2000), 4, 8)
+    state = train.init_state(cfg, streams.steps, 4)
+    expected = jax.tree.map(np.asarray, state.params)
+    step_fn = train.make_train_step(cfg, streams.steps)
+    for i in range(4):
+        state, _ = step_fn(state, *streams.batch(i))
+        r = min(0.5, (1 + i) / (10 + i))
+        expected = jax.tree.map(lambda a, w: r * a + (1 - r) * np.asarray(w), expected, state.params)
+        for a, b in zip(jax.tree.leaves(state.averaged), jax.tree.leaves(expected), strict=True):
+            np.testing.assert_allclose(np.asarray(a), b, rtol=1e-6, atol=1e-7)
+    assert state.model_params is state.averaged
+    assert train.memory_needed(cfg)["moving average"] == train.memory_needed(cfg)["parameters"]
+    plain = config.load("tiny", ["model.rnn_size=16"])
+    assert train.init_state(plain, 10, 4).averaged is None and "moving average" not in train.memory_needed(plain)
+
+
 def test_weight_decay_shrinks_the_matrices_and_not_the_biases():
     """AdamW, decoupled: with a zero gradient an update is -lr x decay x w for each matrix, 0 for vectors."""
     cfg = config.TrainConfig(learning_rate=0.01, weight_decay=0.5, lr_schedule="constant")
@@ -260,6 +313,7 @@ def test_existing_run_without_resume_is_refused_and_untouched(saw_corpus, tmp_pa
         (["--set", "train.batchsize=4"], ["train.batch_size"]),
         (["--set", "train.batch_size=1000", "--set", "train.seq_length=1000"], ["train split", "batch_size"]),
         (["--steps", "0"], ["--steps"]),
+        (["--set", "train.ema_decay=1"], ["train.ema_decay", "[0, 1)"]),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(saw_corpus, tmp_path, extra, words):
