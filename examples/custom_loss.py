@@ -40,7 +40,7 @@ def train(cfg, corpus, steps: int, loss_fn) -> float:
     step_fn = jaxvoice.make_train_step(cfg, streams.steps, loss_fn=loss_fn)
     state, loop = jaxvoice.train_loop(state, lambda s: streams.batch(s % streams.steps), step_fn, until=steps)
     val = jaxvoice.eval_streams(corpus.split("val"), B, T)
-    return jaxvoice.evaluate(state.params, cfg.model, val) / math.log(2)
+    return jaxvoice.evaluate(state.model_params, cfg.model, val) / math.log(2)
 
 
 def main(argv=None) -> dict:

@@ -8,7 +8,7 @@ instant and changes nothing in your process):
     corpus = jaxvoice.prepare(["voice.wav"], "corpus/")            # or jaxvoice.open_corpus("corpus/")
     run = jaxvoice.Run.create("runs/a", cfg, "corpus/")
     result = jaxvoice.fit(run, steps=2000)                          # what `jaxvoice train` writes
-    for chunk in jaxvoice.generate(result.state.params, cfg.model, jax.random.key(0), length=11025):
+    for chunk in jaxvoice.generate(result.state.model_params, cfg.model, jax.random.key(0), length=11025):
         ...
 
 Lower down: `init_params`/`forward`/`loss`/`step` (pure functions of params), `init_state`,

@@ -2,7 +2,7 @@
 
     run = jaxvoice.Run.create("runs/a", jaxvoice.load_config("tiny"), "corpus/")
     result = jaxvoice.fit(run, steps=2000)          # train.csv, val.csv, checkpoints, like the CLI
-    result.state.params, result.val_loss
+    result.state.model_params, result.val_loss    # the model (the weights' average with train.ema_decay)
 
 A run with checkpoints continues from its newest intact one, computing exactly what an uninterrupted run
 would (the logs after that checkpoint are cut and redone); a new run starts at step 0. Extra hooks run after
