@@ -1,8 +1,9 @@
 """Checkpoints of a run, through orbax (the only module that imports it).
 
 A checkpoint at step N holds three items: `params` (what sampling needs: with train.ema_decay > 0 the
-weights' moving average), `train` (opt_state, step, carry, key, and then the weights: what exact resume needs) and `meta` (JSON: the resolved config, the corpus meta, the data cursor, the
-val loss), so a checkpoint alone rebuilds the model. Orbax writes each save into a temporary directory and
+weights' moving average), `train` (opt_state, step, carry, key, and then the weights: what exact resume
+needs) and `meta` (JSON: the resolved config, the corpus meta, the data cursor, the val loss), so a
+checkpoint alone rebuilds the model. Orbax writes each save into a temporary directory and
 renames it when complete, so a kill mid-save leaves the previous checkpoints intact.
 """
 

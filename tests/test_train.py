@@ -100,7 +100,8 @@ def test_moving_average_resumes_bitwise_and_is_the_model_that_is_saved_and_evalu
     """With train.ema_decay the checkpoints' params (what eval and sample read) are the weights' moving
     average, val.csv is its loss, and the weights themselves go through the checkpoint for exact resume."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    extra = ["--set", "train.checkpoint_every=3", "--set", "train.eval_every=3", "--set", "train.ema_decay=0.9"]
+    extra = ["--set", "train.checkpoint_every=3", "--set", "train.eval_every=3",
+             "--set", "train.ema_decay=0.9"]  # fmt: skip
     run_jaxvoice(*train_cmd(saw_corpus, straight, "--steps", "6", *extra), check=True)
     run_jaxvoice(*train_cmd(saw_corpus, resumed, "--steps", "3", *extra), check=True)
     run_jaxvoice(*train_cmd(saw_corpus, resumed, "--steps", "6", "--resume", *extra), check=True)
@@ -121,7 +122,7 @@ def test_moving_average_resumes_bitwise_and_is_the_model_that_is_saved_and_evalu
     for x, y in zip(jax.tree.leaves(saved.params), jax.tree.leaves(states[0].averaged), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     gap = max(float(np.abs(np.asarray(a) - np.asarray(w)).max())
-              for a, w in zip(jax.tree.leaves(states[0].averaged), jax.tree.leaves(states[0].params)))  # fmt: skip
+              for a, w in zip(jax.tree.leaves(states[0].averaged), jax.tree.leaves(states[0].params), strict=True))  # fmt: skip
     assert gap > 1e-4  # the average is not the weights
     out = run_jaxvoice("eval", "--run", straight, "--checkpoint", "latest", "--json", check=True)
     assert json.loads(out.stdout)["loss"] == pytest.approx(float(read_csv(straight / "val.csv")[-1]["val_loss"]),
@@ -140,13 +141,14 @@ def test_moving_average_follows_the_weights_at_its_rate():
     for i in range(4):
         state, _ = step_fn(state, *streams.batch(i))
         r = min(0.5, (1 + i) / (10 + i))
-        expected = jax.tree.map(lambda a, w: r * a + (1 - r) * np.asarray(w), expected, state.params)
+        expected = jax.tree.map(lambda a, w, r=r: r * a + (1 - r) * np.asarray(w), expected, state.params)
         for a, b in zip(jax.tree.leaves(state.averaged), jax.tree.leaves(expected), strict=True):
             np.testing.assert_allclose(np.asarray(a), b, rtol=1e-6, atol=1e-7)
     assert state.model_params is state.averaged
     assert train.memory_needed(cfg)["moving average"] == train.memory_needed(cfg)["parameters"]
     plain = config.load("tiny", ["model.rnn_size=16"])
-    assert train.init_state(plain, 10, 4).averaged is None and "moving average" not in train.memory_needed(plain)
+    assert train.init_state(plain, 10, 4).averaged is None
+    assert "moving average" not in train.memory_needed(plain)
 
 
 def test_weight_decay_shrinks_the_matrices_and_not_the_biases():
