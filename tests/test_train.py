@@ -79,16 +79,22 @@ def test_eval_json_reports_nats_and_bits(saw_corpus, tmp_path):
     assert_user_error(run_jaxvoice("eval", "--run", tmp_path / "nope"), "nope")
 
 
-def test_two_steps_save_resume_equals_four_steps_bitwise(saw_corpus, tmp_path):
+def _straight_and_resumed(corpus: Path, tmp_path: Path, steps: int, extra: list[str]) -> tuple[Path, Path]:
+    """Two runs to `steps`: one straight, one stopped at half and resumed; their train.csv losses equal."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_jaxvoice(*train_cmd(corpus, straight, "--steps", str(steps), *extra), check=True)
+    run_jaxvoice(*train_cmd(corpus, resumed, "--steps", str(steps // 2), *extra), check=True)
+    run_jaxvoice(*train_cmd(corpus, resumed, "--steps", str(steps), "--resume", *extra), check=True)
+    loss = lambda run: [(r["step"], r["loss"], r["grad_norm"]) for r in read_csv(run / "train.csv")]
+    assert loss(resumed) == loss(straight) and len(loss(straight)) == steps
+    return straight, resumed
+
+
+def test_two_steps_save_resume_equals_four_steps_bitwise(saw_corpus, tmp_path):
     # weight decay: AdamW's state goes through the checkpoint too (the other resume tests run plain Adam)
     extra = ["--set", "train.checkpoint_every=2", "--set", "model.dropout=0.1", "--set", "model.num_layers=2",
              "--set", "train.weight_decay=0.1"]  # fmt: skip
-    run_jaxvoice(*train_cmd(saw_corpus, straight, "--steps", "4", *extra), check=True)
-    run_jaxvoice(*train_cmd(saw_corpus, resumed, "--steps", "2", *extra), check=True)
-    run_jaxvoice(*train_cmd(saw_corpus, resumed, "--steps", "4", "--resume", *extra), check=True)
-    loss = lambda run: [(r["step"], r["loss"], r["grad_norm"]) for r in read_csv(run / "train.csv")]
-    assert loss(resumed) == loss(straight) and len(loss(straight)) == 4
+    straight, resumed = _straight_and_resumed(saw_corpus, tmp_path, 4, extra)
     a = checkpoint.restore_for_inference(straight, "latest")
     b = checkpoint.restore_for_inference(resumed, "latest")
     assert a.step == b.step == 4
@@ -99,14 +105,9 @@ def test_two_steps_save_resume_equals_four_steps_bitwise(saw_corpus, tmp_path):
 def test_moving_average_resumes_bitwise_and_is_the_model_that_is_saved_and_evaluated(saw_corpus, tmp_path):
     """With train.ema_decay the checkpoints' params (what eval and sample read) are the weights' moving
     average, val.csv is its loss, and the weights themselves go through the checkpoint for exact resume."""
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     extra = ["--set", "train.checkpoint_every=3", "--set", "train.eval_every=3",
              "--set", "train.ema_decay=0.9"]  # fmt: skip
-    run_jaxvoice(*train_cmd(saw_corpus, straight, "--steps", "6", *extra), check=True)
-    run_jaxvoice(*train_cmd(saw_corpus, resumed, "--steps", "3", *extra), check=True)
-    run_jaxvoice(*train_cmd(saw_corpus, resumed, "--steps", "6", "--resume", *extra), check=True)
-    loss = lambda run: [(r["step"], r["loss"], r["grad_norm"]) for r in read_csv(run / "train.csv")]
-    assert loss(resumed) == loss(straight) and len(loss(straight)) == 6
+    straight, resumed = _straight_and_resumed(saw_corpus, tmp_path, 6, extra)
     assert read_csv(resumed / "val.csv") == read_csv(straight / "val.csv")
 
     cfg = config.load(straight / "config.toml")
