@@ -14,6 +14,8 @@ import os
 import pkgutil
 import platform
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
 import jaxvoice.commands
@@ -113,14 +115,25 @@ def _show_library_warnings(quiet: bool) -> None:
 QUIET_LOGGERS = ("absl", "concurrent.futures", "asyncio")
 
 
-def _hide_orbax_read_leftovers(unraisable, previous=sys.unraisablehook) -> None:
-    """When one array of a damaged checkpoint fails to read, orbax's other reads of that step are left behind
-    as coroutines that Python reports ("Exception ignored in ...") when they are collected, maybe at exit.
-    The command has reported the damage once; every other unraisable exception is shown as usual."""
+def _hide_orbax_leftovers(unraisable, previous=sys.unraisablehook) -> None:
+    """When one array of a checkpoint fails to read (damage) or to write (a full disk), orbax's other reads
+    or writes of that step are left behind: as coroutines that Python reports ("Exception ignored in ...")
+    when they are collected, maybe at exit, and as tensorstore's callbacks that finish after orbax's event
+    loop has closed ("RuntimeError: Event loop is closed", from a tensorstore thread). The command has
+    reported the failure once; every other unraisable exception is shown as usual."""
     code = getattr(unraisable.object, "cr_code", None)
     if code is not None and "orbax" in code.co_filename:
         return
+    if unraisable.object is None and _raised_in_closed_event_loop(unraisable.exc_value):
+        return  # jaxvoice uses no asyncio itself: this loop was orbax's
     previous(unraisable)
+
+
+def _raised_in_closed_event_loop(error: BaseException | None) -> bool:
+    if not isinstance(error, RuntimeError) or str(error) != "Event loop is closed":
+        return False
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and frames[0].name == "call_soon_threadsafe"
 
 
 def _own_the_process(quiet: bool) -> None:
@@ -132,7 +145,9 @@ def _own_the_process(quiet: bool) -> None:
         reconfigure(errors="surrogateescape")
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    sys.unraisablehook = _hide_orbax_read_leftovers
+    sys.unraisablehook = _hide_orbax_leftovers
+    # The coroutines of a failed orbax write that were never started are reported when collected at exit.
+    warnings.filterwarnings("ignore", r"coroutine '.*' was never awaited", RuntimeWarning)
 
 
 def import_user_module(spec: str) -> None:

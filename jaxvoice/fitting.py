@@ -11,6 +11,8 @@ the standard ones; the library prints nothing (pass `say` to hear what the CLI p
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,10 +38,18 @@ class FitResult:
     val_step: int | None
 
 
+# tensorstore (under orbax) reports a failed system call as a ValueError whose text ends in this.
+_TENSORSTORE_OS_ERROR = re.compile(r"os_error_code='(\d+)'")
+
+
 def describe_error(error: BaseException) -> str:
-    """An I/O error (or any) as a short phrase for a one-line message."""
+    """An I/O error (or any) as a short phrase for a one-line message: the system's words for an OSError or
+    for tensorstore's report of one ("No space left on device"), else the error's first line."""
     if isinstance(error, OSError) and error.strerror:
         return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    os_error = _TENSORSTORE_OS_ERROR.search(str(error))
+    if os_error:
+        return os.strerror(int(os_error.group(1)))
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0][:160]}" if text else type(error).__name__
 

@@ -16,6 +16,7 @@ import pytest
 from conftest import assert_user_error, jaxvoice_cmd, run_jaxvoice, sawtooth, write_audio
 
 from jaxvoice import checkpoint
+from jaxvoice.fitting import describe_error
 
 SMALL = ["--config", "tiny", "--set", "model.rnn_size=32", "--set", "train.batch_size=8",
          "--set", "train.seq_length=16", "--quiet"]  # fmt: skip
@@ -134,17 +135,36 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_a_full_disk_stops_cleanly_and_the_run_resumes(corpus_dir, small_disk, tmp_path):
-    run, straight = small_disk / "run", tmp_path / "straight"
-    extra = ["--set", "train.checkpoint_every=20", "--set", "train.eval_every=20"]
+@pytest.fixture(scope="module")
+def straight_to_80(corpus_dir, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("straight") / "run"
     run_jaxvoice(
-        "train", *SMALL, *extra, "--data", corpus_dir, "--out", straight, "--steps", "80", check=True
+        "train", *SMALL, *FULL_DISK_EXTRA, "--data", corpus_dir, "--out", run, "--steps", "80", check=True
     )
+    return run
+
+
+FULL_DISK_EXTRA = ["--set", "train.checkpoint_every=20", "--set", "train.eval_every=20"]
+
+
+def save_of_40_started(run: Path) -> bool:
+    return checkpoint_seen(run, 40, finished=False)
+
+
+def checkpoint_20_done(run: Path) -> bool:
+    return (run / "checkpoints" / "20").is_dir()
+
+
+# Two moments to fill the disk: between saves (train.csv or the next save's first file meets it), and
+# while orbax and tensorstore write the arrays of a checkpoint (their threads meet it).
+@pytest.mark.parametrize("moment", [checkpoint_20_done, save_of_40_started])
+def test_a_full_disk_stops_cleanly_and_the_run_resumes(corpus_dir, small_disk, straight_to_80, moment):
+    run = small_disk / "run"
     args = [
         *jaxvoice_cmd(),
         "train",
         *SMALL,
-        *extra,
+        *FULL_DISK_EXTRA,
         "--data",
         str(corpus_dir),
         "--out",
@@ -152,15 +172,17 @@ def test_a_full_disk_stops_cleanly_and_the_run_resumes(corpus_dir, small_disk, t
         "--steps",
         "80",
     ]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while not (run / "checkpoints" / "20").is_dir():
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.02)
+    # The filler is opened before the run starts and unbuffered: a buffered file's close flushes what a
+    # failed write left behind, which fails again on the full disk (once a CI run failed so).
     filler = small_disk / "filler"
-    with open(filler, "wb") as f, pytest.raises(OSError):
-        while True:
-            f.write(bytes(1 << 16))
-            f.flush()
+    with open(filler, "wb", buffering=0) as f:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        while not moment(run):
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.001)
+        with pytest.raises(OSError):
+            while True:
+                f.write(bytes(1 << 16))
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err
     lines = [line for line in err.splitlines() if line.strip()]
@@ -169,8 +191,14 @@ def test_a_full_disk_stops_cleanly_and_the_run_resumes(corpus_dir, small_disk, t
     filler.unlink()
     proc = run_jaxvoice("train", "--out", run, "--resume", "--steps", "80")
     assert proc.returncode == 0, proc.stderr
-    assert rows(run) == rows(straight) and rows(run, "val.csv") == rows(straight, "val.csv")
-    assert_same_params(run, straight)
+    assert rows(run) == rows(straight_to_80) and rows(run, "val.csv") == rows(straight_to_80, "val.csv")
+    assert_same_params(run, straight_to_80)
+
+
+def test_tensorstores_report_of_an_os_error_reads_as_the_systems_words():
+    text = "RESOURCE_EXHAUSTED: Error writing local file \"x\": Failed to write 1251 bytes: No space left [os_error_code='28']"
+    assert describe_error(ValueError(text)) == os.strerror(28)
+    assert describe_error(ValueError("INVALID_ARGUMENT: bad\nmore")) == "ValueError: INVALID_ARGUMENT: bad"
 
 
 # --- ten kills at random moments ---------------------------------------------------------------------------
