@@ -135,6 +135,9 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+FULL_DISK_EXTRA = ["--set", "train.checkpoint_every=20", "--set", "train.eval_every=20"]
+
+
 @pytest.fixture(scope="module")
 def straight_to_80(corpus_dir, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("straight") / "run"
@@ -142,9 +145,6 @@ def straight_to_80(corpus_dir, tmp_path_factory) -> Path:
         "train", *SMALL, *FULL_DISK_EXTRA, "--data", corpus_dir, "--out", run, "--steps", "80", check=True
     )
     return run
-
-
-FULL_DISK_EXTRA = ["--set", "train.checkpoint_every=20", "--set", "train.eval_every=20"]
 
 
 def save_of_40_started(run: Path) -> bool:
