@@ -7,10 +7,35 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+
+def pytest_configure(config):
+    """One persistent XLA compilation cache for the whole session, its workers and every `jaxvoice` they run.
+
+    Most of a small test's time is compiling (a tiny 4-step `jaxvoice train` is ~15 s cold and ~6 s with its
+    programs cached), and many tests compile the same tiny programs in fresh processes. Set in the controller
+    before xdist starts its workers, who inherit the environment (and read it when they import JAX); removed at
+    the end. (An entry read while another process still writes it is JAX's warning and a compile of its own,
+    not an error; JAX's file lock against that, on with a size limit, rescans the folder at every write: 15%
+    slower at a few hundred entries.) A cache the caller set up is left as it is."""
+    if hasattr(config, "workerinput") or "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return
+    config._jaxvoice_xla_cache = tempfile.mkdtemp(prefix="jaxvoice-tests-xla-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = config._jaxvoice_xla_cache
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # (default 1 s) the tiny programs add up
+
+
+def pytest_unconfigure(config):
+    cache = getattr(config, "_jaxvoice_xla_cache", None)
+    if cache:
+        os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+        os.environ.pop("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", None)
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 def jaxvoice_cmd() -> list[str]:
