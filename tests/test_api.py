@@ -38,6 +38,7 @@ def losses(run: Path) -> list[tuple[str, str, str]]:
     return [(r["step"], r["loss"], r["grad_norm"]) for r in rows(run / "train.csv")]
 
 
+@pytest.mark.slow
 def test_a_run_made_in_python_is_resumed_by_the_cli_exactly(corpus_dir, tmp_path):
     cfg = jaxvoice.load_config("tiny", SMALL)
     run = jaxvoice.Run.create(tmp_path / "py", cfg, corpus_dir)

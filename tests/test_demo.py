@@ -108,6 +108,7 @@ def short_demo(tmp_path_factory):
     return out, proc
 
 
+@pytest.mark.slow
 def test_short_demo_writes_every_promised_file(short_demo):
     out, proc = short_demo
     run = out / "run"
@@ -175,6 +176,7 @@ def test_short_demo_writes_every_promised_file(short_demo):
     assert record["order0_bits"]["val"] == pytest.approx(order0)
 
 
+@pytest.mark.slow
 def test_demo_keeps_what_it_did_not_make(short_demo, tmp_path):
     out, _ = short_demo
     assert_user_error(run_jaxvoice("demo", "--out", out, "--minutes", "0.2"), "already exists", "--force")
@@ -190,6 +192,7 @@ def test_demo_keeps_what_it_did_not_make(short_demo, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_the_default_demo_beats_order0_clearly(tmp_path):
     """The README's figure: two minutes of the demo's preset on three minutes of synthetic singing."""
     out = tmp_path / "demo"

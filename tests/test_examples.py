@@ -35,6 +35,7 @@ def mgu_runs(tmp_path_factory):
     return root / "straight" / "run", root / "resumed" / "run"
 
 
+@pytest.mark.slow
 def test_a_registered_cell_trains_resumes_exactly_and_samples_through_the_cli(mgu_runs, tmp_path):
     straight, resumed = mgu_runs
     module = EXAMPLES / "custom_cell.py"
@@ -54,6 +55,7 @@ def test_a_registered_cell_trains_resumes_exactly_and_samples_through_the_cli(mg
     assert_user_error(run_jaxvoice("eval", "--import", "no_such_module", "--run", straight), "no_such_module")
 
 
+@pytest.mark.slow
 def test_the_sweep_makes_normal_runs_and_a_table(tmp_path):
     proc = run_example("sweep.py", "--out", tmp_path, "--steps", "8", "--rates", "1e-3,1e-2", *TOY)
     table = proc.stdout.strip().splitlines()
@@ -65,6 +67,7 @@ def test_the_sweep_makes_normal_runs_and_a_table(tmp_path):
     run_jaxvoice("report", "--run", tmp_path / "lr_0.01", "-q", check=True)
 
 
+@pytest.mark.slow
 def test_the_custom_loss_trains_and_is_judged_by_plain_cross_entropy():
     proc = run_example("custom_loss.py", "--steps", "10", "--smoothing", "0.2", *TOY)
     lines = proc.stdout.strip().splitlines()

@@ -157,6 +157,7 @@ def checkpoint_20_done(run: Path) -> bool:
 
 # Two moments to fill the disk: between saves (train.csv or the next save's first file meets it), and
 # while orbax and tensorstore write the arrays of a checkpoint (their threads meet it).
+@pytest.mark.slow
 @pytest.mark.parametrize("moment", [checkpoint_20_done, save_of_40_started])
 def test_a_full_disk_stops_cleanly_and_the_run_resumes(corpus_dir, small_disk, straight_to_80, moment):
     run = small_disk / "run"

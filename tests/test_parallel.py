@@ -32,6 +32,7 @@ def losses(run: Path, name: str = "train.csv", column: str = "loss") -> np.ndarr
         return np.array([float(r[column]) for r in csv.DictReader(f)])
 
 
+@pytest.mark.slow
 def test_four_devices_match_one_and_resume_exactly(corpus_dir, tmp_path):
     one, four, four_resumed = tmp_path / "one", tmp_path / "four", tmp_path / "four_resumed"
     args = ["train", *SMALL, "--data", corpus_dir]
@@ -61,6 +62,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(corpus_dir, tmp_path):
     single, multi = tmp_path / "single", tmp_path / "multi"
     args = ["train", *SMALL, "--data", corpus_dir, "--steps", "10"]
@@ -128,6 +130,7 @@ def test_sampling_steps_each_devices_own_streams_without_collectives():
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
 
 
+@pytest.mark.slow
 def test_sampling_on_four_devices_writes_the_bytes_of_one(corpus_dir, tmp_path):
     """6 streams on 4 devices (padded to 8): each file equals the 1-device file of that stream."""
     run = tmp_path / "run"

@@ -61,6 +61,7 @@ def parse(path: Path) -> _Tags:
     return parser
 
 
+@pytest.mark.slow
 def test_report_in_headless_chromium_loads_every_image_and_plays_every_sample(run_copy, tmp_path):
     from playwright.sync_api import sync_playwright  # pip install playwright; no browser download needed
 

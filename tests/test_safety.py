@@ -39,6 +39,7 @@ def _tree(root: Path, skip: Path) -> set[Path]:
     return {p for p in root.rglob("*") if skip not in p.parents and p != skip}
 
 
+@pytest.mark.slow
 def test_paths_in_a_runs_json_cannot_redirect_writes(tmp_path):
     wav = write_audio(tmp_path / "saw.wav", sawtooth(11025 / 17, 11025, 3.0, 0.6), 11025)
     run_jaxvoice("prepare", wav, "-o", tmp_path / "corpus", "-q", check=True)

@@ -133,6 +133,7 @@ def test_gradients_match_finite_differences(level, kernels, tiers, upsampling, s
         check_grads(loss, (params,), order=1, modes=["rev", "fwd"], atol=1e-6, rtol=1e-6, eps=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(SHAPE_NAMES, SHAPES)
 def test_dropout_is_for_training_only_and_its_gradients_are_exact(
     level, tiers, upsampling, sample_input, history
@@ -173,6 +174,7 @@ def _train(cfg, data, steps, B=16):
     return state, [float(v) for v in jax.device_get(losses)]
 
 
+@pytest.mark.slow
 def test_learns_a_periodic_signal_and_its_carry_matters():
     """Period 40 with windows of 16: the pattern is only predictable with what the carry remembers."""
     T, period = 16, 40
@@ -214,6 +216,7 @@ THREE_TIERS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tiers", [[], THREE_TIERS], ids=["2-tiers", "3-tiers-shared"])
 def test_resume_is_bitwise_and_sampling_works_from_the_cli(saw_corpus, tmp_path, tiers):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
@@ -263,6 +266,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_four_devices_equal_one():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(_FOUR_DEVICES)], capture_output=True, text=True,

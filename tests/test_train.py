@@ -63,6 +63,7 @@ def test_tiny_learns_a_sawtooth_and_writes_the_run_directory(saw_corpus, tmp_pat
     assert proc.stderr.strip() == ""  # --quiet
 
 
+@pytest.mark.slow
 def test_eval_json_reports_nats_and_bits(saw_corpus, tmp_path):
     run = tmp_path / "run"
     run_jaxvoice(
@@ -102,6 +103,7 @@ def test_two_steps_save_resume_equals_four_steps_bitwise(saw_corpus, tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.slow
 def test_moving_average_resumes_bitwise_and_is_the_model_that_is_saved_and_evaluated(saw_corpus, tmp_path):
     """With train.ema_decay the checkpoints' params (what eval and sample read) are the weights' moving
     average, val.csv is its loss, and the weights themselves go through the checkpoint for exact resume."""
@@ -187,6 +189,7 @@ def _make_legacy(run: Path) -> None:
     mngr.close()
 
 
+@pytest.mark.slow
 def test_a_checkpoint_from_before_model_families_resumes_exactly(saw_corpus, tmp_path):
     straight, old = tmp_path / "straight", tmp_path / "old"
     extra = ["--set", "train.checkpoint_every=2", "--set", "model.num_layers=2"]
@@ -199,6 +202,7 @@ def test_a_checkpoint_from_before_model_families_resumes_exactly(saw_corpus, tmp
     assert loss(old) == loss(straight) and len(loss(old)) == 4
 
 
+@pytest.mark.slow
 def test_sampling_while_training_writes_what_jaxvoice_sample_writes_once(saw_corpus, tmp_path):
     run = tmp_path / "run"
     extra = ["--set", "train.checkpoint_every=2", "--set", "train.sample_seconds=0.05"]
@@ -242,6 +246,7 @@ def _wait_for_checkpoint(run: Path, proc: subprocess.Popen, timeout: float = 120
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_a_run_killed_with_sigkill_resumes_and_matches(saw_corpus, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     extra = ["--steps", "150", "--set", "train.checkpoint_every=25", "--set", "train.eval_every=50"]
@@ -295,6 +300,7 @@ def test_resume_without_a_checkpoint_starts_at_zero_and_says_so(saw_corpus, tmp_
     assert len(read_csv(run / "train.csv")) == 3
 
 
+@pytest.mark.slow
 def test_existing_run_without_resume_is_refused_and_untouched(saw_corpus, tmp_path):
     run = tmp_path / "run"
     run_jaxvoice(*train_cmd(saw_corpus, run, "--steps", "2"), check=True)
@@ -350,6 +356,7 @@ def test_no_recompilation_after_the_first_step():
     assert step_fn._cache_size() == 1
 
 
+@pytest.mark.slow
 def test_carried_state_beats_reset_on_a_period_longer_than_t():
     T, B, period = 8, 16, 40
     cfg = config.load("tiny", ["model.rnn_size=64", f"train.batch_size={B}", f"train.seq_length={T}",
