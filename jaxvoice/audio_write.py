@@ -82,7 +82,9 @@ class WavStreamWriter:
 
     libsndfile writes the sizes into the header only on close (its flush does not), so a sampler that is
     killed would leave a header saying 0 frames. This writer keeps the canonical header itself:
-    each write appends the samples first, then patches the RIFF and data sizes, then flushes to the OS.
+    each write appends the samples first, then patches the RIFF and data sizes, straight to the OS (the file
+    is unbuffered). A write the disk refuses (full) is undone: the file is cut back to the samples before it,
+    whose header it keeps, and the error names how many that is.
     An existing file at `path` is replaced. Use as a context manager or call close().
     """
 
@@ -98,12 +100,11 @@ class WavStreamWriter:
         self._tag, self._bits = _STREAM_SUBTYPES[subtype]
         self._data_bytes = 0
         try:
-            self._file = open(self.path, "wb")  # noqa: SIM115 (closed in close())
+            self._file = open(self.path, "wb", buffering=0)  # noqa: SIM115 (closed in close())
+            self._header_bytes = len(self._header())
+            files.write_at(self._file, 0, self._header())
         except OSError as e:
             raise UserError(f"cannot write {self.path}: {e.strerror}") from None
-        self._header_bytes = len(self._header())
-        self._file.write(self._header())
-        self._file.flush()
 
     def _header(self) -> bytes:
         """Canonical header; FLOAT (format tag 3) also gets cbSize and the `fact` chunk that non-PCM needs."""
@@ -142,16 +143,23 @@ class WavStreamWriter:
         payload = self._payload(samples)
         if self._data_bytes + len(payload) > 0xFFFFFFFF - 64:
             raise UserError(f"{self.path} would exceed the 4 GiB a WAV file can hold: write shorter samples")
-        f = self._file
-        f.seek(self._header_bytes + self._data_bytes)
-        f.write(payload)
-        self._data_bytes += len(payload)
-        self.frames += len(samples)
-        if self._data_bytes & 1:
-            f.write(b"\0")  # RIFF pad byte; the next write starts over it
-        f.seek(0)
-        f.write(self._header())
-        f.flush()
+        kept_bytes, kept_frames = self._data_bytes, self.frames
+        pad = (
+            b"\0" if (kept_bytes + len(payload)) & 1 else b""
+        )  # RIFF pad byte; the next write starts over it
+        try:
+            files.write_at(self._file, self._header_bytes + kept_bytes, payload + pad)
+            self._data_bytes += len(payload)
+            self.frames += len(samples)
+            files.write_at(self._file, 0, self._header())
+        except OSError as e:
+            self._data_bytes, self.frames = kept_bytes, kept_frames
+            with contextlib.suppress(OSError):  # cutting back frees space; the header is rewritten in place
+                self._file.truncate(self._header_bytes + kept_bytes + (kept_bytes & 1))
+                files.write_at(self._file, 0, self._header())
+            raise UserError(
+                f"cannot write {self.path}: {e.strerror or e}; it keeps the {kept_frames:,} samples written before"
+            ) from None
 
     def close(self) -> None:
         if not self._file.closed:

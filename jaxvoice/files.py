@@ -100,6 +100,17 @@ def write_atomic(path: str | os.PathLike, data: str | bytes, *, sync: bool = Fal
     return Path(path)
 
 
+def write_at(file, offset: int, data: bytes) -> None:
+    """Write all of `data` at `offset` of an unbuffered binary file (a raw write may take only part of it).
+
+    The files that grow while they are written (streamed samples) are unbuffered, so that a write the disk
+    refuses leaves no bytes in a buffer for close() to fail on again."""
+    file.seek(offset)
+    view = memoryview(data)
+    while view:
+        view = view[file.write(view) :]
+
+
 def missing_parents(path: str | os.PathLike) -> list[Path]:
     """The folders above `path` that do not exist yet, deepest first."""
     return [p for p in Path(path).absolute().parents if not p.exists()]

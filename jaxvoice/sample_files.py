@@ -14,6 +14,7 @@ and the outputs must fit in the free space of their disks.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -169,7 +170,7 @@ class SymbolWriter:
         self._raw = self._wav = self._sound = None
         if self.format.name == "bytes":
             try:
-                self._raw = open(self.path, "wb")  # noqa: SIM115 (closed in close())
+                self._raw = open(self.path, "wb", buffering=0)  # noqa: SIM115 (closed in close())
             except OSError as e:
                 raise UserError(f"cannot write {self.path}: {e.strerror}") from None
         elif self.format.name == "WAV":
@@ -182,13 +183,20 @@ class SymbolWriter:
         symbols = np.asarray(symbols, np.uint8).reshape(-1)
         try:
             if self._raw is not None:
-                self._raw.write(symbols.tobytes())
-                self._raw.flush()
+                files.write_at(self._raw, self.samples, symbols.tobytes())
             else:
                 writer = self._wav or self._sound
                 writer.write(symbols if self.codec == "linear" else codec_lib.decode(self.codec, symbols))
         except OSError as e:
-            raise UserError(f"cannot write {self.path}: {e.strerror or e}") from None
+            if self._raw is None:
+                raise UserError(f"cannot write {self.path}: {e.strerror or e}") from None
+            with contextlib.suppress(
+                OSError
+            ):  # as the WAV writer does: back to the symbols before this write
+                self._raw.truncate(self.samples)
+            raise UserError(
+                f"cannot write {self.path}: {e.strerror or e}; it keeps the {self.samples:,} samples written before"
+            ) from None
         self.samples += symbols.size
 
     def close(self, keep: bool = True) -> None:

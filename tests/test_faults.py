@@ -13,10 +13,13 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+import soundfile as sf
 from conftest import assert_user_error, jaxvoice_cmd, run_jaxvoice, sawtooth, write_audio
 
-from jaxvoice import checkpoint
+from jaxvoice import checkpoint, codec
+from jaxvoice.errors import UserError
 from jaxvoice.fitting import describe_error
+from jaxvoice.sample_files import SymbolWriter
 
 SMALL = ["--config", "tiny", "--set", "model.rnn_size=32", "--set", "train.batch_size=8",
          "--set", "train.seq_length=16", "--quiet"]  # fmt: skip
@@ -194,6 +197,27 @@ def test_a_full_disk_stops_cleanly_and_the_run_resumes(corpus_dir, small_disk, s
     assert proc.returncode == 0, proc.stderr
     assert rows(run) == rows(straight_to_80) and rows(run, "val.csv") == rows(straight_to_80, "val.csv")
     assert_same_params(run, straight_to_80)
+
+
+def test_a_streamed_wav_that_meets_a_full_disk_keeps_the_samples_before(small_disk):
+    """`jaxvoice sample` streams its WAV through this writer: when the disk fills, the write is undone, the
+    error is one UserError naming what is kept, and closing does not fail again (it did: a buffered file's
+    close flushed the refused bytes onto the full disk, and `sample` ended in a traceback)."""
+    path, symbols = small_disk / "s.wav", (np.arange(12_000) % 256).astype(np.uint8)
+    with (
+        open(small_disk / "filler", "wb", buffering=0) as filler,
+        pytest.raises(UserError) as refused,
+        SymbolWriter(path, "linear", 8000) as writer,
+    ):
+        writer.write(symbols[:6000])
+        with pytest.raises(OSError):
+            while True:
+                filler.write(bytes(1 << 12))
+        writer.write(symbols[6000:])  # past the pages the file has
+    assert "No space left on device" in str(refused.value) and "6,000 samples" in str(refused.value)
+    written, rate = sf.read(str(path), dtype="float32")
+    assert rate == 8000 and sf.info(str(path)).subtype == "PCM_U8" and os.path.getsize(path) == 44 + 6000
+    np.testing.assert_array_equal(codec.encode("linear", written), symbols[:6000])
 
 
 def test_tensorstores_report_of_an_os_error_reads_as_the_systems_words():
