@@ -144,9 +144,8 @@ class WavStreamWriter:
         if self._data_bytes + len(payload) > 0xFFFFFFFF - 64:
             raise UserError(f"{self.path} would exceed the 4 GiB a WAV file can hold: write shorter samples")
         kept_bytes, kept_frames = self._data_bytes, self.frames
-        pad = (
-            b"\0" if (kept_bytes + len(payload)) & 1 else b""
-        )  # RIFF pad byte; the next write starts over it
+        # the RIFF pad byte after odd data; the next write starts over it
+        pad = b"\0" if (kept_bytes + len(payload)) & 1 else b""
         try:
             files.write_at(self._file, self._header_bytes + kept_bytes, payload + pad)
             self._data_bytes += len(payload)

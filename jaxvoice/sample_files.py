@@ -190,9 +190,8 @@ class SymbolWriter:
         except OSError as e:
             if self._raw is None:
                 raise UserError(f"cannot write {self.path}: {e.strerror or e}") from None
-            with contextlib.suppress(
-                OSError
-            ):  # as the WAV writer does: back to the symbols before this write
+            # as the WAV writer does: back to the symbols before this write
+            with contextlib.suppress(OSError):
                 self._raw.truncate(self.samples)
             raise UserError(
                 f"cannot write {self.path}: {e.strerror or e}; it keeps the {self.samples:,} samples written before"
