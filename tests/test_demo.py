@@ -109,6 +109,7 @@ def short_demo(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_short_demo_writes_every_promised_file(short_demo):
     out, proc = short_demo
     run = out / "run"
@@ -177,6 +178,7 @@ def test_short_demo_writes_every_promised_file(short_demo):
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_demo_keeps_what_it_did_not_make(short_demo, tmp_path):
     out, _ = short_demo
     assert_user_error(run_jaxvoice("demo", "--out", out, "--minutes", "0.2"), "already exists", "--force")
