@@ -56,6 +56,7 @@ class TrainConfig:
     lr_decay_factor: float = 0.5
     weight_decay: float = 0.0  # > 0: AdamW's decoupled decay of the matrices (0: Adam, torch-rnn's)
     ema_decay: float = 0.0  # > 0: evaluate, save and sample a moving average of the weights (0: the weights)
+    ema_warmup: float = 10.0  # W > 1: the average's decay is (1 + t) / (W + t) until that reaches ema_decay
     max_epochs: int = 50
     eval_every: int = 1000  # steps
     checkpoint_every: int = 1000  # steps
@@ -186,6 +187,10 @@ def _validate(cfg: Config) -> Config:
         (
             0.0 <= cfg.train.ema_decay < 1.0,
             "train.ema_decay must be in [0, 1), e.g. 0.999 (0 turns the weights' moving average off)",
+        ),
+        (
+            math.isfinite(cfg.train.ema_warmup) and cfg.train.ema_warmup > 1,
+            "train.ema_warmup must be a number > 1, e.g. 10 (the average then spans ~1/9 of the steps so far)",
         ),
         (cfg.sample.temperature > 0, "sample.temperature must be > 0"),
         (

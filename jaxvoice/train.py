@@ -44,11 +44,13 @@ class TrainState(struct.PyTreeNode):
         return self.params if self.averaged is None else self.averaged
 
 
-def ema_rate(ema_decay: float, step: jax.Array) -> jax.Array:
-    """The moving average's decay at update `step`: `ema_decay`, but (1 + step) / (10 + step) while that is
-    smaller, so that the first updates' weights (far from any good model) are soon forgotten."""
+def ema_rate(ema_decay: float, step: jax.Array, warmup: float = 10.0) -> jax.Array:
+    """The moving average's decay at update `step`: `ema_decay`, but (1 + step) / (warmup + step) while that
+    is smaller, so that the first updates' weights (far from any good model) are soon forgotten: the average
+    then spans about the last step / (warmup - 1) updates. With warmup 10 that stays below 0.9995 until step
+    ~18,000, so in a run shorter than that the warm-up, not `ema_decay`, sets the span."""
     step = jnp.asarray(step, jnp.float32)
-    return jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
+    return jnp.minimum(ema_decay, (1.0 + step) / (warmup + step))
 
 
 def make_schedule(train_cfg: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
@@ -121,7 +123,7 @@ def _train_step(state: TrainState, inputs_BxT, targets_BxT, *, cfg, steps_per_ep
     params = optax.apply_updates(state.params, updates)
     averaged = state.averaged
     if averaged is not None:  # Polyak averaging: a high learning rate's noise averaged out of the model
-        rate = ema_rate(cfg.train.ema_decay, state.step)
+        rate = ema_rate(cfg.train.ema_decay, state.step, cfg.train.ema_warmup)
         averaged = jax.tree.map(lambda a, p: (rate * a + (1.0 - rate) * p).astype(a.dtype), averaged, params)
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state, carry=carry, averaged=averaged

@@ -93,6 +93,8 @@ def test_unknown_key_in_a_toml_file(tmp_path):
         "train.learning_rate=-1",
         "train.ema_decay=1.0",
         "train.ema_decay=-0.5",
+        "train.ema_warmup=1",
+        "train.ema_warmup=nan",
     ],
 )
 def test_impossible_values_are_refused(override):

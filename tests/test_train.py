@@ -132,18 +132,20 @@ def test_moving_average_resumes_bitwise_and_is_the_model_that_is_saved_and_evalu
                                                            rel=1e-5)  # fmt: skip
 
 
-def test_moving_average_follows_the_weights_at_its_rate():
-    """After each update a = r a + (1 - r) w with r = min(decay, (1 + step) / (10 + step)): at step 0 it is
-    0.1, so the average leaves the initial weights at once."""
+@pytest.mark.parametrize(("warmup", "decay"), [(None, 0.5), (30.0, 0.99), (2.0, 0.5)])
+def test_moving_average_follows_the_weights_at_its_rate(warmup, decay):
+    """After each update a = r a + (1 - r) w with r = min(decay, (1 + step) / (W + step)), W = train.ema_warmup
+    (default 10): at step 0 it is 1 / W, so the average leaves the initial weights at once."""
+    extra = [] if warmup is None else [f"train.ema_warmup={warmup}"]
     cfg = config.load("tiny", ["model.rnn_size=16", "train.batch_size=4", "train.seq_length=8",
-                               "train.ema_decay=0.5"])  # fmt: skip
+                               f"train.ema_decay={decay}", *extra])  # fmt: skip
     streams = Streams(_tokens_with_period(50, 2000), 4, 8)
     state = train.init_state(cfg, streams.steps, 4)
     expected = jax.tree.map(np.asarray, state.params)
     step_fn = train.make_train_step(cfg, streams.steps)
     for i in range(4):
         state, _ = step_fn(state, *streams.batch(i))
-        r = min(0.5, (1 + i) / (10 + i))
+        r = min(decay, (1 + i) / ((warmup or 10.0) + i))
         expected = jax.tree.map(lambda a, w, r=r: r * a + (1 - r) * np.asarray(w), expected, state.params)
         for a, b in zip(jax.tree.leaves(state.averaged), jax.tree.leaves(expected), strict=True):
             np.testing.assert_allclose(np.asarray(a), b, rtol=1e-6, atol=1e-7)
@@ -323,6 +325,7 @@ def test_existing_run_without_resume_is_refused_and_untouched(saw_corpus, tmp_pa
         (["--set", "train.batch_size=1000", "--set", "train.seq_length=1000"], ["train split", "batch_size"]),
         (["--steps", "0"], ["--steps"]),
         (["--set", "train.ema_decay=1"], ["train.ema_decay", "[0, 1)"]),
+        (["--set", "train.ema_warmup=1"], ["train.ema_warmup", "> 1"]),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(saw_corpus, tmp_path, extra, words):
