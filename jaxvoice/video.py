@@ -280,7 +280,8 @@ def _encode(sections, path: Path, lay, fps: Fraction, title, progress) -> tuple[
     except av.FFmpegError as e:
         with contextlib.suppress(Exception):
             encoder.container.close()
-        raise OSError(getattr(e, "errno", None) or 0, str(e)) from None
+        # FFmpeg's own words (e.g. "No space left on device"), not its message that names the temporary file
+        raise OSError(getattr(e, "errno", None) or 0, getattr(e, "strerror", None) or str(e)) from None
     except BaseException:
         with contextlib.suppress(Exception):
             encoder.container.close()

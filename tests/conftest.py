@@ -105,3 +105,14 @@ def run_copy(base_run, tmp_path) -> Path:
     run = tmp_path / "run"
     shutil.copytree(base_run, run)
     return run
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 4 MiB filesystem (tmpfs; CI runs as root). Filled up by the test at the moment it chooses."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
+    assert proc.returncode == 0, f"cannot mount a tmpfs for the full-disk test: {proc.stderr.decode()}"
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)

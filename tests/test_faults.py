@@ -127,17 +127,6 @@ def test_an_unfinished_save_is_ignored(runs, tmp_path):
 # --- a full disk -------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 4 MiB filesystem (tmpfs; CI runs as root). Filled up by the test at the moment it chooses."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
-    assert proc.returncode == 0, f"cannot mount a tmpfs for the full-disk test: {proc.stderr.decode()}"
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 FULL_DISK_EXTRA = ["--set", "train.checkpoint_every=20", "--set", "train.eval_every=20"]
 
 

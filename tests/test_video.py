@@ -200,6 +200,19 @@ def test_bad_input_is_one_line_and_writes_nothing(run_copy, tmp_path, setup, ext
     assert sorted(p for p in tmp_path.rglob("*")) == before  # no output, no folder, no temporary file
 
 
+def test_a_disk_that_fills_while_the_video_encodes_is_one_line_and_leaves_no_file(base_run, small_disk):
+    """The encoder's refused write ends as one line naming the video and the system's words (not FFmpeg's
+    message naming its temporary file); the partial video goes, what the disk held stays."""
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\1" * (4 * 2**20 - 96 * 2**10))  # leaves ~96 KiB: the header fits, the video does not
+    out = small_disk / "made" / "v.mp4"
+    proc = run_jaxvoice("video", "--run", base_run, "-o", out, *SMALL, "-q")
+    assert_user_error(proc, f"cannot write {out}", "No space left on device")
+    assert ".tmp" not in proc.stderr
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+    assert filler.stat().st_size == 4 * 2**20 - 96 * 2**10
+
+
 def test_an_existing_output_is_kept_without_force(base_run, tmp_path):
     out = tmp_path / "v.mp4"
     out.write_bytes(b"the user's own video")
