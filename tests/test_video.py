@@ -204,7 +204,8 @@ def test_a_disk_that_fills_while_the_video_encodes_is_one_line_and_leaves_no_fil
     """The encoder's refused write ends as one line naming the video and the system's words (not FFmpeg's
     message naming its temporary file); the partial video goes, what the disk held stays."""
     filler = small_disk / "filler"
-    filler.write_bytes(b"\1" * (4 * 2**20 - 96 * 2**10))  # leaves ~96 KiB: the header fits, the video does not
+    # ~96 KiB left: the header fits, the video does not
+    filler.write_bytes(b"\1" * (4 * 2**20 - 96 * 2**10))
     out = small_disk / "made" / "v.mp4"
     proc = run_jaxvoice("video", "--run", base_run, "-o", out, *SMALL, "-q")
     assert_user_error(proc, f"cannot write {out}", "No space left on device")
