@@ -101,8 +101,9 @@ class WavStreamWriter:
         self._data_bytes = 0
         try:
             self._file = open(self.path, "wb", buffering=0)  # noqa: SIM115 (closed in close())
-            self._header_bytes = len(self._header())
-            files.write_at(self._file, 0, self._header())
+            header = self._header()
+            self._header_bytes = len(header)
+            files.write_at(self._file, 0, header)
         except OSError as e:
             raise UserError(f"cannot write {self.path}: {e.strerror}") from None
 
