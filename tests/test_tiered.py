@@ -114,7 +114,8 @@ def test_generation_steps_equal_the_training_forward(level, tiers, upsampling, s
     ("level", "kernels", "tiers", "upsampling", "sample_input", "history"),
     [("mlp", "xla", 2, "per_position", "embedded", 0), ("rnn", "xla", 2, "per_position", "embedded", 0),
      ("mlp", "auto", 2, "shared", "both", 7), ("rnn", "auto", 2, "per_position", "both", 0),
-     ("mlp", "xla", 3, "shared", "scaled", 0), ("rnn", "auto", 3, "per_position", "scaled", 11),
+     ("mlp", "xla", 3, "shared", "scaled", 0),
+     pytest.param("rnn", "auto", 3, "per_position", "scaled", 11, marks=pytest.mark.slow),  # 3 tiers ran above
      ("mlp", "auto", 2, "shared", "both", (7, 3))],
 )  # fmt: skip
 def test_gradients_match_finite_differences(level, kernels, tiers, upsampling, sample_input, history):
