@@ -86,7 +86,7 @@ DAMAGE = {
     "params data deleted": ("params", Path.unlink),
     "meta deleted": ("meta", Path.unlink),
 }
-# the quick run keeps one kind (the truncated params); the others take the same paths, in the slow job
+# the quick run keeps one kind (the truncated params); the other four run in CI's slow job
 SLOW_DAMAGE = set(DAMAGE) - {"params data truncated"}
 
 
