@@ -9,7 +9,11 @@ The corpora are made here, from recipes (nothing is downloaded), into --out (kep
   a hi-hat), seeded, so the same corpus every time.
 Each preset trains on each corpus for --minutes of wall time (`jaxvoice train --minutes`, as a user would, one
 run at a time: the machine's two cores are the budget), then `jaxvoice eval --split test` gives held-out
-bits/sample. Reported per corpus and preset, with the steps made and the best checkpoint's step.
+bits/sample. Reported per corpus and preset, with the steps made, the best checkpoint's step and the run's
+median tokens/s. With --rounds N each corpus's presets train N times, taking turns (round r starts at preset
+r), and `summary` gives each preset's median and, where both are run, the flat preset's lead over the tiered
+one's (medians, and round by round): on these VMs a process's speed moves by up to 1.6x from one run to the
+next, and with it the steps a budget buys.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -139,6 +144,41 @@ def music(out: Path, seconds: float, seed: int = 7, rate: int = RATE) -> Path:
     return path
 
 
+def _train_and_test(args, corpus: Path, run: Path, preset: str) -> dict:
+    shutil.rmtree(run, ignore_errors=True)
+    overrides = [a for kv in args.set for a in ("--set", kv)]
+    t0 = time.monotonic()
+    _jaxvoice("train", "--config", preset, "--data", corpus, "--out", run, "--minutes", args.minutes, "-q",
+              *overrides)  # fmt: skip
+    wall = time.monotonic() - t0
+    test = json.loads(_jaxvoice("eval", "--run", run, "--split", "test", "--json").stdout)
+    tokens_per_s = np.loadtxt(run / "train.csv", delimiter=",", skiprows=1, usecols=6, ndmin=1)
+    return {
+        "test_bits": round(test["bits"], 4), "best_step": test["step"], "steps": len(tokens_per_s),
+        "tokens_per_s": round(float(np.median(tokens_per_s))), "train_wall_s": round(wall, 1),
+    }  # fmt: skip
+
+
+# The frame-level preset against the flat one its target names (the lead: flat bits - tiered bits).
+PAIRS = {"voice_cpu_tiered": "voice_cpu"}
+
+
+def _summary(runs: dict, corpus: str, presets: list[str], rounds: int) -> dict:
+    def bits(preset):
+        return [
+            runs[f"{corpus}/{preset}" + (f"/{r}" if rounds > 1 else "")]["test_bits"] for r in range(rounds)
+        ]
+
+    summary = {p: {"median_test_bits": round(statistics.median(bits(p)), 4)} for p in presets}
+    for tiered, flat in PAIRS.items():
+        if tiered in presets and flat in presets:
+            summary[f"{flat}-{tiered}"] = {
+                "lead": round(summary[flat]["median_test_bits"] - summary[tiered]["median_test_bits"], 4),
+                "rounds": [round(f - t, 4) for f, t in zip(bits(flat), bits(tiered), strict=True)],
+            }
+    return summary
+
+
 def main(argv: list[str]) -> dict:
     parser = argparse.ArgumentParser(prog="bench.py quality", description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=20.0)
@@ -147,6 +187,7 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--seconds", type=float, default=600.0, help="length of each corpus")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_quality"))
     parser.add_argument("--set", action="append", default=[], help="an override for every run")
+    parser.add_argument("--rounds", type=int, default=1, help="runs per corpus and preset, taking turns")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict = {"minutes": args.minutes, "seconds": args.seconds, "cpu_count": os.cpu_count(), "runs": {}}
@@ -156,19 +197,11 @@ def main(argv: list[str]) -> dict:
         if not (corpus / "meta.json").is_file():
             wav = makers[name](args.out, args.seconds)
             _jaxvoice("prepare", wav, "-o", corpus, "--rate", RATE, "-q")
-        for preset in args.presets.split(","):
-            run = args.out / f"{name}_{preset}"
-            shutil.rmtree(run, ignore_errors=True)
-            overrides = [a for kv in args.set for a in ("--set", kv)]
-            t0 = time.monotonic()
-            _jaxvoice("train", "--config", preset, "--data", corpus, "--out", run, "--minutes", args.minutes, "-q",
-                      *overrides)  # fmt: skip
-            wall = time.monotonic() - t0
-            test = json.loads(_jaxvoice("eval", "--run", run, "--split", "test", "--json").stdout)
-            steps = (run / "train.csv").read_text().count("\n") - 1
-            report["runs"][f"{name}/{preset}"] = {
-                "test_bits": round(test["bits"], 4), "best_step": test["step"], "steps": steps,
-                "train_wall_s": round(wall, 1),
-            }  # fmt: skip
-            print(json.dumps({f"{name}/{preset}": report["runs"][f"{name}/{preset}"]}), file=sys.stderr)
+        presets = args.presets.split(",")
+        for r in range(args.rounds):
+            for preset in presets[r % len(presets) :] + presets[: r % len(presets)]:
+                key = f"{name}/{preset}" + (f"/{r}" if args.rounds > 1 else "")
+                report["runs"][key] = _train_and_test(args, corpus, args.out / key.replace("/", "_"), preset)
+                print(json.dumps({key: report["runs"][key]}), file=sys.stderr)
+        report.setdefault("summary", {})[name] = _summary(report["runs"], name, presets, args.rounds)
     return report

@@ -1,7 +1,8 @@
 """Sampling speed: `python scripts/bench.py sample [--models tiny,small,voice_2016] [--streams 1,16] ...`.
 
-First the presets of `--presets` at one stream: the frame-level ones against the flat ones their targets
-name (voice_cpu_tiered >= 3x voice_cpu, samplernn >= 2x voice_2016), in `presets.ratios`. Then:
+First the presets of `--presets` at one stream, each in --preset-processes fresh processes taking turns: the
+frame-level ones against the flat ones their targets name (voice_cpu_tiered >= 3x voice_cpu, samplernn >= 2x
+voice_2016), in `presets.ratios` (of the medians, and round by round). Then:
 
 For each model (random init params), weight dtype (--weights: float32, and bfloat16 as `jaxvoice sample
 --weights bfloat16` runs it) and stream count: samples/s and real-time factor (seconds of 11025 Hz
@@ -189,19 +190,35 @@ def bench_torch(name: str, samples: int, max_seconds: float, threads: int = 0) -
 FAMILY_PAIRS = {"voice_cpu_tiered": ("voice_cpu", 3.0), "samplernn": ("voice_2016", 2.0)}
 
 
-def bench_presets(names: list[str], samples: int, repeats: int, chunk: int) -> dict:
+def preset_speed(name: str, samples: int, repeats: int, chunk: int) -> int:
+    """Samples/s of preset `name` at 1 stream, float32 weights, random params (`bench_generate`)."""
     from jaxvoice import config
 
-    speeds = {}
-    for name in names:
-        cfg = config.load(name).model
-        speeds[name] = bench_generate(cfg, 1, samples, repeats, chunk, "float32")
+    return bench_generate(config.load(name).model, 1, samples, repeats, chunk, "float32")["samples_per_s"]
+
+
+def bench_presets(names: list[str], samples: int, repeats: int, chunk: int, processes: int = 1) -> dict:
+    """Each preset's 1-stream speed in `processes` fresh processes, the presets taking turns (round r starts at
+    preset r), and the ratios of the pairs' medians, with each round's own ratio: on these VMs one process's
+    rate moves by up to 1.6x from the next's, so one process per preset decides little."""
+    runs = {name: [] for name in names}
+    for r in range(processes):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            proc = subprocess.run(
+                [sys.executable, __file__, "--preset-child", name, str(samples), str(repeats), str(chunk)],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            runs[name].append(int(proc.stdout.strip().splitlines()[-1]))
+    medians = {n: round(statistics.median(v)) for n, v in runs.items()}
     ratios = {
-        f"{tiered}/{flat}": {"ratio": round(speeds[tiered]["samples_per_s"] / speeds[flat]["samples_per_s"], 2),
-                             "target": target}
-        for tiered, (flat, target) in FAMILY_PAIRS.items() if tiered in speeds and flat in speeds
+        f"{tiered}/{flat}": {
+            "ratio": round(medians[tiered] / medians[flat], 2),
+            "rounds": [round(t / f, 2) for t, f in zip(runs[tiered], runs[flat], strict=True)],
+            "target": target,
+        }
+        for tiered, (flat, target) in FAMILY_PAIRS.items() if tiered in runs and flat in runs
     }  # fmt: skip
-    return {"samples_per_s_1_stream": {n: g["samples_per_s"] for n, g in speeds.items()}, "ratios": ratios}
+    return {"samples_per_s_1_stream": medians, "processes": runs, "ratios": ratios}
 
 
 def main(argv: list[str]) -> dict:
@@ -220,6 +237,7 @@ def main(argv: list[str]) -> dict:
         "--presets", default="voice_cpu,voice_cpu_tiered,voice_2016,samplernn",
         help="presets compared at 1 stream (model families against the flat stack); '' for none",
     )  # fmt: skip
+    parser.add_argument("--preset-processes", type=int, default=3, help="fresh processes per preset")
     args = parser.parse_args(argv)
 
     import jax
@@ -237,7 +255,9 @@ def main(argv: list[str]) -> dict:
         "models": {},
     }
     if args.presets:
-        result["presets"] = bench_presets(args.presets.split(","), args.samples, args.repeats, chunk)
+        result["presets"] = bench_presets(
+            args.presets.split(","), args.samples, args.repeats, chunk, args.preset_processes
+        )
     for name in (m for m in args.models.split(",") if m):
         H, L, E = MODELS[name]
         cfg = ModelConfig(cell="lstm", rnn_size=H, num_layers=L, wordvec_size=E)
@@ -263,7 +283,9 @@ def main(argv: list[str]) -> dict:
     return result
 
 
-if __name__ == "__main__" and sys.argv[1:2] == ["--torch-child"]:
+if __name__ == "__main__" and sys.argv[1:2] == ["--preset-child"]:
+    print(preset_speed(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])))
+elif __name__ == "__main__" and sys.argv[1:2] == ["--torch-child"]:
     H, L, E = MODELS[sys.argv[2]]
     shape = SimpleNamespace(rnn_size=H, num_layers=L, wordvec_size=E)
     print(json.dumps(torch_loop(shape, int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]))))
