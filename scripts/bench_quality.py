@@ -29,6 +29,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_sample import FAMILY_PAIRS
+
+from jaxvoice import csvlog
 
 RATE = 11025
 GPL = Path("/usr/share/common-licenses/GPL-3")
@@ -152,29 +155,22 @@ def _train_and_test(args, corpus: Path, run: Path, preset: str) -> dict:
               *overrides)  # fmt: skip
     wall = time.monotonic() - t0
     test = json.loads(_jaxvoice("eval", "--run", run, "--split", "test", "--json").stdout)
-    tokens_per_s = np.loadtxt(run / "train.csv", delimiter=",", skiprows=1, usecols=6, ndmin=1)
+    tokens_per_s = csvlog.read_columns(run / "train.csv", ["tokens_per_s"]).data["tokens_per_s"]
     return {
         "test_bits": round(test["bits"], 4), "best_step": test["step"], "steps": len(tokens_per_s),
         "tokens_per_s": round(float(np.median(tokens_per_s))), "train_wall_s": round(wall, 1),
     }  # fmt: skip
 
 
-# The frame-level preset against the flat one its target names (the lead: flat bits - tiered bits).
-PAIRS = {"voice_cpu_tiered": "voice_cpu"}
-
-
-def _summary(runs: dict, corpus: str, presets: list[str], rounds: int) -> dict:
-    def bits(preset):
-        return [
-            runs[f"{corpus}/{preset}" + (f"/{r}" if rounds > 1 else "")]["test_bits"] for r in range(rounds)
-        ]
-
-    summary = {p: {"median_test_bits": round(statistics.median(bits(p)), 4)} for p in presets}
-    for tiered, flat in PAIRS.items():
-        if tiered in presets and flat in presets:
+def _summary(bits: dict[str, list[float]]) -> dict:
+    """Each preset's median test bits over its rounds, and each frame-level preset's lead over the flat one its
+    targets name (`bench_sample.FAMILY_PAIRS`; flat bits - tiered bits) where both ran."""
+    summary = {p: {"median_test_bits": round(statistics.median(b), 4)} for p, b in bits.items()}
+    for tiered, (flat, _) in FAMILY_PAIRS.items():
+        if tiered in bits and flat in bits:
             summary[f"{flat}-{tiered}"] = {
                 "lead": round(summary[flat]["median_test_bits"] - summary[tiered]["median_test_bits"], 4),
-                "rounds": [round(f - t, 4) for f, t in zip(bits(flat), bits(tiered), strict=True)],
+                "rounds": [round(f - t, 4) for f, t in zip(bits[flat], bits[tiered], strict=True)],
             }
     return summary
 
@@ -198,10 +194,12 @@ def main(argv: list[str]) -> dict:
             wav = makers[name](args.out, args.seconds)
             _jaxvoice("prepare", wav, "-o", corpus, "--rate", RATE, "-q")
         presets = args.presets.split(",")
+        bits: dict[str, list[float]] = {p: [] for p in presets}  # each preset's test bits, round by round
         for r in range(args.rounds):
             for preset in presets[r % len(presets) :] + presets[: r % len(presets)]:
                 key = f"{name}/{preset}" + (f"/{r}" if args.rounds > 1 else "")
                 report["runs"][key] = _train_and_test(args, corpus, args.out / key.replace("/", "_"), preset)
+                bits[preset].append(report["runs"][key]["test_bits"])
                 print(json.dumps({key: report["runs"][key]}), file=sys.stderr)
-        report.setdefault("summary", {})[name] = _summary(report["runs"], name, presets, args.rounds)
+        report.setdefault("summary", {})[name] = _summary(bits)
     return report
