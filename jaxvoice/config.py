@@ -57,6 +57,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # > 0: AdamW's decoupled decay of the matrices (0: Adam, torch-rnn's)
     ema_decay: float = 0.0  # > 0: evaluate, save and sample a moving average of the weights (0: the weights)
     ema_warmup: float = 10.0  # W > 1: the average's decay is (1 + t) / (W + t) until that reaches ema_decay
+    state_reset_prob: float = 0.0  # p: each stream's carried state starts fresh at a window with chance p
     max_epochs: int = 50
     eval_every: int = 1000  # steps
     checkpoint_every: int = 1000  # steps
@@ -184,6 +185,10 @@ def _validate(cfg: Config) -> Config:
         (cfg.train.grad_clip > 0, "train.grad_clip must be positive"),
         (0.0 < cfg.train.lr_decay_factor <= 1.0, "train.lr_decay_factor must be in (0, 1]"),
         (cfg.train.weight_decay >= 0, "train.weight_decay must be >= 0 (0 turns it off)"),
+        (
+            0.0 <= cfg.train.state_reset_prob < 1.0,
+            "train.state_reset_prob must be in [0, 1), e.g. 0.01 (0: fresh states only at epoch starts)",
+        ),
         (
             0.0 <= cfg.train.ema_decay < 1.0,
             "train.ema_decay must be in [0, 1), e.g. 0.999 (0 turns the weights' moving average off)",

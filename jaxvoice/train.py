@@ -106,14 +106,26 @@ def init_state(
     )
 
 
+_RESET_SALT = 0x5E7  # folded into the step's key for the state resets: a stream apart from dropout's
+
+
 def _train_step(state: TrainState, inputs_BxT, targets_BxT, *, cfg, steps_per_epoch, loss_fn, optimizer):
     # A new epoch starts the streams from their beginnings: reset the carried state there.
     new_epoch = state.step % steps_per_epoch == 0
-    fresh = model.init_carry(cfg.model, inputs_BxT.shape[0])
-    carry = jax.tree.map(lambda c, f: jnp.where(new_epoch, f, c), state.carry, fresh)
-    dropout_key = None
-    if cfg.model.dropout > 0:
-        dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+    B = inputs_BxT.shape[0]
+    fresh = model.init_carry(cfg.model, B)
+    step_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+    if cfg.train.state_reset_prob > 0:
+        # and each stream, with chance p, at any window: a held-out split's streams and an unprimed sample
+        # start from the fresh state, which epoch starts alone show a model once in an epoch
+        reset_B = new_epoch | jax.random.bernoulli(
+            jax.random.fold_in(step_key, _RESET_SALT), cfg.train.state_reset_prob, (B,)
+        )
+        at = lambda c: reset_B.reshape((B,) + (1,) * (c.ndim - 1))  # noqa: E731 (batch-first carries)
+        carry = jax.tree.map(lambda c, f: jnp.where(at(c), f, c), state.carry, fresh)
+    else:
+        carry = jax.tree.map(lambda c, f: jnp.where(new_epoch, f, c), state.carry, fresh)
+    dropout_key = step_key if cfg.model.dropout > 0 else None
     (loss, carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, inputs_BxT, targets_BxT, carry, cfg.model, dropout_key
     )

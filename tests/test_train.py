@@ -170,6 +170,31 @@ def test_weight_decay_shrinks_the_matrices_and_not_the_biases():
     np.testing.assert_array_equal(updates["w_2x3"], np.zeros((2, 3), np.float32))
 
 
+def test_state_reset_prob_starts_chosen_streams_fresh_and_the_same_ones_every_time():
+    """train.state_reset_prob: each stream's carry is the fresh one with chance p at each window (drawn from
+    the step's key, so a resumed run draws the same), the others' carried on; 0 resets only at epoch starts."""
+    B = 64
+
+    def carry_through(params, inputs, targets, carry, cfg, key):  # loss 0, the carry it was given
+        return sum(jax.numpy.sum(p) * 0.0 for p in jax.tree.leaves(params)), carry
+
+    def carries_after_step_1(p):
+        cfg = config.load("tiny", ["model.rnn_size=8", f"train.state_reset_prob={p}"])
+        state = train.init_state(cfg, steps_per_epoch=100, batch_size=B)
+        state = state.replace(step=state.step + 1, carry=jax.tree.map(lambda c: c + 1.0, state.carry))
+        step = train.make_train_step(cfg, 100, loss_fn=carry_through)
+        inputs = np.zeros((B, 4), np.uint8)
+        return np.stack([np.asarray(c)[:, 0] for c in jax.tree.leaves(step(state, inputs, inputs)[0].carry)])
+
+    kept = carries_after_step_1(0.0)
+    np.testing.assert_array_equal(kept, np.ones_like(kept))  # p = 0: not an epoch start, nothing reset
+    drawn = carries_after_step_1(0.5)
+    reset_B = drawn[0] == 0.0
+    assert set(np.unique(drawn)) == {0.0, 1.0} and (drawn == drawn[0]).all()  # all of a stream's state
+    assert 16 < reset_B.sum() < 48  # ~32 of 64 (binomial: outside this 1 in 10^5)
+    np.testing.assert_array_equal(carries_after_step_1(0.5), drawn)  # the step's key decides
+
+
 def _make_legacy(run: Path) -> None:
     """Rewrite a run's newest checkpoint as jaxvoice saved it before model families (format 1): the carry as
     one [layers, states, B, H] array and no state_format in the meta; its manifest written again."""
