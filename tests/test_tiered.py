@@ -247,7 +247,8 @@ base = ["model.kind=tiered", "model.cell=gru", "model.rnn_size=16", "model.frame
         "train.batch_size=8", "train.seq_length=16"]
 data = np.random.default_rng(0).integers(0, 256, 20_000).astype(np.uint8)
 streams = Streams(data, 8, 16)
-for tiers in (["model.tiers=2"], ["model.tiers=3", "model.top_frame_size=8"]):
+# the last: streams start fresh at random windows, drawn over the whole batch (one device's or four's)
+for tiers in (["model.tiers=2"], ["model.tiers=3", "model.top_frame_size=8"], ["train.state_reset_prob=0.3"]):
     cfg = config.load("tiny", base + tiers)
     losses = {}
     for n in (1, 4):
