@@ -1,8 +1,9 @@
 """Training steps: an immutable TrainState, the jitted train and eval steps, optax, and evaluation.
 
 The step is a module-level pure function, jitted once with the state donated. The epoch-start reset of the
-carried hidden state and the dropout keys (`fold_in(key, step)`) are functions of the step number inside
-jit, so a run resumed from a checkpoint computes exactly what an uninterrupted run computes. The loss and
+carried hidden state, the streams `train.state_reset_prob` starts fresh and the dropout keys
+(`fold_in(key, step)`) are functions of the step number inside jit, so a run resumed from a checkpoint
+computes exactly what an uninterrupted run computes. The loss and
 the optimizer are arguments: `make_train_step(cfg, n, loss_fn=my_loss, optimizer=optax.adamw(1e-3))`.
 The loop that runs the steps is `jaxvoice.loop`; the run directory around it, `jaxvoice.run`.
 """
