@@ -202,14 +202,16 @@ def dense_init(key: jax.Array, fan_in: int, fan_out: int) -> jax.Array:
     return jax.random.normal(key, (fan_in, fan_out), jnp.float32) / math.sqrt(fan_in)
 
 
-def dense(cfg: ModelConfig, x: jax.Array, w: jax.Array) -> jax.Array:
+def dense(cfg: ModelConfig, x: jax.Array, w: jax.Array, *, copy_x: bool = True) -> jax.Array:
     """x @ w in the compute dtype (float32 sums) for a big whole-sequence product; with kernels "auto" on a
-    CPU its weight gradient is YNNPACK's GEMM (`fast.projection`). A `stored.Stored` w (generation) is
-    multiplied its own way."""
+    CPU and `copy_x` its weight gradient is YNNPACK's GEMM over a copied x^T (`fast.projection`). Pass
+    copy_x=False where x is an elementwise result XLA fuses into its consumers (a ReLU layer's output): its
+    transposed copy would recompute it column by column. A `stored.Stored` w (generation) is multiplied its
+    own way."""
     if isinstance(w, stored.Stored):
         return stored.product(x, w)
     w = w.astype(jnp.dtype(cfg.dtype))
-    on_cpu_fast = cfg.kernels == "auto" and jax.default_backend() == "cpu"  # a CPU-only GEMM trick
+    on_cpu_fast = copy_x and cfg.kernels == "auto" and jax.default_backend() == "cpu"  # a CPU GEMM trick
     return fast.projection(x, w) if on_cpu_fast else cells.dot(x, w)
 
 
