@@ -44,10 +44,11 @@ def available() -> bool:
             sp = {
                 "tables_FxVxD": jnp.zeros((F, V, D)),
                 "in_b_D": jnp.zeros(D),
-                "frame_kernel": {"hidden_w": jnp.zeros((0, 1, D, PANEL)), "hidden_b": jnp.zeros((0, D))},
+                "hidden": [],
                 "out_DxV": stored.store(jnp.zeros((D, V)), "packed"),
                 "out_b_V": jnp.asarray(out_b),
             }
+            sp["frame_kernel"] = kernel_params(sp)
             window, cond, u = jnp.zeros((1, F), jnp.int32), jnp.zeros((1, F, D)), jnp.full((F, 1), 0.5)
             tokens, logits = _call(sp, window, cond, u, 1.0)
         if np.array_equal(np.asarray(tokens), [[7, 7]]) and np.array_equal(np.asarray(logits)[0, 1], out_b):
@@ -62,15 +63,28 @@ def available() -> bool:
 
 def kernel_params(sp: dict) -> dict:
     """What the kernel reads beyond the MLP sample level's generation params (`sample_level.sample_prepare`
-    with its products stored packed): the hidden layers' packed weights and biases stacked, once per model."""
+    with its products stored packed): the hidden layers' packed weights and biases stacked, once per model,
+    and every product's weights also row by row (`_rows`), which is how one stream reads them."""
     hidden, D = sp["hidden"], sp["tables_FxVxD"].shape[-1]
-    if not hidden:
-        dtype = sp["out_DxV"].dtype
-        return {"hidden_w": jnp.zeros((0, -(-D // PANEL), D, PANEL), dtype), "hidden_b": jnp.zeros((0, D))}
+    dtype = sp["out_DxV"].dtype
+    if hidden:
+        hidden_w = jnp.stack([layer["w_DxD"].data for layer in hidden])
+        hidden_b = jnp.stack([layer["b_D"] for layer in hidden]).astype(jnp.float32)
+    else:
+        hidden_w, hidden_b = jnp.zeros((0, -(-D // PANEL), D, PANEL), dtype), jnp.zeros((0, D))
     return {
-        "hidden_w": jnp.stack([layer["w_DxD"].data for layer in hidden]),
-        "hidden_b": jnp.stack([layer["b_D"] for layer in hidden]).astype(jnp.float32),
+        "hidden_w": hidden_w,
+        "hidden_rows": jax.vmap(_rows)(hidden_w),
+        "hidden_b": hidden_b,
+        "out_rows": _rows(sp["out_DxV"].data),
     }
+
+
+def _rows(packed_PxIx16: jax.Array) -> jax.Array:
+    """Packed panels [P, I, 16] side by side, [I, P * 16]: each input's weights one contiguous run, which a
+    product of one row of x reads (at one stream its time is the reading of its weights)."""
+    P, I, _ = packed_PxIx16.shape
+    return packed_PxIx16.transpose(1, 0, 2).reshape(I, P * PANEL)
 
 
 def frame(sp: dict, window_BxF, cond_BxFxD, u_FxB, temperature):
@@ -95,7 +109,9 @@ def _call(sp, window_BxF, cond_BxFxD, u_FxB, temperature):
         sp["tables_FxVxD"].astype(jnp.float32),
         sp["in_b_D"].astype(jnp.float32),
         sp["frame_kernel"]["hidden_w"],
+        sp["frame_kernel"]["hidden_rows"],
         sp["frame_kernel"]["hidden_b"],
         out_w,
+        sp["frame_kernel"]["out_rows"],
         sp["out_b_V"].astype(jnp.float32),
     )

@@ -160,15 +160,18 @@ struct Frame {
   const float *cond, *u, *tables, *in_b;  // [B, F, D], [F, B], [F, 256, D], [D]
   float temperature;
   const W* hidden_w;  // [L, ceil(D / 16), D, 16]
+  const W* hidden_rows;  // [L, D, ceil(D / 16) * 16]: the same weights row by row (one stream reads these)
   const float* hidden_b;  // [L, D]
   const W* out_w;  // [16, D, 16]
+  const W* out_rows;  // [D, 256]
   const float* out_b;  // [256]
   int32_t* tokens;  // [B, F]
   float* logits;  // [B, F, 256]
 
-  // y[:, panels of this thread] = x @ W for the thread `part` of `parts`, then + bias (and ReLU)
-  JV_TARGET void product(const float* x, const W* w, const float* bias, float* y, int64_t O, bool relu,
-                         int part, int parts, int32_t* rows) const {
+  // y[:, panels of this thread] = x @ W for the thread `part` of `parts`, then + bias (and ReLU); W packed, and
+  // at one stream kept row by row (`w_rows`, [D, ceil(O / 16) * 16])
+  JV_TARGET void product(const float* x, const W* w, const W* w_rows, const float* bias, float* y, int64_t O,
+                         bool relu, int part, int parts, int32_t* rows) const {
     static const bool avx512 = has_avx512();
     const int64_t P = (O + kPanel - 1) / kPanel, begin = P * part / parts, end = P * (part + 1) / parts;
     if (s.B == 1) {  // one stream: only the weight rows of the inputs the ReLU left (x is >= 0 here)
@@ -177,9 +180,7 @@ struct Frame {
         rows[n] = static_cast<int32_t>(i);
         n += x[i] != 0.0f;
       }
-      int64_t p = begin;
-      for (; p + 4 <= end; p += 4) tile<1, 4, W, true>(x, s.D, w, p, y, O, 0, rows, n);
-      for (; p < end; ++p) tile<1, 1, W, true>(x, s.D, w, p, y, O, 0, rows, n);
+      listed_rows<W>(x, w_rows, P * kPanel, begin, end, y, O, rows, n);
     } else if (s.B > 2 && avx512)
       panels512<W>(x, s.B, s.D, w, y, O, begin, end);
     else
@@ -231,12 +232,13 @@ struct Frame {
       const int64_t panel_rows = (D + kPanel - 1) / kPanel * D * kPanel;
       for (int64_t l = 0; l < s.L; ++l) {
         float* y = shared.hidden.data() + l * B * D;
-        product(x, hidden_w + l * panel_rows, hidden_b + l * D, y, D, true, part, parts, rows.data());
+        product(x, hidden_w + l * panel_rows, hidden_rows + l * panel_rows, hidden_b + l * D, y, D, true, part,
+                parts, rows.data());
         if (parts == 2) shared.barrier.wait(passed);
         x = y;
       }
       float* logits_BxV = shared.logits.data() + (pos % 2) * B * kSymbols;
-      product(x, out_w, out_b, logits_BxV, kSymbols, false, part, parts, rows.data());
+      product(x, out_w, out_rows, out_b, logits_BxV, kSymbols, false, part, parts, rows.data());
       if (parts == 2) shared.barrier.wait(passed);
       for (int64_t b = 0; b < B; ++b) {
         const float* row = logits_BxV + b * kSymbols;
@@ -262,8 +264,9 @@ int64_t count(const Buffer& buffer) {
 template <typename W>
 ffi::Error SampleFrame(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> window, ffi::Buffer<ffi::F32> cond,
                        ffi::Buffer<ffi::F32> u, ffi::Buffer<ffi::F32> temperature, ffi::Buffer<ffi::F32> tables,
-                       ffi::Buffer<ffi::F32> in_b, ffi::AnyBuffer hidden_w, ffi::Buffer<ffi::F32> hidden_b,
-                       ffi::AnyBuffer out_w, ffi::Buffer<ffi::F32> out_b, ffi::ResultBuffer<ffi::S32> tokens,
+                       ffi::Buffer<ffi::F32> in_b, ffi::AnyBuffer hidden_w, ffi::AnyBuffer hidden_rows,
+                       ffi::Buffer<ffi::F32> hidden_b, ffi::AnyBuffer out_w, ffi::AnyBuffer out_rows,
+                       ffi::Buffer<ffi::F32> out_b, ffi::ResultBuffer<ffi::S32> tokens,
                        ffi::ResultBuffer<ffi::F32> logits) {
 #if JV_X86
   auto wd = window.dimensions(), cd = cond.dimensions(), td = tables.dimensions(), hd = hidden_w.dimensions();
@@ -273,15 +276,18 @@ ffi::Error SampleFrame(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> window, ffi::
         "hidden_w[L, ceil(D/16), D, 16]");
   const Sizes s{wd[0], wd[1], td[2], hd[0]};
   const int64_t PD = (s.D + kPanel - 1) / kPanel;
-  auto od = out_w.dimensions();
+  auto od = out_w.dimensions(), hrd = hidden_rows.dimensions(), ord = out_rows.dimensions();
   if (cd[0] != s.B || cd[1] != s.F || cd[2] != s.D || td[0] != s.F || td[1] != kSymbols ||
       count(u) != s.F * s.B || count(temperature) != 1 || count(in_b) != s.D ||
       (s.L && (hd[1] != PD || hd[2] != s.D || hd[3] != kPanel)) || count(hidden_b) != s.L * s.D ||
-      od.size() != 3 || od[0] != kSymbols / kPanel || od[1] != s.D || od[2] != kPanel ||
+      od.size() != 3 || od[0] != kSymbols / kPanel || od[1] != s.D || od[2] != kPanel || hrd.size() != 3 ||
+      hrd[0] != s.L || (s.L && (hrd[1] != s.D || hrd[2] != PD * kPanel)) || ord.size() != 2 ||
+      ord[0] != s.D || ord[1] != kSymbols ||
       count(out_b) != kSymbols)
     return ffi::Error::InvalidArgument("sample_frame: the operands' shapes do not agree");
   constexpr ffi::DataType kWeights = sizeof(W) == 4 ? ffi::DataType::F32 : ffi::DataType::BF16;
-  if (hidden_w.element_type() != kWeights || out_w.element_type() != kWeights)
+  if (hidden_w.element_type() != kWeights || out_w.element_type() != kWeights ||
+      hidden_rows.element_type() != kWeights || out_rows.element_type() != kWeights)
     return ffi::Error::InvalidArgument("sample_frame: the weights' dtype does not match the target");
   if (s.B == 0) return ffi::Error::Success();
 
@@ -293,8 +299,10 @@ ffi::Error SampleFrame(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> window, ffi::
                        in_b.typed_data(),
                        temperature.typed_data()[0],
                        reinterpret_cast<const W*>(hidden_w.untyped_data()),
+                       reinterpret_cast<const W*>(hidden_rows.untyped_data()),
                        hidden_b.typed_data(),
                        reinterpret_cast<const W*>(out_w.untyped_data()),
+                       reinterpret_cast<const W*>(out_rows.untyped_data()),
                        out_b.typed_data(),
                        tokens->typed_data(),
                        logits->typed_data()};
@@ -334,8 +342,10 @@ static auto Binding() {
       .Arg<ffi::Buffer<ffi::F32>>()   // tables [F, 256, D]
       .Arg<ffi::Buffer<ffi::F32>>()   // in_b [D]
       .Arg<ffi::AnyBuffer>()          // hidden_w [L, ceil(D / 16), D, 16]
+      .Arg<ffi::AnyBuffer>()          // hidden_rows [L, D, ceil(D / 16) * 16]
       .Arg<ffi::Buffer<ffi::F32>>()   // hidden_b [L, D]
       .Arg<ffi::AnyBuffer>()          // out_w [16, D, 16]
+      .Arg<ffi::AnyBuffer>()          // out_rows [D, 256]
       .Arg<ffi::Buffer<ffi::F32>>()   // out_b [256]
       .Ret<ffi::Buffer<ffi::S32>>()   // tokens [B, F]
       .Ret<ffi::Buffer<ffi::F32>>();  // logits [B, F, 256]
