@@ -20,7 +20,7 @@ import pytest
 from conftest import run_jaxvoice, sawtooth, write_audio
 from jax.test_util import check_grads
 
-from jaxvoice import config, model, sample, train
+from jaxvoice import config, model, sample, sample_history, train
 from jaxvoice.config import ModelConfig
 from jaxvoice.streams import Streams
 
@@ -108,6 +108,15 @@ def test_generation_steps_equal_the_training_forward(level, tiers, upsampling, s
             sp, carry1, x[:, 2 * P], u, pick, cfg
         )
         np.testing.assert_array_equal(scanned_BxC, np.stack(loop, 1).astype(np.uint8), err_msg=str(layout))
+
+
+@pytest.mark.parametrize(("T", "W", "extra"), [(16, 512, 0), (4, 7, 0), (5, 3, 2), (1, 4, 0), (9, 10, 1)])
+def test_generation_history_windows_are_the_slices(T, W, extra):
+    """Generation's history reads each target's W values through windows built by doubling (any T, the
+    values possibly longer than the T + W - 1 it reads): row t is values[:, t : t + W]."""
+    values_BxS = jnp.asarray(np.random.default_rng(T).standard_normal((2, T + W - 1 + extra)), jnp.float32)
+    want = np.stack([np.asarray(values_BxS)[:, t : t + W] for t in range(T)])
+    np.testing.assert_array_equal(sample_history._windows(values_BxS, T, W), want)
 
 
 @pytest.mark.parametrize(
