@@ -83,8 +83,8 @@ def kernel_params(sp: dict) -> dict:
 def _rows(packed_PxIx16: jax.Array) -> jax.Array:
     """Packed panels [P, I, 16] side by side, [I, P * 16]: each input's weights one contiguous run, which a
     product of one row of x reads (at one stream its time is the reading of its weights)."""
-    P, I, _ = packed_PxIx16.shape
-    return packed_PxIx16.transpose(1, 0, 2).reshape(I, P * PANEL)
+    panels, inputs, _ = packed_PxIx16.shape
+    return packed_PxIx16.transpose(1, 0, 2).reshape(inputs, panels * PANEL)
 
 
 def frame(sp: dict, window_BxF, cond_BxFxD, u_FxB, temperature):
