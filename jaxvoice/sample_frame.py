@@ -1,7 +1,8 @@
 """The tiered sample level's frame as one CPU kernel (native/sample_frame.cc, built by setup.py as an optional
 extension): all F samples of a frame of the MLP sample level (`jaxvoice.sample_level`), each drawn by the
 sampler's rule without top-k/p (`jaxvoice.sample.choose`), in one XLA FFI call where XLA runs ~17 ops per
-sample. The products are split between two threads, each keeping half of the weights in its core's cache.
+sample. The products are split between two threads, each keeping half of the weights in its core's cache;
+at one stream the kernel times both ways and takes the second thread only where it pays (the same floats).
 
 `tiered.sample_scan` uses it where the sampler stored the weights packed (a single CPU device, see
 `sample.layout_for`) and `model.kernels = "auto"`; `available()` is False where the extension was not built,
