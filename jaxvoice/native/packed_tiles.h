@@ -230,7 +230,6 @@ JV_TARGET void listed_rows(const float* x, const W* w, int64_t stride, int64_t p
   for (; p < p_end; ++p) row_tile<1, W>(x, w, stride, p, y, O, rows, n);
 }
 
-
 inline bool has_avx2_fma() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
 
 #else

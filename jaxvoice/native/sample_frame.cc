@@ -147,7 +147,7 @@ struct Barrier {
 class ThreadChoice {
  public:
   bool helper(int64_t sizes) {
-    if (sizes_.exchange(sizes, std::memory_order_relaxed) != sizes) {  // another model: start again
+    if (sizes_.exchange(sizes, std::memory_order_relaxed) != sizes) {  // another model or dtype: start again
       ns_[0].store(0.0, std::memory_order_relaxed);
       ns_[1].store(0.0, std::memory_order_relaxed);
     }
@@ -341,7 +341,7 @@ ffi::Error SampleFrame(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> window, ffi::
                        tokens->typed_data(),
                        logits->typed_data()};
   auto shared = std::make_shared<Shared>(s);
-  const int64_t sizes = (s.D << 24) | (s.F << 8) | s.L;
+  const int64_t sizes = (static_cast<int64_t>(sizeof(W)) << 56) | (s.D << 24) | (s.F << 8) | s.L;
   const bool chosen = s.B > 1 || one_stream_threads.helper(sizes);
   const auto began = std::chrono::steady_clock::now();
   if (pool.num_threads() >= 2 && chosen) {
