@@ -65,7 +65,7 @@ def available() -> bool:
 def kernel_params(sp: dict) -> dict:
     """What the kernel reads beyond the MLP sample level's generation params (`sample_level.sample_prepare`
     with its products stored packed): the hidden layers' packed weights and biases stacked, once per model,
-    and every product's weights also row by row (`_rows`), which is how one stream reads them."""
+    and every product's weights also row by row (`_rows`), which is how one stream reads them with AVX-512."""
     hidden, D = sp["hidden"], sp["tables_FxVxD"].shape[-1]
     dtype = sp["out_DxV"].dtype
     if hidden:

@@ -188,46 +188,16 @@ JV_TARGET512 void row_tile512(const float* x, const W* w, int64_t stride, int64_
   }
 }
 
-template <int NP, typename W>
-JV_TARGET void row_tile(const float* x, const W* w, int64_t stride, int64_t p0, float* y, int64_t O,
-                        const int32_t* rows, int64_t n) {
-  __m256 acc[NP][2];
-  for (int p = 0; p < NP; ++p) acc[p][0] = acc[p][1] = _mm256_setzero_ps();
-  const W* base = w + p0 * kPanel;
-  for (int64_t k = 0; k < n; ++k) {
-    const int64_t i = rows[k];
-    const __m256 xv = _mm256_broadcast_ss(x + i);
-    const W* row = base + i * stride;
-    for (int p = 0; p < NP; ++p) {
-      acc[p][0] = _mm256_fmadd_ps(xv, load8(row + p * kPanel), acc[p][0]);
-      acc[p][1] = _mm256_fmadd_ps(xv, load8(row + p * kPanel + 8), acc[p][1]);
-    }
-  }
-  for (int p = 0; p < NP; ++p) {
-    const int64_t col = (p0 + p) * kPanel;
-    alignas(32) float tmp[kPanel];
-    _mm256_store_ps(tmp, acc[p][0]);
-    _mm256_store_ps(tmp + 8, acc[p][1]);
-    std::memcpy(y + col, tmp, sizeof(float) * std::min<int64_t>(kPanel, O - col));
-  }
-}
-
 // Panels [p_begin, p_end) of one row of x by row-kept weights (see `row_tile512`), in as few passes over the
-// listed rows as the registers allow: 16 panels (AVX-512) or 4 (AVX2) at a time.
+// listed rows as the 32 registers allow: 16 panels at a time.
 template <typename W>
-JV_TARGET void listed_rows(const float* x, const W* w, int64_t stride, int64_t p_begin, int64_t p_end, float* y,
-                           int64_t O, const int32_t* rows, int64_t n) {
-  static const bool avx512 = has_avx512();
+JV_TARGET512 void listed_rows512(const float* x, const W* w, int64_t stride, int64_t p_begin, int64_t p_end,
+                                 float* y, int64_t O, const int32_t* rows, int64_t n) {
   int64_t p = p_begin;
-  if (avx512) {
-    for (; p + 16 <= p_end; p += 16) row_tile512<16, W>(x, w, stride, p, y, O, rows, n);
-    for (; p + 8 <= p_end; p += 8) row_tile512<8, W>(x, w, stride, p, y, O, rows, n);
-    for (; p + 4 <= p_end; p += 4) row_tile512<4, W>(x, w, stride, p, y, O, rows, n);
-    for (; p < p_end; ++p) row_tile512<1, W>(x, w, stride, p, y, O, rows, n);
-    return;
-  }
-  for (; p + 4 <= p_end; p += 4) row_tile<4, W>(x, w, stride, p, y, O, rows, n);
-  for (; p < p_end; ++p) row_tile<1, W>(x, w, stride, p, y, O, rows, n);
+  for (; p + 16 <= p_end; p += 16) row_tile512<16, W>(x, w, stride, p, y, O, rows, n);
+  for (; p + 8 <= p_end; p += 8) row_tile512<8, W>(x, w, stride, p, y, O, rows, n);
+  for (; p + 4 <= p_end; p += 4) row_tile512<4, W>(x, w, stride, p, y, O, rows, n);
+  for (; p < p_end; ++p) row_tile512<1, W>(x, w, stride, p, y, O, rows, n);
 }
 
 inline bool has_avx2_fma() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }

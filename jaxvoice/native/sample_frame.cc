@@ -194,7 +194,7 @@ struct Frame {
   const float *cond, *u, *tables, *in_b;  // [B, F, D], [F, B], [F, 256, D], [D]
   float temperature;
   const W* hidden_w;  // [L, ceil(D / 16), D, 16]
-  const W* hidden_rows;  // [L, D, ceil(D / 16) * 16]: the same weights row by row (one stream reads these)
+  const W* hidden_rows;  // [L, D, ceil(D / 16) * 16]: the same weights row by row (one stream, AVX-512)
   const float* hidden_b;  // [L, D]
   const W* out_w;  // [16, D, 16]
   const W* out_rows;  // [D, 256]
@@ -203,7 +203,7 @@ struct Frame {
   float* logits;  // [B, F, 256]
 
   // y[:, panels of this thread] = x @ W for the thread `part` of `parts`, then + bias (and ReLU); W packed, and
-  // at one stream kept row by row (`w_rows`, [D, ceil(O / 16) * 16])
+  // at one stream with AVX-512 read as kept row by row (`w_rows`, [D, ceil(O / 16) * 16])
   JV_TARGET void product(const float* x, const W* w, const W* w_rows, const float* bias, float* y, int64_t O,
                          bool relu, int part, int parts, int32_t* rows) const {
     static const bool avx512 = has_avx512();
@@ -214,7 +214,13 @@ struct Frame {
         rows[n] = static_cast<int32_t>(i);
         n += x[i] != 0.0f;
       }
-      listed_rows<W>(x, w_rows, P * kPanel, begin, end, y, O, rows, n);
+      if (avx512) {
+        listed_rows512<W>(x, w_rows, P * kPanel, begin, end, y, O, rows, n);
+      } else {  // AVX2: the packed panels, four at a time
+        int64_t p = begin;
+        for (; p + 4 <= end; p += 4) tile<1, 4, W, true>(x, s.D, w, p, y, O, 0, rows, n);
+        for (; p < end; ++p) tile<1, 1, W, true>(x, s.D, w, p, y, O, 0, rows, n);
+      }
     } else if (s.B > 2 && avx512)
       panels512<W>(x, s.B, s.D, w, y, O, begin, end);
     else
@@ -342,9 +348,10 @@ ffi::Error SampleFrame(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> window, ffi::
                        logits->typed_data()};
   auto shared = std::make_shared<Shared>(s);
   const int64_t sizes = (static_cast<int64_t>(sizeof(W)) << 56) | (s.D << 24) | (s.F << 8) | s.L;
-  const bool chosen = s.B > 1 || one_stream_threads.helper(sizes);
+  const bool timed = s.B == 1 && pool.num_threads() >= 2;
+  const bool helped = pool.num_threads() >= 2 && (!timed || one_stream_threads.helper(sizes));
   const auto began = std::chrono::steady_clock::now();
-  if (pool.num_threads() >= 2 && chosen) {
+  if (helped) {
     pool.Schedule([shared, frame] {
       int open = 0;
       if (!shared->state.compare_exchange_strong(open, 1, std::memory_order_acq_rel)) return;  // too late
@@ -361,9 +368,9 @@ ffi::Error SampleFrame(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> window, ffi::
       shared->start.store(static_cast<int>(s.F), std::memory_order_release);
     for (int turns = 0; !shared->helper_done.load(std::memory_order_acquire);) idle(turns);
   }
-  if (s.B == 1 && pool.num_threads() >= 2) {
+  if (timed) {
     const std::chrono::duration<double, std::nano> took = std::chrono::steady_clock::now() - began;
-    one_stream_threads.record(chosen, took.count() / static_cast<double>(s.F));
+    one_stream_threads.record(helped, took.count() / static_cast<double>(s.F));
   }
   return ffi::Error::Success();
 #else
