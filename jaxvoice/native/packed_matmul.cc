@@ -86,7 +86,11 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyB
 
 // Both targets take the same arguments: (x float32 [M, I], packed weights, -> y float32 [M, O]).
 static auto Binding() {
-  return ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::AnyBuffer>().Ret<ffi::Buffer<ffi::F32>>();
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()   // x [M, I]
+      .Arg<ffi::AnyBuffer>()          // packed weights [ceil(O / 16), I, 16]
+      .Ret<ffi::Buffer<ffi::F32>>();  // y [M, O]
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvoicePackedMatmulF32, PackedMatmul<float>, Binding());
