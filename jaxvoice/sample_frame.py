@@ -62,10 +62,19 @@ def available() -> bool:
     return False
 
 
-def kernel_params(sp: dict) -> dict:
+@functools.cache
+def reads_rows() -> bool:
+    """True where one stream reads every product's weights row by row (`_rows`): CPUs with AVX-512, where
+    that was measured faster; elsewhere the kernel reads the packed panels and the copies would be unused."""
+    lib = native.load("sample_frame")
+    return lib is not None and lib.jaxvoice_sample_frame_reads_rows() == 1
+
+
+def kernel_params(sp: dict, rows: bool | None = None) -> dict:
     """What the kernel reads beyond the MLP sample level's generation params (`sample_level.sample_prepare`
     with its products stored packed): the hidden layers' packed weights and biases stacked, once per model,
-    and every product's weights also row by row (`_rows`), which is how one stream reads them with AVX-512."""
+    and, where `rows` (default: `reads_rows()`), every product's weights also row by row. Without them the
+    kernel reads the packed panels: the same floats, empty arrays in their place."""
     hidden, D = sp["hidden"], sp["tables_FxVxD"].shape[-1]
     dtype = sp["out_DxV"].dtype
     if hidden:
@@ -73,12 +82,11 @@ def kernel_params(sp: dict) -> dict:
         hidden_b = jnp.stack([layer["b_D"] for layer in hidden]).astype(jnp.float32)
     else:
         hidden_w, hidden_b = jnp.zeros((0, -(-D // PANEL), D, PANEL), dtype), jnp.zeros((0, D))
-    return {
-        "hidden_w": hidden_w,
-        "hidden_rows": jax.vmap(_rows)(hidden_w),
-        "hidden_b": hidden_b,
-        "out_rows": _rows(sp["out_DxV"].data),
-    }
+    if reads_rows() if rows is None else rows:
+        hidden_rows, out_rows = jax.vmap(_rows)(hidden_w), _rows(sp["out_DxV"].data)
+    else:
+        hidden_rows, out_rows = jnp.zeros((0, 0, 0), dtype), jnp.zeros((0, 0), dtype)
+    return {"hidden_w": hidden_w, "hidden_rows": hidden_rows, "hidden_b": hidden_b, "out_rows": out_rows}
 
 
 def _rows(packed_PxIx16: jax.Array) -> jax.Array:

@@ -65,9 +65,32 @@ def test_one_stream_frames_whose_relus_leave_no_input_or_nearly_all(cond_shift):
     check_frame(1, 8, 40, 2, 1.0, "float32", cond_shift)
 
 
-def check_frame(streams, frame_size, sample_size, sample_layers, temperature, weights, cond_shift=0.0):
+@needs_kernel
+@pytest.mark.parametrize(
+    ("streams", "sample_layers", "weights"), [(1, 2, "float32"), (1, 1, "bfloat16"), (3, 2, "float32")]
+)
+def test_a_frame_without_the_row_kept_weights_equals_the_xla_steps(streams, sample_layers, weights):
+    """Where the CPU lacks AVX-512 the row-kept copies are not built and one stream reads the packed panels
+    (on an AVX-512 CPU this test is how that path runs here): still the XLA step's floats and draws."""
+    check_frame(streams, 8, 40, sample_layers, 1.0, weights, rows=False)
+
+
+@needs_kernel
+def test_the_row_kept_weights_are_built_only_where_read():
+    cfg = tiered()
+    sp, _ = generation_params(cfg, random_params(cfg))
+    kept = sp["frame_kernel"]["out_rows"].size > 0
+    assert kept == sample_frame.reads_rows() == ("avx512f" in cpu_flags())
+    assert (sp["frame_kernel"]["hidden_rows"].size > 0) == kept
+
+
+def check_frame(
+    streams, frame_size, sample_size, sample_layers, temperature, weights, cond_shift=0.0, rows=None
+):
     cfg = tiered(frame_size=frame_size, sample_size=sample_size, sample_layers=sample_layers)
     sp, compute_cfg = generation_params(cfg, random_params(cfg), weights)
+    if rows is not None:
+        sp["frame_kernel"] = sample_frame.kernel_params(sp, rows)
     rng = np.random.default_rng(streams)
     F, D = frame_size, sample_size
     window_BxF = jnp.asarray(rng.integers(0, 256, (streams, F)), jnp.int32)

@@ -194,16 +194,17 @@ struct Frame {
   const float *cond, *u, *tables, *in_b;  // [B, F, D], [F, B], [F, 256, D], [D]
   float temperature;
   const W* hidden_w;  // [L, ceil(D / 16), D, 16]
-  const W* hidden_rows;  // [L, D, ceil(D / 16) * 16]: the same weights row by row (one stream, AVX-512)
+  const W* hidden_rows;  // [L, D, ceil(D / 16) * 16]: the same weights row by row (one stream, AVX-512), or null
   const float* hidden_b;  // [L, D]
   const W* out_w;  // [16, D, 16]
-  const W* out_rows;  // [D, 256]
+  const W* out_rows;  // [D, 256], or null
   const float* out_b;  // [256]
   int32_t* tokens;  // [B, F]
   float* logits;  // [B, F, 256]
 
   // y[:, panels of this thread] = x @ W for the thread `part` of `parts`, then + bias (and ReLU); W packed, and
-  // at one stream with AVX-512 read as kept row by row (`w_rows`, [D, ceil(O / 16) * 16])
+  // at one stream with AVX-512 read as kept row by row where given (`w_rows`, [D, ceil(O / 16) * 16]; the same
+  // floats either way)
   JV_TARGET void product(const float* x, const W* w, const W* w_rows, const float* bias, float* y, int64_t O,
                          bool relu, int part, int parts, int32_t* rows) const {
     static const bool avx512 = has_avx512();
@@ -214,7 +215,7 @@ struct Frame {
         rows[n] = static_cast<int32_t>(i);
         n += x[i] != 0.0f;
       }
-      if (avx512) {
+      if (avx512 && w_rows != nullptr) {
         listed_rows512<W>(x, w_rows, P * kPanel, begin, end, y, O, rows, n);
       } else {  // AVX2: the packed panels, four at a time
         int64_t p = begin;
@@ -272,8 +273,8 @@ struct Frame {
       const int64_t panel_rows = (D + kPanel - 1) / kPanel * D * kPanel;
       for (int64_t l = 0; l < s.L; ++l) {
         float* y = shared.hidden.data() + l * B * D;
-        product(x, hidden_w + l * panel_rows, hidden_rows + l * panel_rows, hidden_b + l * D, y, D, true, part,
-                parts, rows.data());
+        const W* layer_rows = hidden_rows == nullptr ? nullptr : hidden_rows + l * panel_rows;
+        product(x, hidden_w + l * panel_rows, layer_rows, hidden_b + l * D, y, D, true, part, parts, rows.data());
         if (parts == 2) shared.barrier.wait(passed);
         x = y;
       }
@@ -320,11 +321,15 @@ ffi::Error SampleFrame(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> window, ffi::
   if (cd[0] != s.B || cd[1] != s.F || cd[2] != s.D || td[0] != s.F || td[1] != kSymbols ||
       count(u) != s.F * s.B || count(temperature) != 1 || count(in_b) != s.D ||
       (s.L && (hd[1] != PD || hd[2] != s.D || hd[3] != kPanel)) || count(hidden_b) != s.L * s.D ||
-      od.size() != 3 || od[0] != kSymbols / kPanel || od[1] != s.D || od[2] != kPanel || hrd.size() != 3 ||
-      hrd[0] != s.L || (s.L && (hrd[1] != s.D || hrd[2] != PD * kPanel)) || ord.size() != 2 ||
-      ord[0] != s.D || ord[1] != kSymbols ||
+      od.size() != 3 || od[0] != kSymbols / kPanel || od[1] != s.D || od[2] != kPanel ||
       count(out_b) != kSymbols)
     return ffi::Error::InvalidArgument("sample_frame: the operands' shapes do not agree");
+  // the row-kept copies: both given (only AVX-512 reads them) or both empty
+  const bool with_rows = count(out_rows) != 0;
+  if (with_rows ? hrd.size() != 3 || hrd[0] != s.L || (s.L && (hrd[1] != s.D || hrd[2] != PD * kPanel)) ||
+                      ord.size() != 2 || ord[0] != s.D || ord[1] != kSymbols
+                : count(hidden_rows) != 0)
+    return ffi::Error::InvalidArgument("sample_frame: the row-kept weights' shapes do not agree");
   constexpr ffi::DataType kWeights = sizeof(W) == 4 ? ffi::DataType::F32 : ffi::DataType::BF16;
   if (hidden_w.element_type() != kWeights || out_w.element_type() != kWeights ||
       hidden_rows.element_type() != kWeights || out_rows.element_type() != kWeights)
@@ -339,10 +344,10 @@ ffi::Error SampleFrame(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> window, ffi::
                        in_b.typed_data(),
                        temperature.typed_data()[0],
                        reinterpret_cast<const W*>(hidden_w.untyped_data()),
-                       reinterpret_cast<const W*>(hidden_rows.untyped_data()),
+                       with_rows ? reinterpret_cast<const W*>(hidden_rows.untyped_data()) : nullptr,
                        hidden_b.typed_data(),
                        reinterpret_cast<const W*>(out_w.untyped_data()),
-                       reinterpret_cast<const W*>(out_rows.untyped_data()),
+                       with_rows ? reinterpret_cast<const W*>(out_rows.untyped_data()) : nullptr,
                        out_b.typed_data(),
                        tokens->typed_data(),
                        logits->typed_data()};
@@ -390,10 +395,10 @@ static auto Binding() {
       .Arg<ffi::Buffer<ffi::F32>>()   // tables [F, 256, D]
       .Arg<ffi::Buffer<ffi::F32>>()   // in_b [D]
       .Arg<ffi::AnyBuffer>()          // hidden_w [L, ceil(D / 16), D, 16]
-      .Arg<ffi::AnyBuffer>()          // hidden_rows [L, D, ceil(D / 16) * 16]
+      .Arg<ffi::AnyBuffer>()          // hidden_rows [L, D, ceil(D / 16) * 16], or empty
       .Arg<ffi::Buffer<ffi::F32>>()   // hidden_b [L, D]
       .Arg<ffi::AnyBuffer>()          // out_w [16, D, 16]
-      .Arg<ffi::AnyBuffer>()          // out_rows [D, 256]
+      .Arg<ffi::AnyBuffer>()          // out_rows [D, 256], or empty
       .Arg<ffi::Buffer<ffi::F32>>()   // out_b [256]
       .Ret<ffi::Buffer<ffi::S32>>()   // tokens [B, F]
       .Ret<ffi::Buffer<ffi::F32>>();  // logits [B, F, 256]
@@ -404,3 +409,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvoiceSampleFrameBF16, SampleFrame<uint16_t>, Bi
 
 // 1 where this CPU runs the kernel (AVX2 + FMA), 0 where Python must use the XLA step.
 extern "C" int jaxvoice_sample_frame_isa() { return has_avx2_fma() ? 1 : 0; }
+
+// 1 where one stream reads the row-kept weight copies (AVX-512), so that Python builds them only there.
+extern "C" int jaxvoice_sample_frame_reads_rows() { return has_avx2_fma() && has_avx512() ? 1 : 0; }
