@@ -13,7 +13,9 @@ outside the time loop) and, for the first layer, once over the 256 symbols' embe
 reads a row. A cell without it gets x itself. `fast` is an optional faster implementation of a whole layer
 (see `jaxvoice.fast`), tested equal to scanning `step`; `model.kernels = "xla"` turns every one of them off.
 `dot_only` says that `step` and `project` use their weight matrices only as `dot(x, w)`: then a sampler
-may give them weights stored its fastest way (`jaxvoice.stored`).
+may give them weights stored its fastest way (`jaxvoice.stored`). `recurrent`, where given, names the state
+a dot-only `step` multiplies by its `wh_HxG` (once): a sampler may then compute that product ahead, e.g. on
+another core while a frame's samples are drawn, and give it as `stored.Given`.
 
     import jaxvoice
     def mgu_step(p, h, xproj): ...
@@ -44,6 +46,7 @@ class Cell(NamedTuple):
     project: Callable[[dict, jax.Array], jax.Array] | None = None
     fast: Callable | None = None  # (params, carry, table_RxI, index_TxB | None) -> (hs_TxBxH, carry)
     dot_only: bool = False  # matrices used only through `dot`, so they may be `stored.Stored`
+    recurrent: Callable[[Any], jax.Array] | None = None  # carry -> h_BxH, what `step` multiplies by wh_HxG
 
 
 _CELLS: dict[str, Cell] = {}
@@ -79,7 +82,12 @@ def cell_names() -> list[str]:
 
 def dot(x: jax.Array, w: jax.Array) -> jax.Array:
     """x @ w computed in w's dtype (the compute dtype, model.dtype) with the sums returned in float32, so a
-    bfloat16 model keeps its gate math and carried state in float32. `w` may be a `stored.Stored`."""
+    bfloat16 model keeps its gate math and carried state in float32. `w` may be a `stored.Stored`, or a
+    `stored.Given` x @ w computed ahead."""
+    if isinstance(w, stored.Given):
+        if w.product_BxO.shape[:-1] != x.shape[:-1]:
+            raise ValueError(f"a product given for rows {w.product_BxO.shape[:-1]} asked for {x.shape[:-1]}")
+        return w.product_BxO
     if isinstance(w, stored.Stored):
         return stored.product(x, w)
     return jnp.matmul(x.astype(w.dtype), w, preferred_element_type=jnp.promote_types(w.dtype, jnp.float32))
@@ -159,9 +167,23 @@ def _forget_bias_one(hidden_size: int) -> jax.Array:
     return jnp.zeros((4 * hidden_size,), jnp.float32).at[hidden_size : 2 * hidden_size].set(1.0)
 
 
-LSTM = Cell(gated_init(4, _forget_bias_one), zeros(2), lstm_step, linear_project, fast.lstm_layer, True)
-GRU = Cell(gated_init(3), zeros(1), gru_step, linear_project, fast.linear_input_layer(gru_step), True)
-RNN = Cell(gated_init(1), zeros(1), rnn_step, linear_project, fast.linear_input_layer(rnn_step), True)
+def _first(carry: tuple) -> jax.Array:
+    return carry[0]
+
+
+def _itself(h: jax.Array) -> jax.Array:
+    return h
+
+
+LSTM = Cell(
+    gated_init(4, _forget_bias_one), zeros(2), lstm_step, linear_project, fast.lstm_layer, True, _first
+)
+GRU = Cell(
+    gated_init(3), zeros(1), gru_step, linear_project, fast.linear_input_layer(gru_step), True, _itself
+)
+RNN = Cell(
+    gated_init(1), zeros(1), rnn_step, linear_project, fast.linear_input_layer(rnn_step), True, _itself
+)
 
 for _name, _cell in (("lstm", LSTM), ("gru", GRU), ("rnn", RNN)):
     register_cell(_name, _cell)

@@ -175,8 +175,13 @@ def dropout_masks(key: jax.Array, cfg: ModelConfig, shape: tuple) -> list[jax.Ar
 
 
 def _in_compute_dtype(layer_params: dict, dtype) -> dict:
-    """A layer's matrices in the compute dtype (model.dtype); vectors (biases) stay float32."""
-    return jax.tree.map(lambda w: w.astype(dtype) if w.ndim >= 2 else w, layer_params)
+    """A layer's matrices in the compute dtype (model.dtype); vectors (biases), and products given ahead
+    (`stored.Given`: float32 sums), stay as they are."""
+    return jax.tree.map(
+        lambda w: w.astype(dtype) if not isinstance(w, stored.Given) and w.ndim >= 2 else w,
+        layer_params,
+        is_leaf=lambda w: isinstance(w, stored.Given),
+    )
 
 
 def _scan_layer(cell: cells.Cell, p: dict, carry: Any, table_RxI: jax.Array, index_TxB: jax.Array | None):

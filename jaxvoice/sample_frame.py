@@ -51,7 +51,7 @@ def available() -> bool:
             }
             sp["frame_kernel"] = kernel_params(sp)
             window, cond, u = jnp.zeros((1, F), jnp.int32), jnp.zeros((1, F, D)), jnp.full((F, 1), 0.5)
-            tokens, logits = _call(sp, window, cond, u, 1.0)
+            tokens, logits, _ = _call(sp, window, cond, u, 1.0, None)
         if np.array_equal(np.asarray(tokens), [[7, 7]]) and np.array_equal(np.asarray(logits)[0, 1], out_b):
             return True
         log.warning("jaxvoice's sample-frame kernel computes wrong frames here: using the XLA step")
@@ -96,21 +96,36 @@ def _rows(packed_PxIx16: jax.Array) -> jax.Array:
     return packed_PxIx16.transpose(1, 0, 2).reshape(inputs, panels * PANEL)
 
 
-def frame(sp: dict, window_BxF, cond_BxFxD, u_FxB, temperature):
-    """One frame of the sample level: (tokens_BxF int32, logits_BxFxV) of its F samples from the F inputs up
-    to its first (the newest last), each sample's conditioning vector and uniform, and the temperature
-    (0: the most probable symbol, as the greedy sampler). `sp`: the generation params with the kernel's
-    own (`kernel_params`, under "frame_kernel"). Needs `available()`."""
+def frame(sp: dict, window_BxF, cond_BxFxD, u_FxB, temperature, ahead_AxBxH=None):
+    """One frame of the sample level: (tokens_BxF int32, logits_BxFxV, ahead) of its F samples from the F
+    inputs up to its first (the newest last), each sample's conditioning vector and uniform, and the
+    temperature (0: the most probable symbol, as the greedy sampler). `sp`: the generation params with the
+    kernel's own (`kernel_params`, under "frame_kernel"). Needs `available()`.
+
+    With `ahead_AxBxH`, also ahead = [x_a @ W_a for each a] [A, B, G], W the packed weights stacked under
+    "frame_kernel"/"ahead_w" [A, ceil(G / 16), H, 16] (its columns up to whole panels of 16), computed as
+    `packed_matmul` does (the same floats) while the samples are drawn; otherwise ahead is None."""
     if not available():
         raise RuntimeError("jaxvoice's sample_frame kernel is not built for this machine")
-    return _call(sp, window_BxF, cond_BxFxD, u_FxB, temperature)
+    return _call(sp, window_BxF, cond_BxFxD, u_FxB, temperature, ahead_AxBxH)
 
 
-def _call(sp, window_BxF, cond_BxFxD, u_FxB, temperature):
+def _call(sp, window_BxF, cond_BxFxD, u_FxB, temperature, ahead_AxBxH):
     B, F = window_BxF.shape
     out_w = sp["out_DxV"].data
-    results = (jax.ShapeDtypeStruct((B, F), jnp.int32), jax.ShapeDtypeStruct((B, F, V), jnp.float32))
-    return jax.ffi.ffi_call(_TARGETS[jnp.dtype(out_w.dtype).name], results, vmap_method="sequential")(
+    if ahead_AxBxH is None:
+        ahead_x, ahead_w = jnp.zeros((0, B, 0)), jnp.zeros((0, 0, 0, PANEL), out_w.dtype)
+    else:
+        ahead_x, ahead_w = ahead_AxBxH.astype(jnp.float32), sp["frame_kernel"]["ahead_w"]
+    A, G = ahead_x.shape[0], ahead_w.shape[1] * PANEL  # G: whole panels (the packing's zero columns too)
+    results = (
+        jax.ShapeDtypeStruct((B, F), jnp.int32),
+        jax.ShapeDtypeStruct((B, F, V), jnp.float32),
+        jax.ShapeDtypeStruct((A, B, G), jnp.float32),
+    )
+    tokens, logits, ahead = jax.ffi.ffi_call(
+        _TARGETS[jnp.dtype(out_w.dtype).name], results, vmap_method="sequential"
+    )(
         window_BxF.astype(jnp.int32),
         cond_BxFxD.astype(jnp.float32),
         jnp.asarray(u_FxB, jnp.float32),
@@ -123,4 +138,7 @@ def _call(sp, window_BxF, cond_BxFxD, u_FxB, temperature):
         out_w,
         sp["frame_kernel"]["out_rows"],
         sp["out_b_V"].astype(jnp.float32),
+        ahead_x,
+        ahead_w,
     )
+    return tokens, logits, None if ahead_AxBxH is None else ahead

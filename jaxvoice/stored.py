@@ -44,6 +44,26 @@ class Stored:
         )
 
 
+@jax.tree_util.register_pytree_node_class
+class Given:
+    """x @ W computed before the step that multiplies by W, for the one x that step will multiply:
+    `cells.dot(x, given)` returns it. A sampler uses it to compute a frame tier's recurrent product while the
+    previous frame's samples are drawn, on another core (`cells.Cell.recurrent`, `jaxvoice.tiered`)."""
+
+    def __init__(self, product_BxO: jax.Array):
+        self.product_BxO = product_BxO
+
+    def tree_flatten(self):
+        return (self.product_BxO,), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(children[0])
+
+    def __repr__(self) -> str:
+        return f"Given({self.product_BxO.dtype}{list(self.product_BxO.shape)})"
+
+
 def store(w_IxO: jax.Array, form: str, dtype: str = "float32") -> Stored:
     """`w_IxO` kept as `form` ("packed" needs `packed_matmul.available()`), its elements in `dtype`."""
     if form == "packed":

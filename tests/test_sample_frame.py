@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import cpu_flags
 
-from jaxvoice import model, sample, sample_frame, sample_level
+from jaxvoice import cells, model, packed_matmul, sample, sample_frame, sample_level, stored
 from jaxvoice.config import ModelConfig
 
 needs_kernel = pytest.mark.skipif(not sample_frame.available(), reason="the kernel is not built here")
@@ -96,7 +96,7 @@ def check_frame(
     window_BxF = jnp.asarray(rng.integers(0, 256, (streams, F)), jnp.int32)
     cond_BxFxD = jnp.asarray(rng.standard_normal((streams, F, D)) + cond_shift, jnp.float32)
     u_FxB = jnp.asarray(rng.random((F, streams)), jnp.float32)
-    tokens_BxF, logits_BxFxV = jax.jit(sample_frame.frame)(sp, window_BxF, cond_BxFxD, u_FxB, temperature)
+    tokens_BxF, logits_BxFxV, _ = jax.jit(sample_frame.frame)(sp, window_BxF, cond_BxFxD, u_FxB, temperature)
     assert tokens_BxF.shape == (streams, F) and logits_BxFxV.shape == (streams, F, 256)
 
     inputs_BxT = jnp.concatenate([window_BxF, tokens_BxF], axis=1)
@@ -133,6 +133,56 @@ def test_generation_with_the_kernel_equals_the_xla_step(tiers, sample_layers, st
     assert with_kernel.shape == (streams, 700)
     np.testing.assert_array_equal(with_kernel, equations)
     assert len(np.unique(with_kernel)) > 1
+
+
+@needs_kernel
+@pytest.mark.parametrize(("cell", "layers", "streams"), [("gru", 2, 1), ("rnn", 1, 3), ("lstm", 2, 2)])
+def test_generation_with_the_frame_products_ahead_equals_the_xla_step(cell, layers, streams):
+    """The kernel computes every frame layer's recurrent product for the next frame while it draws (widths
+    that are not whole panels of 16: the GRU's 3 x 24): the same symbols as the equations."""
+    cfg = tiered(cell=cell, num_layers=layers, rnn_size=24, frame_size=16, sample_size=64)
+    params = random_params(cfg)
+    sp = sample._prepare(params, cfg, sample.Layout(packed=True))
+    assert sp["frame_kernel"]["ahead_w"].shape[0] == layers
+    with_kernel = _generate(params, cfg, streams)
+    equations = _generate(params, dataclasses.replace(cfg, kernels="xla"), streams)
+    np.testing.assert_array_equal(with_kernel, equations)
+    assert len(np.unique(with_kernel)) > 1
+
+
+@needs_kernel
+@pytest.mark.parametrize(("streams", "weights"), [(1, "float32"), (3, "float32"), (2, "bfloat16")])
+def test_the_products_ahead_are_packed_matmuls(streams, weights):
+    """What the kernel computes ahead is `packed_matmul`'s product of the same weights, to the bit (so that
+    the frame step given it is the step computing it), and the frame it draws meanwhile is unchanged."""
+    cfg = tiered()
+    sp, _ = generation_params(cfg, random_params(cfg), weights)
+    rng = np.random.default_rng(streams)
+    F, D, H, G = 8, 40, 24, 72
+    w_AxIxO = [jnp.asarray(rng.standard_normal((H, G)), jnp.float32) for _ in range(2)]
+    packed = [packed_matmul.pack(w, weights) for w in w_AxIxO]
+    sp["frame_kernel"] = dict(sp["frame_kernel"], ahead_w=jnp.stack(packed))
+    x_AxBxH = jnp.asarray(rng.standard_normal((2, streams, H)), jnp.float32)
+    window_BxF = jnp.asarray(rng.integers(0, 256, (streams, F)), jnp.int32)
+    cond_BxFxD = jnp.asarray(rng.standard_normal((streams, F, D)), jnp.float32)
+    u_FxB = jnp.asarray(rng.random((F, streams)), jnp.float32)
+    frame = jax.jit(sample_frame.frame)
+    tokens_BxF, logits_BxFxV, ahead_AxBxP = frame(sp, window_BxF, cond_BxFxD, u_FxB, 1.0, x_AxBxH)
+    assert ahead_AxBxP.shape == (2, streams, 80)  # whole panels
+    for a in range(2):
+        want_BxG = jax.jit(packed_matmul.matmul, static_argnums=2)(x_AxBxH[a], packed[a], G)
+        np.testing.assert_array_equal(ahead_AxBxP[a, :, :G], want_BxG)
+    alone = frame(sp, window_BxF, cond_BxFxD, u_FxB, 1.0)
+    assert alone[2] is None
+    np.testing.assert_array_equal(alone[0], tokens_BxF)
+    np.testing.assert_array_equal(alone[1], logits_BxFxV)
+
+
+def test_a_product_given_ahead_is_for_its_rows_only():
+    given = stored.Given(jnp.ones((2, 8)))
+    np.testing.assert_array_equal(cells.dot(jnp.zeros((2, 4)), given), jnp.ones((2, 8)))
+    with pytest.raises(ValueError, match="rows"):
+        cells.dot(jnp.zeros((3, 4)), given)
 
 
 @needs_kernel

@@ -58,15 +58,9 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyB
   piece += piece & 1;
   const int64_t pieces = (P + piece - 1) / piece;
   auto shared = std::make_shared<Shared>();
-  static const bool avx512 = has_avx512();
-  const bool many_rows = M > 2 && avx512;
   auto work = [=] {
     for (int64_t k; (k = shared->next.fetch_add(1)) < pieces;) {
-      const int64_t begin = k * piece, end = std::min(P, (k + 1) * piece);
-      if (many_rows)
-        panels512<W>(xp, M, I, wp, yp, O, begin, end);
-      else
-        panels<W>(xp, M, I, wp, yp, O, begin, end);
+      packed_product<W>(xp, M, I, wp, yp, O, k * piece, std::min(P, (k + 1) * piece));
       shared->done.fetch_add(1, std::memory_order_release);
     }
   };

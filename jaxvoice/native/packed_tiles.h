@@ -163,6 +163,18 @@ JV_TARGET512 void panels512(const float* x, int64_t M, int64_t I, const W* w, fl
 
 inline bool has_avx512() { return __builtin_cpu_supports("avx512f"); }
 
+// y = x @ W over panels [p_begin, p_end) of packed W, as packed_matmul.cc computes it: the same floats however
+// the panels are split between threads (each column's sums run in the same order).
+template <typename W>
+inline void packed_product(const float* x, int64_t M, int64_t I, const W* w, float* y, int64_t O, int64_t p_begin,
+                           int64_t p_end) {
+  static const bool avx512 = has_avx512();
+  if (M > 2 && avx512)
+    panels512<W>(x, M, I, w, y, O, p_begin, p_end);
+  else
+    panels<W>(x, M, I, w, y, O, p_begin, p_end);
+}
+
 // One row of x (one stream) by weights kept row by row, [I, stride] with stride = P * 16 (the packed panels side
 // by side), panels p0 .. p0+NP, over the listed rows `rows[0..n)` only (x's nonzero inputs): y[p0 * 16 ..] =
 // the sums, in the same order as `tile<1, NP, W, true>`'s, so the same floats. At one stream a product's time

@@ -11,6 +11,13 @@
 // compute the first layer and the draw themselves (cheap) so that they need no other meeting. The pool
 // thread joins whenever it starts, at a sample boundary: the caller never waits for it to begin. At one stream
 // it is asked only where that has been faster (`ThreadChoice`).
+//
+// The pool thread first computes a product the next frame will need and that does not wait on this frame's
+// samples, where the call is given one ("ahead": the frame tier's recurrent products h W_h, see
+// jaxvoice/tiered.py), while the caller draws the samples; the caller computes it itself at the end if the pool
+// thread has not come. In XLA the same product, between the frame's other steps, cost ~50 us a frame of
+// ~230 where its weights alone take ~15 us to read (an Intel Xeon VM, 2026-12-03): here each core keeps its
+// own weights in its cache.
 
 #include <atomic>
 #include <chrono>
@@ -183,6 +190,7 @@ struct Shared {
   std::vector<float> logits;
   Barrier barrier;
   std::atomic<int> state{0};   // 0: the pool thread has not come; 1: it has; 2: the call is over
+  std::atomic<bool> joinable{false};  // the pool thread has done the product ahead and waits to join
   std::atomic<int> start{-1};  // the sample the pool thread joins at (F: none left)
   std::atomic<int> helper_done{0};
 };
@@ -201,6 +209,16 @@ struct Frame {
   const float* out_b;  // [256]
   int32_t* tokens;  // [B, F]
   float* logits;  // [B, F, 256]
+  int64_t ahead_layers, ahead_in, ahead_out;  // A, H, G of the product ahead (A = 0: none)
+  const float* ahead_x;  // [A, B, H]
+  const W* ahead_w;  // [A, ceil(G / 16), H, 16]
+  float* ahead_y;  // [A, B, G] = x @ w, layer by layer
+
+  JV_TARGET void ahead() const {
+    const int64_t B = s.B, H = ahead_in, G = ahead_out, P = (G + kPanel - 1) / kPanel;
+    for (int64_t a = 0; a < ahead_layers; ++a)
+      packed_product<W>(ahead_x + a * B * H, B, H, ahead_w + a * P * H * kPanel, ahead_y + a * B * G, G, 0, P);
+  }
 
   // y[:, panels of this thread] = x @ W for the thread `part` of `parts`, then + bias (and ReLU); W packed, and
   // at one stream with AVX-512 read as kept row by row where given (`w_rows`, [D, ceil(O / 16) * 16]; the same
@@ -235,7 +253,7 @@ struct Frame {
   }
 
   // Samples first .. F - 1 as thread `part` (0 the caller, 1 the pool thread); the caller runs alone
-  // until the pool thread has come (`shared.state` 1), then gives it the next sample to start at.
+  // until the pool thread is ready to join (`shared.joinable`), then gives it the next sample to start at.
   JV_TARGET void run(Shared& shared, int part, int first) const {
     const int64_t B = s.B, F = s.F, D = s.D;
     std::vector<int32_t> win(window, window + B * F);  // this thread's copy of each stream's window
@@ -249,7 +267,7 @@ struct Frame {
     alignas(32) float scratch[kSymbols];
     int parts = part == 0 ? 1 : 2, passed = 0;
     for (int64_t pos = first; pos < F; ++pos) {
-      if (parts == 1 && shared.state.load(std::memory_order_acquire) == 1) {
+      if (parts == 1 && shared.joinable.load(std::memory_order_acquire)) {
         shared.start.store(static_cast<int>(pos), std::memory_order_release);
         parts = 2;
       }
@@ -307,8 +325,9 @@ ffi::Error SampleFrame(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> window, ffi::
                        ffi::Buffer<ffi::F32> u, ffi::Buffer<ffi::F32> temperature, ffi::Buffer<ffi::F32> tables,
                        ffi::Buffer<ffi::F32> in_b, ffi::AnyBuffer hidden_w, ffi::AnyBuffer hidden_rows,
                        ffi::Buffer<ffi::F32> hidden_b, ffi::AnyBuffer out_w, ffi::AnyBuffer out_rows,
-                       ffi::Buffer<ffi::F32> out_b, ffi::ResultBuffer<ffi::S32> tokens,
-                       ffi::ResultBuffer<ffi::F32> logits) {
+                       ffi::Buffer<ffi::F32> out_b, ffi::Buffer<ffi::F32> ahead_x, ffi::AnyBuffer ahead_w,
+                       ffi::ResultBuffer<ffi::S32> tokens, ffi::ResultBuffer<ffi::F32> logits,
+                       ffi::ResultBuffer<ffi::F32> ahead_y) {
 #if JV_X86
   auto wd = window.dimensions(), cd = cond.dimensions(), td = tables.dimensions(), hd = hidden_w.dimensions();
   if (wd.size() != 2 || cd.size() != 3 || td.size() != 3 || hd.size() != 4)
@@ -330,9 +349,16 @@ ffi::Error SampleFrame(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> window, ffi::
                       ord.size() != 2 || ord[0] != s.D || ord[1] != kSymbols
                 : count(hidden_rows) != 0)
     return ffi::Error::InvalidArgument("sample_frame: the row-kept weights' shapes do not agree");
+  auto axd = ahead_x.dimensions(), awd = ahead_w.dimensions(), ayd = ahead_y->dimensions();
+  if (axd.size() != 3 || awd.size() != 4 || ayd.size() != 3 || awd[0] != axd[0] || ayd[0] != axd[0] ||
+      axd[1] != s.B || ayd[1] != s.B || awd[2] != axd[2] || awd[3] != kPanel ||
+      awd[1] != (ayd[2] + kPanel - 1) / kPanel)
+    return ffi::Error::InvalidArgument(
+        "sample_frame: the product ahead needs x[A, B, H], w[A, ceil(G/16), H, 16], y[A, B, G]");
   constexpr ffi::DataType kWeights = sizeof(W) == 4 ? ffi::DataType::F32 : ffi::DataType::BF16;
   if (hidden_w.element_type() != kWeights || out_w.element_type() != kWeights ||
-      hidden_rows.element_type() != kWeights || out_rows.element_type() != kWeights)
+      hidden_rows.element_type() != kWeights || out_rows.element_type() != kWeights ||
+      ahead_w.element_type() != kWeights)
     return ffi::Error::InvalidArgument("sample_frame: the weights' dtype does not match the target");
   if (s.B == 0) return ffi::Error::Success();
 
@@ -350,25 +376,38 @@ ffi::Error SampleFrame(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> window, ffi::
                        with_rows ? reinterpret_cast<const W*>(out_rows.untyped_data()) : nullptr,
                        out_b.typed_data(),
                        tokens->typed_data(),
-                       logits->typed_data()};
+                       logits->typed_data(),
+                       axd[0],
+                       axd[2],
+                       ayd[2],
+                       ahead_x.typed_data(),
+                       reinterpret_cast<const W*>(ahead_w.untyped_data()),
+                       ahead_y->typed_data()};
   auto shared = std::make_shared<Shared>(s);
   const int64_t sizes = (static_cast<int64_t>(sizeof(W)) << 56) | (s.D << 24) | (s.F << 8) | s.L;
   const bool timed = s.B == 1 && pool.num_threads() >= 2;
   const bool helped = pool.num_threads() >= 2 && (!timed || one_stream_threads.helper(sizes));
+  const bool ahead = frame.ahead_layers > 0;
   const auto began = std::chrono::steady_clock::now();
-  if (helped) {
-    pool.Schedule([shared, frame] {
+  if (helped || (ahead && pool.num_threads() >= 2)) {
+    pool.Schedule([shared, frame, helped] {
       int open = 0;
       if (!shared->state.compare_exchange_strong(open, 1, std::memory_order_acq_rel)) return;  // too late
-      int first;
-      for (int turns = 0; (first = shared->start.load(std::memory_order_acquire)) < 0;) idle(turns);
-      if (first < frame.s.F) frame.run(*shared, 1, first);
+      frame.ahead();
+      if (helped) {
+        shared->joinable.store(true, std::memory_order_release);
+        int first;
+        for (int turns = 0; (first = shared->start.load(std::memory_order_acquire)) < 0;) idle(turns);
+        if (first < frame.s.F) frame.run(*shared, 1, first);
+      }
       shared->helper_done.store(1, std::memory_order_release);
     });
   }
   frame.run(*shared, 0, 0);
   int open = 0;
-  if (!shared->state.compare_exchange_strong(open, 2, std::memory_order_acq_rel)) {  // the pool thread came
+  if (shared->state.compare_exchange_strong(open, 2, std::memory_order_acq_rel)) {  // no pool thread came
+    frame.ahead();
+  } else {
     if (shared->start.load(std::memory_order_acquire) < 0)  // after the last sample: nothing for it to do
       shared->start.store(static_cast<int>(s.F), std::memory_order_release);
     for (int turns = 0; !shared->helper_done.load(std::memory_order_acquire);) idle(turns);
@@ -400,8 +439,11 @@ static auto Binding() {
       .Arg<ffi::AnyBuffer>()          // out_w [16, D, 16]
       .Arg<ffi::AnyBuffer>()          // out_rows [D, 256], or empty
       .Arg<ffi::Buffer<ffi::F32>>()   // out_b [256]
+      .Arg<ffi::Buffer<ffi::F32>>()   // ahead_x [A, B, H] (A = 0: no product ahead)
+      .Arg<ffi::AnyBuffer>()          // ahead_w [A, ceil(G / 16), H, 16]
       .Ret<ffi::Buffer<ffi::S32>>()   // tokens [B, F]
-      .Ret<ffi::Buffer<ffi::F32>>();  // logits [B, F, 256]
+      .Ret<ffi::Buffer<ffi::F32>>()   // logits [B, F, 256]
+      .Ret<ffi::Buffer<ffi::F32>>();  // ahead_y [A, B, G]
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvoiceSampleFrameF32, SampleFrame<float>, Binding());
