@@ -3,6 +3,8 @@ extension): all F samples of a frame of the MLP sample level (`jaxvoice.sample_l
 sampler's rule without top-k/p (`jaxvoice.sample.choose`), in one XLA FFI call where XLA runs ~17 ops per
 sample. The products are split between two threads, each keeping half of the weights in its core's cache;
 at one stream the kernel times both ways and takes the second thread only where it pays (the same floats).
+The second thread first computes the products given to be done ahead (the frame tier's recurrent products
+for the next frame, `tiered.sample_scan`), which do not wait on this frame's samples.
 
 `tiered.sample_scan` uses it where the sampler stored the weights packed (a single CPU device, see
 `sample.layout_for`) and `model.kernels = "auto"`; `available()` is False where the extension was not built,
