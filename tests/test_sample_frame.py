@@ -48,7 +48,7 @@ def generation_params(cfg, params, weights="float32"):
 @pytest.mark.parametrize(
     ("streams", "frame_size", "sample_size", "sample_layers", "temperature"),
     [(1, 8, 40, 2, 1.0), (2, 4, 10, 1, 0.7), (3, 16, 256, 2, 1.3), (5, 8, 48, 3, 1.0), (16, 2, 16, 2, 0.0),
-     (1, 16, 256, 3, 0.0)],
+     (1, 16, 256, 3, 0.0), (2, 8, 136, 1, 1.0)],
 )  # fmt: skip
 def test_a_frame_equals_the_xla_steps(streams, frame_size, sample_size, sample_layers, temperature, weights):
     """Teacher-forced on the kernel's own draws, its logits equal the XLA step's (1e-5), and each draw is the

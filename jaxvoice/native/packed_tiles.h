@@ -212,6 +212,24 @@ JV_TARGET512 void listed_rows512(const float* x, const W* w, int64_t stride, int
   for (; p < p_end; ++p) row_tile512<1, W>(x, w, stride, p, y, O, rows, n);
 }
 
+// rows[0 .. n) = the indices of x's nonzero entries [0, I), in order; returns n. Sixteen at a time: a compare
+// to a mask and a compress of the indices it keeps (one stream's products read only the rows a ReLU left).
+JV_TARGET512 inline int64_t list_nonzero512(const float* x, int64_t I, int32_t* rows) {
+  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  int64_t n = 0, i = 0;
+  for (; i + 16 <= I; i += 16) {  // n <= i: the 16-wide store stays within rows[0, I)
+    const __mmask16 kept = _mm512_cmp_ps_mask(_mm512_loadu_ps(x + i), _mm512_setzero_ps(), _CMP_NEQ_UQ);
+    const __m512i at = _mm512_add_epi32(lanes, _mm512_set1_epi32(static_cast<int32_t>(i)));
+    _mm512_storeu_si512(rows + n, _mm512_maskz_compress_epi32(kept, at));
+    n += __builtin_popcount(kept);
+  }
+  for (; i < I; ++i) {
+    rows[n] = static_cast<int32_t>(i);
+    n += x[i] != 0.0f;
+  }
+  return n;
+}
+
 inline bool has_avx2_fma() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
 
 #else
