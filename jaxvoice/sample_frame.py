@@ -4,9 +4,9 @@ sampler's rule without top-k/p (`jaxvoice.sample.choose`), in one XLA FFI call w
 sample. The products are split between two threads, each keeping half of the weights in its core's cache;
 at one stream the kernel times both ways and takes the second thread only where it pays (the same floats).
 The second thread first computes the products given to be done ahead (the frame tier's recurrent products
-for the next frame, `tiered.sample_scan`), which do not wait on this frame's samples.
+for the next frame, `tiered_generation.sample_scan`), which do not wait on this frame's samples.
 
-`tiered.sample_scan` uses it where the sampler stored the weights packed (a single CPU device, see
+`tiered_generation.sample_scan` uses it where the sampler stored the weights packed (a single CPU device, see
 `sample.layout_for`) and `model.kernels = "auto"`; `available()` is False where the extension was not built,
 does not load or the CPU lacks AVX2/FMA, and then the XLA step runs. Tested against the XLA step in
 tests/test_sample_frame.py; figures in docs/performance.md.

@@ -1,0 +1,62 @@
+"""The maps the tiered family's training (`jaxvoice.tiered`) and generation (`jaxvoice.tiered_generation`)
+both apply: a tier's input from the samples before its frame, and the learned upsampling of a tier's output
+to the conditioning of the tier below. Shape letters as in `jaxvoice.tiered`."""
+
+from __future__ import annotations
+
+import jax
+
+from jaxvoice import model, sample_level
+from jaxvoice.config import ModelConfig
+
+
+def frame_input_size(cfg: ModelConfig, frame: int) -> int:
+    return frame * (cfg.wordvec_size if cfg.frame_input == "embedded" else 1)
+
+
+def period(cfg: ModelConfig) -> int:
+    """Samples per step of the slowest tier: windows and generation chunks are whole periods."""
+    return cfg.top_frame_size if cfg.tiers == 3 else cfg.frame_size
+
+
+def window_length(cfg: ModelConfig) -> int:
+    """N: the input symbols the carry keeps: a period, or with `model.sample_history` W the F + W that the
+    history of a frame's last sample reaches back."""
+    return max(period(cfg), cfg.frame_size + cfg.sample_history)
+
+
+def frame_inputs(params, frames_NxF, cfg) -> jax.Array:
+    """The frame tier's input for each frame [N, F] of symbols: [N, F] scaled to [-2, 2], or [N, F * E]."""
+    if cfg.frame_input == "embedded":
+        return params["frame_embed_VxE"][frames_NxF].reshape(frames_NxF.shape[0], -1)
+    return sample_level.scaled(frames_NxF)
+
+
+def up_weight(cfg: ModelConfig, top: bool = False) -> str:
+    """The name of a tier's upsampling matrix: one map per position, or with `model.upsampling = "shared"`
+    one map for all of them."""
+    shared = cfg.upsampling == "shared"
+    if top:
+        return "top_up_HxH" if shared else "top_up_HxRH"
+    return "up_HxD" if shared else "up_HxFD"
+
+
+def upsample(cfg, o_NxH, w, b_CW, count: int) -> jax.Array:
+    """`count` vectors [N, count, W] per row of o: SampleRNN's learned linear upsampling (w [H, count * W],
+    a map per position) or one map for every position (w [H, W]) plus a bias per position (b_CW). The
+    shared map has count times fewer weights to fit; on minutes of audio it generalises better."""
+    y_NxW = model.dense(cfg, o_NxH, w)
+    if cfg.upsampling == "shared":
+        return y_NxW[:, None, :] + b_CW.reshape(count, -1)
+    return (y_NxW + b_CW).reshape(o_NxH.shape[0], count, -1)
+
+
+def conditioning(params, o_NxH, cfg) -> jax.Array:
+    """F conditioning vectors [N, F, D] per frame tier output."""
+    return upsample(cfg, o_NxH, params[up_weight(cfg)], params["up_b_FD"], cfg.frame_size)
+
+
+def top_conditioning(params, o_NxH, cfg) -> jax.Array:
+    """R = top_frame_size / frame_size conditioning vectors [N, R, H] per top tier output, one per frame."""
+    R = cfg.top_frame_size // cfg.frame_size
+    return upsample(cfg, o_NxH, params[up_weight(cfg, top=True)], params["top_up_b_RH"], R)
