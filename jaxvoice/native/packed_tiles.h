@@ -212,6 +212,15 @@ JV_TARGET512 void listed_rows512(const float* x, const W* w, int64_t stride, int
   for (; p < p_end; ++p) row_tile512<1, W>(x, w, stride, p, y, O, rows, n);
 }
 
+// rows[n ..) += the indices of x's nonzero entries [i, I), in order; returns the new n.
+inline int64_t list_nonzero(const float* x, int64_t i, int64_t I, int32_t* rows, int64_t n) {
+  for (; i < I; ++i) {
+    rows[n] = static_cast<int32_t>(i);
+    n += x[i] != 0.0f;
+  }
+  return n;
+}
+
 // rows[0 .. n) = the indices of x's nonzero entries [0, I), in order; returns n. Sixteen at a time: a compare
 // to a mask and a compress of the indices it keeps (one stream's products read only the rows a ReLU left).
 JV_TARGET512 inline int64_t list_nonzero512(const float* x, int64_t I, int32_t* rows) {
@@ -223,11 +232,7 @@ JV_TARGET512 inline int64_t list_nonzero512(const float* x, int64_t I, int32_t* 
     _mm512_storeu_si512(rows + n, _mm512_maskz_compress_epi32(kept, at));
     n += __builtin_popcount(kept);
   }
-  for (; i < I; ++i) {
-    rows[n] = static_cast<int32_t>(i);
-    n += x[i] != 0.0f;
-  }
-  return n;
+  return list_nonzero(x, i, I, rows, n);
 }
 
 inline bool has_avx2_fma() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }

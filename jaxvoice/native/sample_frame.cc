@@ -255,15 +255,7 @@ struct Frame {
     static const bool avx512 = has_avx512();
     const int64_t P = (O + kPanel - 1) / kPanel, begin = P * part / parts, end = P * (part + 1) / parts;
     if (s.B == 1) {  // one stream: only the weight rows of the inputs the ReLU left (x is >= 0 here)
-      int64_t n = 0;
-      if (avx512) {
-        n = list_nonzero512(x, s.D, rows);
-      } else {
-        for (int64_t i = 0; i < s.D; ++i) {
-          rows[n] = static_cast<int32_t>(i);
-          n += x[i] != 0.0f;
-        }
-      }
+      const int64_t n = avx512 ? list_nonzero512(x, s.D, rows) : list_nonzero(x, 0, s.D, rows, 0);
       if (avx512 && w_rows != nullptr) {
         listed_rows512<W>(x, w_rows, P * kPanel, begin, end, y, O, rows, n);
       } else {  // AVX2: the packed panels, four at a time
