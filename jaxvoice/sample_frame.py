@@ -74,21 +74,25 @@ def reads_rows() -> bool:
 
 def kernel_params(sp: dict, rows: bool | None = None) -> dict:
     """What the kernel reads beyond the MLP sample level's generation params (`sample_level.sample_prepare`
-    with its products stored packed): the hidden layers' packed weights and biases stacked, once per model,
-    and, where `rows` (default: `reads_rows()`), every product's weights also row by row. Without them the
-    kernel reads the packed panels: the same floats, empty arrays in their place."""
+    with its products stored packed, which it reads as they are): the hidden layers' biases stacked, once per
+    model, and, where `rows` (default: `reads_rows()`), every product's weights also row by row. Without them
+    the kernel reads the packed panels: the same floats, empty arrays in their place."""
     hidden, D = sp["hidden"], sp["tables_FxVxD"].shape[-1]
     dtype = sp["out_DxV"].dtype
     if hidden:
-        hidden_w = jnp.stack([layer["w_DxD"].data for layer in hidden])
         hidden_b = jnp.stack([layer["b_D"] for layer in hidden]).astype(jnp.float32)
     else:
-        hidden_w, hidden_b = jnp.zeros((0, -(-D // PANEL), D, PANEL), dtype), jnp.zeros((0, D))
+        hidden_b = jnp.zeros((0, D))
     if reads_rows() if rows is None else rows:
-        hidden_rows, out_rows = jax.vmap(_rows)(hidden_w), _rows(sp["out_DxV"].data)
+        out_rows = _rows(sp["out_DxV"].data)
+        hidden_rows = (
+            jnp.stack([_rows(layer["w_DxD"].data) for layer in hidden])
+            if hidden
+            else (jnp.zeros((0, D, -(-D // PANEL) * PANEL), dtype))
+        )
     else:
         hidden_rows, out_rows = jnp.zeros((0, 0, 0), dtype), jnp.zeros((0, 0), dtype)
-    return {"hidden_w": hidden_w, "hidden_rows": hidden_rows, "hidden_b": hidden_b, "out_rows": out_rows}
+    return {"hidden_rows": hidden_rows, "hidden_b": hidden_b, "out_rows": out_rows}
 
 
 def _rows(packed_PxIx16: jax.Array) -> jax.Array:
@@ -98,34 +102,35 @@ def _rows(packed_PxIx16: jax.Array) -> jax.Array:
     return packed_PxIx16.transpose(1, 0, 2).reshape(inputs, panels * PANEL)
 
 
-def frame(sp: dict, window_BxF, cond_BxFxD, u_FxB, temperature, ahead_AxBxH=None):
-    """One frame of the sample level: (tokens_BxF int32, logits_BxFxV, ahead) of its F samples from the F
+def frame(sp: dict, window_BxF, cond_BxFxD, u_FxB, temperature, ahead=None):
+    """One frame of the sample level: (tokens_BxF int32, logits_BxFxV, products) of its F samples from the F
     inputs up to its first (the newest last), each sample's conditioning vector and uniform, and the
     temperature (0: the most probable symbol, as the greedy sampler). `sp`: the generation params with the
     kernel's own (`kernel_params`, under "frame_kernel"). Needs `available()`.
 
-    With `ahead_AxBxH`, also ahead = [x_a @ W_a for each a] [A, B, G], W the packed weights stacked under
-    "frame_kernel"/"ahead_w" [A, ceil(G / 16), H, 16] (its columns up to whole panels of 16), computed as
-    `packed_matmul` does (the same floats) while the samples are drawn; otherwise ahead is None."""
+    With `ahead` = (x_AxBxH, [W_a for each a]), W_a packed weights [ceil(G / 16), H, 16] as `packed_matmul`
+    takes them (e.g. each frame layer's own), also products = [x_a @ W_a for each a] [A, B, ceil(G / 16) * 16]
+    (the columns up to whole panels of 16), computed as `packed_matmul` does (the same floats) while the
+    samples are drawn; otherwise products is None."""
     if not available():
         raise RuntimeError("jaxvoice's sample_frame kernel is not built for this machine")
-    return _call(sp, window_BxF, cond_BxFxD, u_FxB, temperature, ahead_AxBxH)
+    return _call(sp, window_BxF, cond_BxFxD, u_FxB, temperature, ahead)
 
 
-def _call(sp, window_BxF, cond_BxFxD, u_FxB, temperature, ahead_AxBxH):
+def _call(sp, window_BxF, cond_BxFxD, u_FxB, temperature, ahead):
     B, F = window_BxF.shape
     out_w = sp["out_DxV"].data
-    if ahead_AxBxH is None:
-        ahead_x, ahead_w = jnp.zeros((0, B, 0)), jnp.zeros((0, 0, 0, PANEL), out_w.dtype)
+    if ahead is None:
+        ahead_x, ahead_w, G = jnp.zeros((0, B, 0)), [], 0
     else:
-        ahead_x, ahead_w = ahead_AxBxH.astype(jnp.float32), sp["frame_kernel"]["ahead_w"]
-    A, G = ahead_x.shape[0], ahead_w.shape[1] * PANEL  # G: whole panels (the packing's zero columns too)
+        ahead_x, ahead_w = ahead[0].astype(jnp.float32), list(ahead[1])
+        G = ahead_w[0].shape[0] * PANEL  # whole panels (the packing's zero columns too)
     results = (
         jax.ShapeDtypeStruct((B, F), jnp.int32),
         jax.ShapeDtypeStruct((B, F, V), jnp.float32),
-        jax.ShapeDtypeStruct((A, B, G), jnp.float32),
+        jax.ShapeDtypeStruct((ahead_x.shape[0], B, G), jnp.float32),
     )
-    tokens, logits, ahead = jax.ffi.ffi_call(
+    tokens, logits, products = jax.ffi.ffi_call(
         _TARGETS[jnp.dtype(out_w.dtype).name], results, vmap_method="sequential"
     )(
         window_BxF.astype(jnp.int32),
@@ -134,13 +139,15 @@ def _call(sp, window_BxF, cond_BxFxD, u_FxB, temperature, ahead_AxBxH):
         jnp.asarray(temperature, jnp.float32).reshape(()),
         sp["tables_FxVxD"].astype(jnp.float32),
         sp["in_b_D"].astype(jnp.float32),
-        sp["frame_kernel"]["hidden_w"],
         sp["frame_kernel"]["hidden_rows"],
         sp["frame_kernel"]["hidden_b"],
         out_w,
         sp["frame_kernel"]["out_rows"],
         sp["out_b_V"].astype(jnp.float32),
         ahead_x,
-        ahead_w,
+        *[
+            layer["w_DxD"].data for layer in sp["hidden"]
+        ],  # each hidden layer's packed weights, as it keeps them
+        *ahead_w,
     )
-    return tokens, logits, None if ahead_AxBxH is None else ahead
+    return tokens, logits, None if ahead is None else products

@@ -80,9 +80,6 @@ def sample_prepare(params, cfg, store):
     up = maps.up_weight(cfg)
     sp[up] = store(params[up])  # read once per frame, but (per position) F x D wide: the largest product
     sp["frame_layers"] = [cells.store_layer(cfg.cell, layer, store) for layer in params["frame_layers"]]
-    if "frame_kernel" in sp and _recurrent_packed(sp, cfg):  # the kernel computes them ahead (sample_scan)
-        ahead_w = jnp.stack([layer["wh_HxG"].data for layer in sp["frame_layers"]])
-        sp["frame_kernel"] = dict(sp["frame_kernel"], ahead_w=ahead_w)
     for name in sample_history.STORED:
         if name in params:  # read by a frame's F rows at once
             sp[name] = store(params[name], rows=cfg.frame_size)
@@ -120,14 +117,14 @@ def sample_scan(sp, carry, token_B, u_CxB, choose, cfg):
     `token_B` is the input of the first step; what `step` computes, step by step. `sp` is `sample_prepare`'s
     (or the params themselves). Where `sp` has the frame kernel's operands and `choose` says it draws by the
     plain rule (`draw.Choice.native_temperature`), each frame's sample level is one kernel call, which also
-    computes the frame tier's recurrent products for the next frame (where `sample_prepare` stacked their
-    weights), on another core while it draws the samples."""
+    computes the frame tier's recurrent products for the next frame (where each frame layer keeps its
+    recurrent weights packed, `_recurrent_packed`), on another core while it draws the samples."""
     F = cfg.frame_size
     C, B = u_CxB.shape
     tables_FxVxD = sp.get("tables_FxVxD")
     temperature = getattr(choose, "native_temperature", None)
     native = "frame_kernel" in sp and temperature is not None
-    ahead = native and "ahead_w" in sp["frame_kernel"]
+    ahead = native and _recurrent_packed(sp, cfg)
     recurrent = cells.get_cell(cfg.cell).recurrent
 
     def frame(state, xs):
@@ -142,9 +139,14 @@ def sample_scan(sp, carry, token_B, u_CxB, choose, cfg):
         carry = _frame_step(params, _push(carry, token), cfg, above_BxH)
         if native:  # the sample level's F steps in one call of jaxvoice's CPU kernel
             window = carry["window"]
-            h_AxBxH = jnp.stack([recurrent(c) for c in carry["frame"]]) if ahead else None
+            given = None
+            if (
+                ahead
+            ):  # each layer's state that its recurrent weights multiply, and the weights as it keeps them
+                h_AxBxH = jnp.stack([recurrent(c) for c in carry["frame"]])
+                given = (h_AxBxH, [layer["wh_HxG"].data for layer in sp["frame_layers"]])
             tokens_BxF, _, ahead_AxBxP = sample_frame.frame(
-                sp, window[:, -F:], carry["cond"], u_FxB, temperature, h_AxBxH
+                sp, window[:, -F:], carry["cond"], u_FxB, temperature, given
             )
             if ahead:  # the kernel's whole panels of 16 columns, cut to the product's G
                 ahead_AxBxG = ahead_AxBxP[..., : sp["frame_layers"][0]["wh_HxG"].out_features]

@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 from conftest import cpu_flags
 
-from jaxvoice import cells, model, packed_matmul, sample, sample_frame, sample_level, stored
+from jaxvoice import (
+    cells,
+    model,
+    packed_matmul,
+    sample,
+    sample_frame,
+    sample_level,
+    stored,
+    tiered_generation,
+)
 from jaxvoice.config import ModelConfig
 
 needs_kernel = pytest.mark.skipif(not sample_frame.available(), reason="the kernel is not built here")
@@ -143,7 +152,7 @@ def test_generation_with_the_frame_products_ahead_equals_the_xla_step(cell, laye
     cfg = tiered(cell=cell, num_layers=layers, rnn_size=24, frame_size=16, sample_size=64)
     params = random_params(cfg)
     sp = sample._prepare(params, cfg, sample.Layout(packed=True))
-    assert sp["frame_kernel"]["ahead_w"].shape[0] == layers
+    assert tiered_generation._recurrent_packed(sp, cfg) and len(sp["frame_layers"]) == layers
     with_kernel = _generate(params, cfg, streams)
     equations = _generate(params, dataclasses.replace(cfg, kernels="xla"), streams)
     np.testing.assert_array_equal(with_kernel, equations)
@@ -161,17 +170,19 @@ def test_the_products_ahead_are_packed_matmuls(streams, weights):
     F, D, H, G = 8, 40, 24, 72
     w_AxIxO = [jnp.asarray(rng.standard_normal((H, G)), jnp.float32) for _ in range(2)]
     packed = [packed_matmul.pack(w, weights) for w in w_AxIxO]
-    sp["frame_kernel"] = dict(sp["frame_kernel"], ahead_w=jnp.stack(packed))
     x_AxBxH = jnp.asarray(rng.standard_normal((2, streams, H)), jnp.float32)
     window_BxF = jnp.asarray(rng.integers(0, 256, (streams, F)), jnp.int32)
     cond_BxFxD = jnp.asarray(rng.standard_normal((streams, F, D)), jnp.float32)
     u_FxB = jnp.asarray(rng.random((F, streams)), jnp.float32)
     frame = jax.jit(sample_frame.frame)
-    tokens_BxF, logits_BxFxV, ahead_AxBxP = frame(sp, window_BxF, cond_BxFxD, u_FxB, 1.0, x_AxBxH)
+    tokens_BxF, logits_BxFxV, ahead_AxBxP = frame(sp, window_BxF, cond_BxFxD, u_FxB, 1.0, (x_AxBxH, packed))
     assert ahead_AxBxP.shape == (2, streams, 80)  # whole panels
     for a in range(2):
         want_BxG = jax.jit(packed_matmul.matmul, static_argnums=2)(x_AxBxH[a], packed[a], G)
         np.testing.assert_array_equal(ahead_AxBxP[a, :, :G], want_BxG)
+    for wrong in ([packed[0]], [packed[0][:, :-1], packed[1]]):  # one layer short; a layer of other inputs
+        with pytest.raises(Exception, match="packed weights"):
+            jax.block_until_ready(frame(sp, window_BxF, cond_BxFxD, u_FxB, 1.0, (x_AxBxH, wrong)))
     alone = frame(sp, window_BxF, cond_BxFxD, u_FxB, 1.0)
     assert alone[2] is None
     np.testing.assert_array_equal(alone[0], tokens_BxF)

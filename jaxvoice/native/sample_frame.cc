@@ -228,7 +228,7 @@ struct Frame {
   const int32_t* window;  // [B, F]: the inputs up to the frame's first sample, the newest last
   const float *cond, *u, *tables, *in_b;  // [B, F, D], [F, B], [F, 256, D], [D]
   float temperature;
-  const W* hidden_w;  // [L, ceil(D / 16), D, 16]
+  std::vector<const W*> hidden_w;  // L x [ceil(D / 16), D, 16]
   const W* hidden_rows;  // [L, D, ceil(D / 16) * 16]: the same weights row by row (one stream, AVX-512), or null
   const float* hidden_b;  // [L, D]
   const W* out_w;  // [16, D, 16]
@@ -238,13 +238,13 @@ struct Frame {
   float* logits;  // [B, F, 256]
   int64_t ahead_layers, ahead_in, ahead_out;  // A, H, G of the product ahead (A = 0: none)
   const float* ahead_x;  // [A, B, H]
-  const W* ahead_w;  // [A, ceil(G / 16), H, 16]
+  std::vector<const W*> ahead_w;  // A x [ceil(G / 16), H, 16]
   float* ahead_y;  // [A, B, G] = x @ w, layer by layer
 
   JV_TARGET void ahead() const {
     const int64_t B = s.B, H = ahead_in, G = ahead_out, P = (G + kPanel - 1) / kPanel;
     for (int64_t a = 0; a < ahead_layers; ++a)
-      packed_product<W>(ahead_x + a * B * H, B, H, ahead_w + a * P * H * kPanel, ahead_y + a * B * G, G, 0, P);
+      packed_product<W>(ahead_x + a * B * H, B, H, ahead_w[a], ahead_y + a * B * G, G, 0, P);
   }
 
   // y[:, panels of this thread] = x @ W for the thread `part` of `parts`, then + bias (and ReLU); W packed, and
@@ -321,7 +321,7 @@ struct Frame {
       for (int64_t l = 0; l < s.L; ++l) {
         float* y = shared.hidden.data() + l * B * D;
         const W* layer_rows = hidden_rows == nullptr ? nullptr : hidden_rows + l * panel_rows;
-        product(x, hidden_w + l * panel_rows, layer_rows, hidden_b + l * D, y, D, true, part, parts, rows.data());
+        product(x, hidden_w[l], layer_rows, hidden_b + l * D, y, D, true, part, parts, rows.data());
         if (parts == 2) shared.barrier.wait(passed);
         x = y;
       }
@@ -352,23 +352,22 @@ int64_t count(const Buffer& buffer) {
 template <typename W>
 ffi::Error SampleFrame(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> window, ffi::Buffer<ffi::F32> cond,
                        ffi::Buffer<ffi::F32> u, ffi::Buffer<ffi::F32> temperature, ffi::Buffer<ffi::F32> tables,
-                       ffi::Buffer<ffi::F32> in_b, ffi::AnyBuffer hidden_w, ffi::AnyBuffer hidden_rows,
-                       ffi::Buffer<ffi::F32> hidden_b, ffi::AnyBuffer out_w, ffi::AnyBuffer out_rows,
-                       ffi::Buffer<ffi::F32> out_b, ffi::Buffer<ffi::F32> ahead_x, ffi::AnyBuffer ahead_w,
+                       ffi::Buffer<ffi::F32> in_b, ffi::AnyBuffer hidden_rows, ffi::Buffer<ffi::F32> hidden_b,
+                       ffi::AnyBuffer out_w, ffi::AnyBuffer out_rows, ffi::Buffer<ffi::F32> out_b,
+                       ffi::Buffer<ffi::F32> ahead_x, ffi::RemainingArgs packed,
                        ffi::ResultBuffer<ffi::S32> tokens, ffi::ResultBuffer<ffi::F32> logits,
                        ffi::ResultBuffer<ffi::F32> ahead_y) {
 #if JV_X86
-  auto wd = window.dimensions(), cd = cond.dimensions(), td = tables.dimensions(), hd = hidden_w.dimensions();
-  if (wd.size() != 2 || cd.size() != 3 || td.size() != 3 || hd.size() != 4)
+  auto wd = window.dimensions(), cd = cond.dimensions(), td = tables.dimensions(), hbd = hidden_b.dimensions();
+  if (wd.size() != 2 || cd.size() != 3 || td.size() != 3 || hbd.size() != 2)
     return ffi::Error::InvalidArgument(
-        "sample_frame: expected window[B, F], cond[B, F, D], tables[F, 256, D], "
-        "hidden_w[L, ceil(D/16), D, 16]");
-  const Sizes s{wd[0], wd[1], td[2], hd[0]};
+        "sample_frame: expected window[B, F], cond[B, F, D], tables[F, 256, D], hidden_b[L, D]");
+  const Sizes s{wd[0], wd[1], td[2], hbd[0]};
   const int64_t PD = (s.D + kPanel - 1) / kPanel;
   auto od = out_w.dimensions(), hrd = hidden_rows.dimensions(), ord = out_rows.dimensions();
   if (cd[0] != s.B || cd[1] != s.F || cd[2] != s.D || td[0] != s.F || td[1] != kSymbols ||
       count(u) != s.F * s.B || count(temperature) != 1 || count(in_b) != s.D ||
-      (s.L && (hd[1] != PD || hd[2] != s.D || hd[3] != kPanel)) || count(hidden_b) != s.L * s.D ||
+      hbd[1] != s.D ||
       od.size() != 3 || od[0] != kSymbols / kPanel || od[1] != s.D || od[2] != kPanel ||
       count(out_b) != kSymbols)
     return ffi::Error::InvalidArgument("sample_frame: the operands' shapes do not agree");
@@ -378,16 +377,28 @@ ffi::Error SampleFrame(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> window, ffi::
                       ord.size() != 2 || ord[0] != s.D || ord[1] != kSymbols
                 : count(hidden_rows) != 0)
     return ffi::Error::InvalidArgument("sample_frame: the row-kept weights' shapes do not agree");
-  auto axd = ahead_x.dimensions(), awd = ahead_w.dimensions(), ayd = ahead_y->dimensions();
-  if (axd.size() != 3 || awd.size() != 4 || ayd.size() != 3 || awd[0] != axd[0] || ayd[0] != axd[0] ||
-      axd[1] != s.B || ayd[1] != s.B || awd[2] != axd[2] || awd[3] != kPanel ||
-      awd[1] != (ayd[2] + kPanel - 1) / kPanel)
-    return ffi::Error::InvalidArgument(
-        "sample_frame: the product ahead needs x[A, B, H], w[A, ceil(G/16), H, 16], y[A, B, G]");
   constexpr ffi::DataType kWeights = sizeof(W) == 4 ? ffi::DataType::F32 : ffi::DataType::BF16;
-  if (hidden_w.element_type() != kWeights || out_w.element_type() != kWeights ||
-      hidden_rows.element_type() != kWeights || out_rows.element_type() != kWeights ||
-      ahead_w.element_type() != kWeights)
+  auto axd = ahead_x.dimensions(), ayd = ahead_y->dimensions();
+  if (axd.size() != 3 || ayd.size() != 3 || ayd[0] != axd[0] || axd[1] != s.B || ayd[1] != s.B ||
+      static_cast<int64_t>(packed.size()) != s.L + axd[0])
+    return ffi::Error::InvalidArgument(
+        "sample_frame: expected the L hidden layers' packed weights [ceil(D/16), D, 16], then the product "
+        "ahead's A [ceil(G/16), H, 16] for x[A, B, H] and y[A, B, G]");
+  // packed weights [P, I, 16] as each layer keeps them, the hidden layers' first
+  std::vector<const W*> hidden_weights, ahead_weights;
+  for (int64_t k = 0; k < s.L + axd[0]; ++k) {
+    const bool hidden = k < s.L;
+    const auto w = packed.get<ffi::AnyBuffer>(k);
+    if (!w.has_value()) return w.error();
+    const auto pd = w->dimensions();
+    const int64_t P = hidden ? PD : (ayd[2] + kPanel - 1) / kPanel, I = hidden ? s.D : axd[2];
+    if (pd.size() != 3 || pd[0] != P || pd[1] != I || pd[2] != kPanel || w->element_type() != kWeights)
+      return ffi::Error::InvalidArgument(
+          "sample_frame: packed weights must be [ceil(O/16), I, 16] in the target's dtype");
+    (hidden ? hidden_weights : ahead_weights).push_back(reinterpret_cast<const W*>(w->untyped_data()));
+  }
+  if (out_w.element_type() != kWeights ||
+      hidden_rows.element_type() != kWeights || out_rows.element_type() != kWeights)
     return ffi::Error::InvalidArgument("sample_frame: the weights' dtype does not match the target");
   if (s.B == 0) return ffi::Error::Success();
 
@@ -398,7 +409,7 @@ ffi::Error SampleFrame(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> window, ffi::
                        tables.typed_data(),
                        in_b.typed_data(),
                        temperature.typed_data()[0],
-                       reinterpret_cast<const W*>(hidden_w.untyped_data()),
+                       std::move(hidden_weights),
                        with_rows ? reinterpret_cast<const W*>(hidden_rows.untyped_data()) : nullptr,
                        hidden_b.typed_data(),
                        reinterpret_cast<const W*>(out_w.untyped_data()),
@@ -410,7 +421,7 @@ ffi::Error SampleFrame(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> window, ffi::
                        axd[2],
                        ayd[2],
                        ahead_x.typed_data(),
-                       reinterpret_cast<const W*>(ahead_w.untyped_data()),
+                       std::move(ahead_weights),
                        ahead_y->typed_data()};
   auto shared = std::make_shared<Shared>(s);
   const int64_t sizes = (static_cast<int64_t>(sizeof(W)) << 56) | (s.D << 24) | (s.F << 8) | s.L;
@@ -462,14 +473,13 @@ static auto Binding() {
       .Arg<ffi::Buffer<ffi::F32>>()   // temperature [] (0: the most probable symbol)
       .Arg<ffi::Buffer<ffi::F32>>()   // tables [F, 256, D]
       .Arg<ffi::Buffer<ffi::F32>>()   // in_b [D]
-      .Arg<ffi::AnyBuffer>()          // hidden_w [L, ceil(D / 16), D, 16]
       .Arg<ffi::AnyBuffer>()          // hidden_rows [L, D, ceil(D / 16) * 16], or empty
       .Arg<ffi::Buffer<ffi::F32>>()   // hidden_b [L, D]
       .Arg<ffi::AnyBuffer>()          // out_w [16, D, 16]
       .Arg<ffi::AnyBuffer>()          // out_rows [D, 256], or empty
       .Arg<ffi::Buffer<ffi::F32>>()   // out_b [256]
       .Arg<ffi::Buffer<ffi::F32>>()   // ahead_x [A, B, H] (A = 0: no product ahead)
-      .Arg<ffi::AnyBuffer>()          // ahead_w [A, ceil(G / 16), H, 16]
+      .RemainingArgs()                // packed weights: L hidden layers' [ceil(D / 16), D, 16], A x [ceil(G / 16), H, 16]
       .Ret<ffi::Buffer<ffi::S32>>()   // tokens [B, F]
       .Ret<ffi::Buffer<ffi::F32>>()   // logits [B, F, 256]
       .Ret<ffi::Buffer<ffi::F32>>();  // ahead_y [A, B, G]
