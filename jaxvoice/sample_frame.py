@@ -79,20 +79,14 @@ def kernel_params(sp: dict, rows: bool | None = None) -> dict:
     the kernel reads the packed panels: the same floats, empty arrays in their place."""
     hidden, D = sp["hidden"], sp["tables_FxVxD"].shape[-1]
     dtype = sp["out_DxV"].dtype
-    if hidden:
-        hidden_b = jnp.stack([layer["b_D"] for layer in hidden]).astype(jnp.float32)
-    else:
-        hidden_b = jnp.zeros((0, D))
+    hidden_b = jnp.stack([layer["b_D"] for layer in hidden]) if hidden else jnp.zeros((0, D))
     if reads_rows() if rows is None else rows:
         out_rows = _rows(sp["out_DxV"].data)
-        hidden_rows = (
-            jnp.stack([_rows(layer["w_DxD"].data) for layer in hidden])
-            if hidden
-            else (jnp.zeros((0, D, -(-D // PANEL) * PANEL), dtype))
-        )
+        kept = [_rows(layer["w_DxD"].data) for layer in hidden]
+        hidden_rows = jnp.stack(kept) if kept else jnp.zeros((0, D, -(-D // PANEL) * PANEL), dtype)
     else:
         hidden_rows, out_rows = jnp.zeros((0, 0, 0), dtype), jnp.zeros((0, 0), dtype)
-    return {"hidden_rows": hidden_rows, "hidden_b": hidden_b, "out_rows": out_rows}
+    return {"hidden_rows": hidden_rows, "hidden_b": hidden_b.astype(jnp.float32), "out_rows": out_rows}
 
 
 def _rows(packed_PxIx16: jax.Array) -> jax.Array:
@@ -125,6 +119,7 @@ def _call(sp, window_BxF, cond_BxFxD, u_FxB, temperature, ahead):
     else:
         ahead_x, ahead_w = ahead[0].astype(jnp.float32), list(ahead[1])
         G = ahead_w[0].shape[0] * PANEL  # whole panels (the packing's zero columns too)
+    hidden_w = [layer["w_DxD"].data for layer in sp["hidden"]]  # the hidden layers' packed weights, as kept
     results = (
         jax.ShapeDtypeStruct((B, F), jnp.int32),
         jax.ShapeDtypeStruct((B, F, V), jnp.float32),
@@ -145,9 +140,7 @@ def _call(sp, window_BxF, cond_BxFxD, u_FxB, temperature, ahead):
         sp["frame_kernel"]["out_rows"],
         sp["out_b_V"].astype(jnp.float32),
         ahead_x,
-        *[
-            layer["w_DxD"].data for layer in sp["hidden"]
-        ],  # each hidden layer's packed weights, as it keeps them
+        *hidden_w,
         *ahead_w,
     )
     return tokens, logits, None if ahead is None else products

@@ -479,7 +479,7 @@ static auto Binding() {
       .Arg<ffi::AnyBuffer>()          // out_rows [D, 256], or empty
       .Arg<ffi::Buffer<ffi::F32>>()   // out_b [256]
       .Arg<ffi::Buffer<ffi::F32>>()   // ahead_x [A, B, H] (A = 0: no product ahead)
-      .RemainingArgs()                // packed weights: L hidden layers' [ceil(D / 16), D, 16], A x [ceil(G / 16), H, 16]
+      .RemainingArgs()                // packed: L x [ceil(D / 16), D, 16] (hidden), A x [ceil(G / 16), H, 16] (ahead)
       .Ret<ffi::Buffer<ffi::S32>>()   // tokens [B, F]
       .Ret<ffi::Buffer<ffi::F32>>()   // logits [B, F, 256]
       .Ret<ffi::Buffer<ffi::F32>>();  // ahead_y [A, B, G]
