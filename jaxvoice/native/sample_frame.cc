@@ -236,14 +236,14 @@ struct Frame {
   const float* out_b;  // [256]
   int32_t* tokens;  // [B, F]
   float* logits;  // [B, F, 256]
-  int64_t ahead_layers, ahead_in, ahead_out;  // A, H, G of the product ahead (A = 0: none)
+  int64_t ahead_in, ahead_out;  // H, G of the product ahead
   const float* ahead_x;  // [A, B, H]
-  std::vector<const W*> ahead_w;  // A x [ceil(G / 16), H, 16]
+  std::vector<const W*> ahead_w;  // A x [ceil(G / 16), H, 16] (A = 0: no product ahead)
   float* ahead_y;  // [A, B, G] = x @ w, layer by layer
 
   JV_TARGET void ahead() const {
     const int64_t B = s.B, H = ahead_in, G = ahead_out, P = (G + kPanel - 1) / kPanel;
-    for (int64_t a = 0; a < ahead_layers; ++a)
+    for (size_t a = 0; a < ahead_w.size(); ++a)
       packed_product<W>(ahead_x + a * B * H, B, H, ahead_w[a], ahead_y + a * B * G, G, 0, P);
   }
 
@@ -417,7 +417,6 @@ ffi::Error SampleFrame(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> window, ffi::
                        out_b.typed_data(),
                        tokens->typed_data(),
                        logits->typed_data(),
-                       axd[0],
                        axd[2],
                        ayd[2],
                        ahead_x.typed_data(),
@@ -427,7 +426,7 @@ ffi::Error SampleFrame(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> window, ffi::
   const int64_t sizes = (static_cast<int64_t>(sizeof(W)) << 56) | (s.D << 24) | (s.F << 8) | s.L;
   const bool timed = s.B == 1 && pool.num_threads() >= 2;
   const bool helped = pool.num_threads() >= 2 && (!timed || one_stream_threads.helper(sizes));
-  const bool ahead = frame.ahead_layers > 0;
+  const bool ahead = !frame.ahead_w.empty();
   const auto began = std::chrono::steady_clock::now();
   if (helped || (ahead && pool.num_threads() >= 2)) {
     pool.Schedule([shared, frame, helped] {
