@@ -83,7 +83,8 @@ class WavStreamWriter:
     libsndfile writes the sizes into the header only on close (its flush does not), so a sampler that is
     killed would leave a header saying 0 frames. This writer keeps the canonical header itself:
     each write appends the samples first, then patches the RIFF and data sizes, straight to the OS (the file
-    is unbuffered). A write the disk refuses (full) is undone: the file is cut back to the samples before it,
+    is unbuffered). A kill between the two leaves that block's samples after the data the header counts: the
+    file still plays every block before it. A write the disk refuses (full) is undone: the file is cut back to the samples before it,
     whose header it keeps, and the error names how many that is.
     An existing file at `path` is replaced. Use as a context manager or call close().
     """

@@ -612,4 +612,7 @@ def test_an_interrupted_sample_is_a_playable_wav(trained_run, tmp_path, how):
         assert "Traceback" not in stderr
     audio, rate = sf.read(str(out), dtype="int16")
     assert rate == 8000 and len(audio) >= 3 * 256
-    assert len(audio) == os.path.getsize(out) - 44 - (len(audio) & 1)
+    # the header counts every chunk written; a SIGKILL between a chunk's append and the header's patch (two
+    # writes) leaves that one chunk of 256 8-bit samples after the counted data
+    unheaded = os.path.getsize(out) - 44 - (len(audio) & 1) - len(audio)
+    assert unheaded == 0 if how == "interrupt" else unheaded in (0, 256), unheaded
