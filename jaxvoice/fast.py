@@ -9,7 +9,8 @@ forward, reverse (`jax.grad`) and forward mode (`jax.jvp`), in tests/test_fast.p
   GEMM over all steps. On one CPU device with float32 weights and AVX-512, both time loops run in
   jaxvoice's own kernels (`lstm_recurrence`), which keep each step's gate sums in registers.
 - `projection`: x @ W whose weight gradient on a CPU is a GEMM over a copied x^T, which XLA gives to
-  YNNPACK rather than Eigen (the output layer, the GRU/RNN input projections).
+  YNNPACK rather than Eigen (the output layer, the GRU/RNN input projections); in bfloat16 its reverse
+  pass's dx = dy W^T multiplies in bfloat16 as its forward does (`model.dense`).
 - `linear_input_layer(step)`: a GRU or RNN layer with its input projections done the same way.
 
 Derivatives are `jax.custom_jvp` rules whose tangent part is a `linear_call`: forward mode evaluates the
@@ -88,15 +89,30 @@ def _input_grad(dy_TxBxV, w_KxV):
     )  # fmt: skip
 
 
-@partial(jax.custom_jvp)
-def projection(x_TxBxK: jax.Array, w_KxV: jax.Array) -> jax.Array:
-    """x @ w (float32 sums; x of any rank, e.g. [T, B, K]) whose reverse pass computes dW as one GEMM over
-    a copied x^T."""
+def _rows_weight_grad(x_TxBxK, dy_TxBxV, dtype):
+    """sum over t, b of x^T dy, contracting x's rows where x is (a fused x is not recomputed column by
+    column). On a CPU in float32 whatever the compute dtype: XLA's CPU compiler widens a bfloat16 product
+    of this form to float32 anyway (jax 0.10.2), so dy is not rounded to bfloat16 and the same speed."""
+    if jax.default_backend() == "cpu":
+        dtype = jnp.float32
+    rows = tuple(range(x_TxBxK.ndim - 1))
+    return jax.lax.dot_general(
+        x_TxBxK.astype(dtype), dy_TxBxV.astype(dtype), ((rows, rows), ((), ())),
+        preferred_element_type=jnp.promote_types(dtype, jnp.float32),
+    )  # fmt: skip
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(2,))
+def projection(x_TxBxK: jax.Array, w_KxV: jax.Array, copy_x: bool = True) -> jax.Array:
+    """x @ w (float32 sums; x of any rank, e.g. [T, B, K]) whose reverse pass multiplies dx = dy @ w^T in w's
+    dtype, and dW as one GEMM over all rows, over a copied x^T where `copy_x` (see `model.dense`). In
+    bfloat16, dx takes the cotangent dy rounded to bfloat16, as the forward takes x, and runs at the
+    bfloat16 rate (XLA's own derivative multiplies it in float32: half the rate or less here)."""
     return _dot(x_TxBxK, w_KxV)
 
 
 @partial(projection.defjvp, symbolic_zeros=True)
-def _projection_jvp(primals, tangents):
+def _projection_jvp(copy_x, primals, tangents):
     x, w = primals
 
     def forward(res, ts):
@@ -107,7 +123,7 @@ def _projection_jvp(primals, tangents):
 
     def transpose(res, dy):
         x, w = res
-        dw = _weight_grad(_transposed(x), dy, w.dtype)
+        dw = _weight_grad(_transposed(x), dy, w.dtype) if copy_x else _rows_weight_grad(x, dy, w.dtype)
         return [_input_grad(dy, w).astype(x.dtype), dw.astype(w.dtype)]
 
     y = _dot(x, w)

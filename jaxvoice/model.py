@@ -208,16 +208,22 @@ def dense_init(key: jax.Array, fan_in: int, fan_out: int) -> jax.Array:
 
 
 def dense(cfg: ModelConfig, x: jax.Array, w: jax.Array, *, copy_x: bool = True) -> jax.Array:
-    """x @ w in the compute dtype (float32 sums) for a big whole-sequence product; with kernels "auto" on a
-    CPU and `copy_x` its weight gradient is YNNPACK's GEMM over a copied x^T (`fast.projection`). Pass
-    copy_x=False where x is an elementwise result XLA fuses into its consumers (a ReLU layer's output): its
-    transposed copy would recompute it column by column. A `stored.Stored` w (generation) is multiplied its
-    own way."""
+    """x @ w in the compute dtype (float32 sums) for a big whole-sequence product. With kernels "auto" its
+    reverse pass is `fast.projection`'s: in bfloat16 both of its products take the cotangent in bfloat16,
+    as the forward takes x (XLA's own derivative multiplies them in float32); in float32 on a CPU with
+    `copy_x` its weight gradient is YNNPACK's GEMM over a copied x^T. Pass copy_x=False where x is an
+    elementwise result XLA fuses into its consumers (a ReLU layer's output): its transposed copy would
+    recompute it column by column. A `stored.Stored` w (generation) is multiplied its own way."""
     if isinstance(w, stored.Stored):
         return stored.product(x, w)
     w = w.astype(jnp.dtype(cfg.dtype))
-    on_cpu_fast = copy_x and cfg.kernels == "auto" and jax.default_backend() == "cpu"  # a CPU GEMM trick
-    return fast.projection(x, w) if on_cpu_fast else cells.dot(x, w)
+    if cfg.kernels != "auto":
+        return cells.dot(x, w)
+    if w.dtype != jnp.float32:  # the copied x^T gained nothing in bfloat16 (2026-12-03, Intel Xeon)
+        return fast.projection(x, w, False)
+    if copy_x and jax.default_backend() == "cpu":  # a CPU GEMM trick
+        return fast.projection(x, w)
+    return cells.dot(x, w)
 
 
 def run_layers(cfg, layers: list, carry: tuple, table_RxI, index_TxB, masks=None):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -93,15 +94,55 @@ def test_bfloat16_compute_with_and_without_kernels_setting():
     close(got, want, 0.03)
 
 
-def test_projection_matches_a_plain_matmul_in_both_modes():
+@pytest.mark.parametrize("copy_x", [True, False])
+def test_projection_matches_a_plain_matmul_in_both_modes(copy_x):
     rng = np.random.default_rng(1)
     x, w = (
         jnp.asarray(rng.standard_normal((3, 4, 5)), jnp.float32),
         jnp.asarray(rng.standard_normal((5, 7)), jnp.float32),
     )
     plain = lambda x, w: jnp.sum(jnp.tanh(x @ w))
-    trick = lambda x, w: jnp.sum(jnp.tanh(fast.projection(x, w)))
+    trick = lambda x, w: jnp.sum(jnp.tanh(fast.projection(x, w, copy_x)))
     close(jax.grad(trick, (0, 1))(x, w), jax.grad(plain, (0, 1))(x, w))
     t = (jnp.ones_like(x), jnp.ones_like(w))
     close(jax.jvp(trick, (x, w), t), jax.jvp(plain, (x, w), t))
     close(jax.grad(lambda w: trick(x, w))(w), jax.grad(lambda w: plain(x, w))(w))  # x not differentiated
+
+
+def _dot_operand_dtypes(jaxpr) -> list:
+    """The operand dtypes of every dot_general in a jaxpr, its inner jaxprs included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            found.append(tuple(str(v.aval.dtype) for v in eqn.invars))
+        for param in eqn.params.values():
+            for inner in param if isinstance(param, (list, tuple)) else [param]:
+                if isinstance(inner, jax.extend.core.ClosedJaxpr):
+                    inner = inner.jaxpr
+                if isinstance(inner, jax.extend.core.Jaxpr):
+                    found += _dot_operand_dtypes(inner)
+    return found
+
+
+def test_a_bfloat16_dense_multiplies_its_reverse_pass_in_bfloat16():
+    """model.dense in bfloat16: the reverse pass's dx = dy W^T takes bfloat16 operands as the forward's
+    product does (XLA's own derivative multiplies in float32, at a fraction of the rate), dW float32 ones on
+    a CPU (where XLA widens that product anyway); the gradients are the equations' to bfloat16's
+    precision."""
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((64, 48)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((48, 32)) / 7, jnp.float32)
+    grads = {}
+    for kernels in ("auto", "xla"):
+        cfg = ModelConfig(dtype="bfloat16", kernels=kernels)
+        f = lambda x, w, cfg=cfg: jnp.sum(jnp.tanh(model.dense(cfg, x, w, copy_x=False)))
+        grad = jax.grad(f, (0, 1))
+        dots = _dot_operand_dtypes(jax.make_jaxpr(grad)(x, w).jaxpr)
+        if kernels == "auto":
+            dw = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+            assert sorted(dots) == sorted([("bfloat16", "bfloat16")] * 2 + [(dw, dw)])
+        else:  # what the change is for: XLA's derivative takes the float32 cotangent as it is
+            assert any("float32" in operands for operands in dots)
+        grads[kernels] = jax.jit(grad)(x, w)
+    assert all(g.dtype == jnp.float32 for g in grads["auto"])
+    close(grads["auto"], grads["xla"], 0.03)
