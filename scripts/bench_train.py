@@ -24,6 +24,10 @@ most page faults from the big per-step buffers of XLA and torch (docs/performanc
 runs every process both ways and reports each.
 Development: `--variant NAME=DIR` also times DIR/jaxvoice/model.py (another checkout's model) under the
 bench's own train step, and `--own` the installed model under that same step, for side-by-side A/B runs.
+`--paired-set KEY=VALUE` (repeatable) also times the user's step with that config override in the same
+processes, turn by turn with the preset as it is, and reports `ratio_vs_jax` pair by pair: on a shared VM
+two presets' separate processes can differ more than the change being measured (docs/performance.md,
+2026-12-03: unpaired, bfloat16 read 0.87x float32; paired, 1.22-1.26x).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import time
 from pathlib import Path
 
 PRESETS = ["tiny", "small", "voice_2016"]
+PAIRED = "set:"  # a side that is the preset with one config override (--paired-set)
 HUGETLB = "glibc.malloc.hugetlb=1"
 V = 256
 
@@ -297,6 +302,8 @@ def child(preset: str, sides: list[str], variants: dict[str, str], seconds: floa
             built[side] = _gemm_side(cfg)
         elif side == "torch":
             built[side] = _torch_side(cfg)
+        elif side.startswith(PAIRED):
+            built[side] = _jax_train_side(config.apply_overrides(cfg, [side[len(PAIRED) :]]))
         else:
             built[side] = _jax_train_side(cfg, _load_model_file(side, variants[side]))
     # steps per window from one timed step each
@@ -384,6 +391,8 @@ def _summarize(preset: str, runs: list[dict], sides: list[str]) -> dict:
         if "compile_s" in ok[0][side]:
             entry["compile_s"] = _stats([r[side]["compile_s"] for r in ok], 2)
         tokens = cfg.train.batch_size * cfg.train.seq_length
+        if side.startswith(PAIRED):
+            entry["ratio_vs_jax"] = _stats([_paired(r[side]["rates"], r["jax"]["rates"]) for r in ok], 3)
         if side != "torch" and "torch" in sides:
             entry["ratio_vs_torch"] = _stats([_paired(r[side]["rates"], r["torch"]["rates"]) for r in ok], 3)
             best_torch = max(max(r["torch"]["rates"]) for r in ok)
@@ -414,7 +423,7 @@ def _sides_for(preset: str, sides: list[str]) -> list[str]:
 
     cfg = config.load(preset)
     if cfg.model.kind == "tiered":
-        sides = [s for s in sides if s in ("jax", "gemm")]
+        sides = [s for s in sides if s in ("jax", "gemm") or s.startswith(PAIRED)]
     return [s for s in sides if s != "gemm" or gemm_shapes(cfg) is not None]
 
 
@@ -436,6 +445,10 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--own", action="store_true", help="also the installed model under the bench's step")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=DIR")
+    parser.add_argument(
+        "--paired-set", action="append", default=[], metavar="KEY=VALUE",
+        help="also the preset with this override, timed turn by turn with it in the same processes",
+    )  # fmt: skip
     parser.add_argument("--sides", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -446,7 +459,17 @@ def main(argv: list[str]) -> dict:
         print(json.dumps(child(presets[0], args.sides.split(","), variants, args.seconds, args.rounds)))
         return {}
 
-    sides = ["jax"] + (["own"] if args.own else []) + list(variants) + ["gemm"]
+    from jaxvoice import config
+    from jaxvoice.errors import UserError
+
+    for preset in presets:  # a bad override: one line now, not an error in every child
+        for kv in args.paired_set:
+            try:
+                config.apply_overrides(config.load(preset), [kv])
+            except UserError as e:
+                parser.error(f"--paired-set {kv}: {e}")
+    sides = ["jax"] + [PAIRED + kv for kv in args.paired_set]
+    sides += (["own"] if args.own else []) + list(variants) + ["gemm"]
     if not args.no_torch and _torch_available():
         sides.append("torch")
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.hugetlb]
