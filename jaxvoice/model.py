@@ -209,8 +209,8 @@ def dense_init(key: jax.Array, fan_in: int, fan_out: int) -> jax.Array:
 
 def dense(cfg: ModelConfig, x: jax.Array, w: jax.Array, *, copy_x: bool = True) -> jax.Array:
     """x @ w in the compute dtype (float32 sums) for a big whole-sequence product. With kernels "auto" its
-    reverse pass is `fast.projection`'s: in bfloat16 both of its products take the cotangent in bfloat16,
-    as the forward takes x (XLA's own derivative multiplies them in float32); in float32 on a CPU with
+    reverse pass is `fast.projection`'s: in bfloat16 its dx = dy W^T takes the cotangent in bfloat16, as
+    the forward takes x (XLA's own derivative multiplies it in float32); in float32 on a CPU with
     `copy_x` its weight gradient is YNNPACK's GEMM over a copied x^T. Pass copy_x=False where x is an
     elementwise result XLA fuses into its consumers (a ReLU layer's output): its transposed copy would
     recompute it column by column. A `stored.Stored` w (generation) is multiplied its own way."""
