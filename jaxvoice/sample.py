@@ -120,13 +120,9 @@ def layout_for(
 
 
 def _fast_path(cfg: ModelConfig) -> bool:
-    """The LSTM stack's own sampling step (the registered "lstm" cell, float32), unless kernels are off."""
-    return (
-        cfg.kind == "stack"
-        and cfg.cell == "lstm"
-        and jnp.dtype(cfg.dtype) == jnp.float32
-        and cfg.kernels == "auto"
-    )
+    """The LSTM stack's own sampling step (the registered "lstm" cell, in its stored weights' dtype), unless
+    kernels are off."""
+    return cfg.kind == "stack" and cfg.cell == "lstm" and cfg.kernels == "auto"
 
 
 def sampling_params(params: dict, cfg: ModelConfig, layout: Layout = DEFAULT_LAYOUT) -> dict:
@@ -184,8 +180,10 @@ def fast_step(sp: dict, carry: tuple, token_B: jax.Array) -> tuple[jax.Array, tu
 
 
 def _compute_cfg(cfg: ModelConfig, layout: Layout) -> ModelConfig:
-    """`cfg` computing in the stored weights' dtype (so a bfloat16 store is not widened back)."""
-    return cfg if layout.weights == "float32" else dataclasses.replace(cfg, dtype=layout.weights)
+    """`cfg` computing in the stored weights' dtype: a bfloat16 store is not widened back, and a model that
+    trained in bfloat16 (`model.dtype`; its params are float32) samples in float32 by default, on the fast
+    float32 paths."""
+    return cfg if cfg.dtype == layout.weights else dataclasses.replace(cfg, dtype=layout.weights)
 
 
 # --- compiled pieces ------------------------------------------------------------------------------------
@@ -212,8 +210,8 @@ def _run_chunk(sp, carry, token_B, key, start, temperature, top_p, *, cfg, chunk
     pick = Choice(temperature, sampler, top_p)
     family = model.get_family(cfg)
     if family.sample_scan is not None and not _fast_path(cfg):  # the family's own loop (e.g. frame by frame)
-        return family.sample_scan(sp, carry, token_B, u_CxB, pick, _compute_cfg(cfg, layout))
-    step = fast_step if _fast_path(cfg) else partial(model.step, cfg=_compute_cfg(cfg, layout))
+        return family.sample_scan(sp, carry, token_B, u_CxB, pick, cfg)
+    step = fast_step if _fast_path(cfg) else partial(model.step, cfg=cfg)
 
     def body(state, u_B):
         carry, token = state
@@ -269,8 +267,9 @@ def generate(
     """Yield uint8 chunks [num_streams, n] adding up to `length` symbols per stream (n = chunk but the last).
 
     `weights` "bfloat16" runs the steps on weights rounded to bfloat16 (see `Layout`); the prime and the
-    state stay float32. `prime` (uint8, 1-D, shared by all streams) sets the state; its last symbol is the first input. Without
-    it the state is zero and the first input is `start_token`. `temperature` scales the logits (ignored when
+    state stay float32. The steps compute in `weights`' dtype whatever `model.dtype` the model trained in
+    (its params are float32 either way). `prime` (uint8, 1-D, shared by all streams) sets the state; its
+    last symbol is the first input. Without it the state is zero and the first input is `start_token`. `temperature` scales the logits (ignored when
     `greedy`, which takes the argmax); `top_k` keeps the k most probable symbols, `top_p` the nucleus.
     The same key gives the same symbols for any `chunk`.
 
@@ -320,6 +319,7 @@ def _generate(
         carry = jax.tree.map(lambda c: jnp.broadcast_to(c, (B_run, *c.shape[1:])), carry_1)
         first = int(prime[-1])
     token_B = jnp.full((B_run,), first, jnp.int32)
+    cfg = _compute_cfg(cfg, layout)  # the steps compute in the stored weights' dtype; the prime as trained
     sp = _prepare(params, cfg, layout)
     if num_devices > 1:  # jit follows the placement: each device steps its own streams, no collectives
         carry, token_B = (

@@ -294,6 +294,29 @@ def test_bfloat16_sampling_weights_and_compute(saw_corpus):
     assert np.concatenate(chunks, axis=1).shape == (1, 3 * F + 1)
 
 
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        tiny("mlp", 2, "shared", "both", (24, 4), cell="lstm", rnn_size=64, sample_size=64),
+        ModelConfig(cell="lstm", rnn_size=64, num_layers=2, wordvec_size=16),
+    ],
+    ids=["tiered", "flat"],
+)
+def test_a_model_trained_in_bfloat16_samples_in_float32_by_default(cfg):
+    """model.dtype is training's compute dtype: sampling computes in its weights' dtype (float32 by default,
+    on the fast paths), so a bfloat16 run's params draw what the float32 model draws; bfloat16 weights
+    draw other symbols."""
+    params = random_params(cfg)
+
+    def draw(cfg, **kw):
+        chunks = sample.generate(params, cfg, jax.random.key(0), length=320, num_streams=2, chunk=64, **kw)
+        return np.concatenate(list(chunks), axis=1)
+
+    trained_in_bfloat16 = dataclasses.replace(cfg, dtype="bfloat16")
+    np.testing.assert_array_equal(draw(trained_in_bfloat16), draw(cfg))
+    assert (draw(trained_in_bfloat16, weights="bfloat16") != draw(cfg)).any()
+
+
 def test_evaluation_on_devices_starts_from_the_familys_fresh_state():
     """A fresh tiered stream remembers silence (128), not symbol 0: the evaluation placed on the devices
     starts where the plain one does."""
