@@ -158,7 +158,7 @@ def stored_weight(w_IxO: jax.Array, layout: Layout, rows: int = 1) -> stored.Sto
 
 
 def fast_step(sp: dict, carry: tuple, token_B: jax.Array) -> tuple[jax.Array, tuple]:
-    """`model.step` for a float32 LSTM stack, on `sampling_params`: (logits_BxV, carry)."""
+    """`model.step` for an LSTM stack, on `sampling_params` (in their dtype): (logits_BxV, carry)."""
     H = carry[0][0].shape[-1]
     new_carry = []
     x_BxH = None
@@ -269,8 +269,9 @@ def generate(
     `weights` "bfloat16" runs the steps on weights rounded to bfloat16 (see `Layout`); the prime and the
     state stay float32. The steps compute in `weights`' dtype whatever `model.dtype` the model trained in
     (its params are float32 either way). `prime` (uint8, 1-D, shared by all streams) sets the state; its
-    last symbol is the first input. Without it the state is zero and the first input is `start_token`. `temperature` scales the logits (ignored when
-    `greedy`, which takes the argmax); `top_k` keeps the k most probable symbols, `top_p` the nucleus.
+    last symbol is the first input. Without it the state is zero and the first input is `start_token`.
+    `temperature` scales the logits (ignored when `greedy`, which takes the argmax); `top_k` keeps the k
+    most probable symbols, `top_p` the nucleus.
     The same key gives the same symbols for any `chunk`.
 
     With `dp`, the streams (and their state) are split over its devices and the params replicated; the
