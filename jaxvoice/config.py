@@ -36,6 +36,7 @@ class ModelConfig:
     sample_level: str = "mlp"  # mlp: over the last frame_size samples | rnn: one cell layer over every sample
     sample_size: int = 256  # width of the sample level
     sample_layers: int = 2  # the MLP's hidden layers
+    sample_conditioning: str = "first"  # the frame tier conditions the MLP's first layer | every layer
     sample_input: str = "embedded"  # each sample into the sample level: embedded | scaled to [-2, 2] | both
     upsampling: str = "per_position"  # frame output -> its F vectors: per_position maps | shared (+ biases)
     tiers: int = 2  # 2: frame tier + sample level | 3: a top tier every top_frame_size samples above them

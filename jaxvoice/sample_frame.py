@@ -98,7 +98,8 @@ def _rows(packed_PxIx16: jax.Array) -> jax.Array:
 
 def frame(sp: dict, window_BxF, cond_BxFxD, u_FxB, temperature, ahead=None):
     """One frame of the sample level: (tokens_BxF int32, logits_BxFxV, products) of its F samples from the F
-    inputs up to its first (the newest last), each sample's conditioning vector and uniform, and the
+    inputs up to its first (the newest last), each sample's conditioning vectors ([B, F, C * D]: the first
+    layer's, then each hidden layer's, `tiered_maps.conditioned_layers`) and uniform, and the
     temperature (0: the most probable symbol, as the greedy sampler). `sp`: the generation params with the
     kernel's own (`kernel_params`, under "frame_kernel"). Needs `available()`.
 

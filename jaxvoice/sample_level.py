@@ -6,7 +6,8 @@ Two forms (`model.sample_level`): SampleRNN's MLP over the F = `model.frame_size
 cell over every sample (`"rnn"`). A sample enters as its embedding (`model.sample_input = "embedded"`,
 SampleRNN's), its value scaled to [-2, 2] (`"scaled"`) or both: the value lets the MLP form a linear
 prediction from the F samples, as audio coders do, where embeddings alone make it learn each symbol's place
-on the amplitude axis from data.
+on the amplitude axis from data. The frame tier conditions the MLP's first layer (SampleRNN's) or, with
+`model.sample_conditioning = "every"`, each of its layers.
 
 Training runs it over whole windows (`window_logits`: the MLP's first layer one GEMM over F inputs side by
 side); generation one sample at a time (`step_logits`), the MLP's first layer then a sum of F rows of
@@ -98,22 +99,31 @@ def _dropout(key, rate: float, x: jax.Array) -> jax.Array:
     return x * (jax.random.bernoulli(key, keep, x.shape).astype(x.dtype) / keep)
 
 
-def _mlp_logits(params, windows_NxF, cond_NxD, cfg, tables_FxVxD=None, dropout_key=None):
-    """The MLP: logits [N, V] of the sample after each window of F symbols, given its conditioning vector.
-    The first layer is one GEMM over the F sample inputs side by side, or (generation, with `_tables`) a
-    sum of F table rows. With `dropout_key`, each hidden layer's output is dropped at rate
-    `model.dropout`."""
+def _mlp_logits(params, windows_NxF, cond_NxCD, cfg, tables_FxVxD=None, dropout_key=None, above=None):
+    """The MLP: logits [N, V] of the sample after each window of F symbols, given its conditioning: the
+    first layer's D, then each conditioned layer's above it (`tiered_maps.conditioned_layers`), or those
+    added by `above(c, z_NxD)` (layer c's product plus its conditioning). The first layer is one GEMM over
+    the F sample inputs side by side, or (generation, with `_tables`) a sum of F table rows. With
+    `dropout_key`, each hidden layer's output is dropped at rate `model.dropout`."""
+    D = cfg.sample_size
+    if above is None:
+        conditioned = cond_NxCD.shape[1] // D
+
+        def above(c, z_NxD):
+            return z_NxD + cond_NxCD[:, c * D : (c + 1) * D] if c < conditioned else z_NxD
+
     keys = iter(jax.random.split(dropout_key, cfg.sample_layers)) if dropout_key is not None else None
     drop = (lambda x: _dropout(next(keys), cfg.dropout, x)) if keys is not None else (lambda x: x)
     if tables_FxVxD is None:
         first_NxD = model.dense(cfg, _inputs(params, windows_NxF, cfg), params[in_weight(cfg)])
     else:
         first_NxD = tables_FxVxD[jnp.arange(cfg.frame_size), windows_NxF].sum(axis=1)
-    x_NxD = drop(jax.nn.relu(first_NxD + params["in_b_D"] + cond_NxD))
+    x_NxD = drop(jax.nn.relu(first_NxD + params["in_b_D"] + cond_NxCD[:, :D]))
     # The ReLU outputs are fused into the next product, so their weight gradients take x as it is (copy_x):
     # a copied x^T recomputed each layer's sums in a transposing loop, 27 of an 88 ms step (Intel Xeon).
-    for layer in params["hidden"]:
-        x_NxD = drop(jax.nn.relu(model.dense(cfg, x_NxD, layer["w_DxD"], copy_x=False) + layer["b_D"]))
+    for c, layer in enumerate(params["hidden"], start=1):
+        z_NxD = above(c, model.dense(cfg, x_NxD, layer["w_DxD"], copy_x=False))
+        x_NxD = drop(jax.nn.relu(z_NxD + layer["b_D"]))
     return model.dense(cfg, x_NxD, params["out_DxV"], copy_x=False) + params["out_b_V"]
 
 
@@ -122,17 +132,30 @@ def _rnn_cfg(cfg: ModelConfig) -> ModelConfig:
     return dataclasses.replace(cfg, rnn_size=cfg.sample_size, num_layers=1)
 
 
-def window_logits(params, e_BxTL, L: int, cond_TxBxD, carry, cfg, dropout_key=None):
+def window_logits(params, e_BxTL, L: int, cond_TxBxD, carry, cfg, dropout_key=None, above=None):
     """Training: (logits [T * B, V] time-major, the carry after the window) for the T targets of a window,
-    from e = the L - 1 inputs before it and its T inputs [B, T + L - 1], and each target's conditioning."""
+    from e = the L - 1 inputs before it and its T inputs [B, T + L - 1], and each target's conditioning of
+    the first layer; `above` = (y [K, G, B, E], b [F, E]): the layers' above it, y + b for target kF + i
+    (G = 1: one y for the frame's F, or F), E = (C - 1) * D (`tiered_maps.conditioned_layers`)."""
     F, D = cfg.frame_size, cfg.sample_size
     T, B = cond_TxBxD.shape[:2]
     if cfg.sample_level == "mlp":
         # target t's window: e[t + L - F : t + L], the F inputs up to and including x_t
         windows_TxBxF = jnp.stack([e_BxTL[:, L - F + j : L - F + j + T] for j in range(F)], axis=-1)
+        add_above = None
+        if above is not None:
+            y_KxGxBxE, b_FxE = above
+
+            def add_above(c, z_NxD):  # time-major rows t * B + b, t = kF + i
+                if c * D > y_KxGxBxE.shape[-1]:
+                    return z_NxD
+                part = slice((c - 1) * D, c * D)
+                z_KxFxBxD = z_NxD.reshape(T // F, F, B, D) + y_KxGxBxE[..., part] + b_FxE[None, :, None, part]
+                return z_KxFxBxD.reshape(T * B, D)
+
         logits_NxV = _mlp_logits(
             params, windows_TxBxF.transpose(1, 0, 2).reshape(T * B, F), cond_TxBxD.reshape(T * B, D), cfg,
-            dropout_key=dropout_key,
+            dropout_key=dropout_key, above=add_above,
         )  # fmt: skip
         return logits_NxV, ()
     inputs_NxI = _inputs(params, e_BxTL[:, L - 1 :].T.reshape(T * B, 1), cfg)  # time-major rows, as cond's

@@ -53,6 +53,7 @@ SILENCE = 128  # the linear and μ-law code of 0.0: what the history of a fresh 
 
 def init_params(key: jax.Array, cfg: ModelConfig) -> dict:
     F, E, H, D = cfg.frame_size, cfg.wordvec_size, cfg.rnn_size, cfg.sample_size
+    C = maps.conditioned_layers(cfg)
     cell = cells.get_cell(cfg.cell)
     keys = iter(jax.random.split(key, cfg.num_layers + cfg.sample_layers + 8))
     frame_in = maps.frame_input_size(cfg, F) + (
@@ -62,8 +63,10 @@ def init_params(key: jax.Array, cfg: ModelConfig) -> dict:
         "frame_layers": [
             cell.init(next(keys), frame_in if layer == 0 else H, H) for layer in range(cfg.num_layers)
         ],
-        maps.up_weight(cfg): model.dense_init(next(keys), H, (1 if cfg.upsampling == "shared" else F) * D),
-        "up_b_FD": jnp.zeros((F * D,), jnp.float32),
+        maps.up_weight(cfg): model.dense_init(
+            next(keys), H, (1 if cfg.upsampling == "shared" else F) * C * D
+        ),
+        "up_b_FD": jnp.zeros((F * C * D,), jnp.float32),
     }
     # the sample level's keys in the order they always were, so that inits stay the same
     embed_key, out_key = next(keys), next(keys)
@@ -92,7 +95,7 @@ def init_carry(cfg: ModelConfig, batch: int) -> dict:
         "frame": tuple(cell.initial_carry(batch, H) for _ in range(cfg.num_layers)),
         "window": jnp.full((batch, maps.window_length(cfg)), SILENCE, jnp.int32),
         "sample": cell.initial_carry(batch, D) if cfg.sample_level == "rnn" else (),
-        "cond": jnp.zeros((batch, F, D), jnp.float32),
+        "cond": jnp.zeros((batch, F, maps.conditioned_layers(cfg) * D), jnp.float32),
         "pos": jnp.zeros((batch,), jnp.int32),
     }
     if cfg.tiers == 3:
@@ -142,18 +145,28 @@ def logits(params, tokens_BxT, carry, cfg, dropout_key=None):
         above_NxH = above_KxBxRxH.transpose(0, 2, 1, 3).reshape(K * B, -1)  # frame kR + r
         inputs_NxI = jnp.concatenate([inputs_NxI, above_NxH], axis=-1)
     o_KxBxH, frame_carry = _run_tier(params["frame_layers"], carry["frame"], inputs_NxI, K, cfg, frame_key)
-    cond_KxBxFxD = maps.conditioning(params, o_KxBxH.reshape(K * B, -1), cfg).reshape(K, B, F, D)
+    y_NxGxCD, b_FxCD = maps.upsampled(
+        cfg, o_KxBxH.reshape(K * B, -1), params[maps.up_weight(cfg)], params["up_b_FD"], F
+    )
+    cond_KxBxFxD = (y_NxGxCD[..., :D] + b_FxCD[:, :D]).reshape(K, B, F, D)
     cond_TxBxD = cond_KxBxFxD.transpose(0, 2, 1, 3).reshape(T, B, D)  # t = kF + i
     if cfg.sample_history:
         cond_TxBxD = cond_TxBxD + sample_history.conditioning(params, e_BxTN, N, T, cfg, o_KxBxH)
+    # the layers above the first (model.sample_conditioning = "every"): y [K, G, B, E] and b [F, E], added
+    # to their products as broadcasts rather than copied to each target
+    G, E = y_NxGxCD.shape[1], y_NxGxCD.shape[2] - D
+    above = (y_NxGxCD[..., D:].reshape(K, B, G, E).transpose(0, 2, 1, 3), b_FxCD[:, D:])
     logits_NxV, sample_carry = sample_level.window_logits(
-        params, e_BxTN, N, cond_TxBxD, carry["sample"], cfg, sample_key
+        params, e_BxTN, N, cond_TxBxD, carry["sample"], cfg, sample_key, above
     )
     new_carry.update(
         frame=frame_carry,
         window=e_BxTN[:, -N:],
         sample=sample_carry,
-        cond=cond_TxBxD[-F:].transpose(1, 0, 2),
+        cond=jnp.concatenate(
+            [cond_TxBxD[-F:].transpose(1, 0, 2), (above[0][-1] + above[1][:, None]).transpose(1, 0, 2)],
+            axis=-1,
+        ),
         pos=jnp.zeros((B,), jnp.int32),  # the next window starts a period
     )
     return logits_NxV.reshape(T, B, V), new_carry
@@ -176,9 +189,15 @@ def check(cfg: ModelConfig) -> None:
         ("model.upsampling", cfg.upsampling, ("per_position", "shared")),
         ("model.sample_level", cfg.sample_level, ("mlp", "rnn")),
         ("model.sample_input", cfg.sample_input, ("embedded", "scaled", "both")),
+        ("model.sample_conditioning", cfg.sample_conditioning, ("first", "every")),
     ):
         if value not in options:
             raise UserError(f"{key} must be one of {', '.join(options)}, got '{value}'")
+    if cfg.sample_conditioning == "every" and cfg.sample_level != "mlp":
+        raise UserError(
+            'model.sample_conditioning = "every" conditions the layers of an MLP sample level: set '
+            'model.sample_level = "mlp" or model.sample_conditioning = "first"'
+        )
 
 
 TIERED = model.Family(

@@ -22,7 +22,8 @@ def _top_step(params, carry, cfg):
 
 def _frame_step(params, carry, cfg, above_BxH=None):
     """At a frame start: the frame tier one step on the F inputs up to now (and, with 3 tiers, the top
-    tier's vector for this frame, `above_BxH`), and its F conditioning vectors."""
+    tier's vector for this frame, `above_BxH`), and its F conditioning vectors (the history's added to the
+    first layer's)."""
     inputs_BxI = maps.frame_inputs(params, carry["window"][:, -cfg.frame_size :], cfg)
     if above_BxH is not None:
         inputs_BxI = jnp.concatenate([inputs_BxI, above_BxH], axis=-1)
@@ -33,7 +34,8 @@ def _frame_step(params, carry, cfg, above_BxH=None):
         history_FxBxD = sample_history.conditioning(
             params, window_BxN, window_BxN.shape[1], cfg.frame_size, cfg, o_BxH[None]
         )
-        cond_BxFxD = cond_BxFxD + history_FxBxD.transpose(1, 0, 2)
+        first_BxFxD = cond_BxFxD[..., : cfg.sample_size] + history_FxBxD.transpose(1, 0, 2)
+        cond_BxFxD = jnp.concatenate([first_BxFxD, cond_BxFxD[..., cfg.sample_size :]], axis=-1)
     return dict(carry, frame=frame_carry, cond=cond_BxFxD)
 
 

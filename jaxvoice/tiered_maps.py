@@ -41,18 +41,31 @@ def up_weight(cfg: ModelConfig, top: bool = False) -> str:
     return "up_HxD" if shared else "up_HxFD"
 
 
+def conditioned_layers(cfg: ModelConfig) -> int:
+    """C: how many of the sample MLP's layers the frame tier conditions: its first, or with
+    `model.sample_conditioning = "every"` each of its `model.sample_layers`."""
+    every = cfg.sample_conditioning == "every" and cfg.sample_level == "mlp"
+    return cfg.sample_layers if every else 1
+
+
+def upsampled(cfg, o_NxH, w, b_CW, count: int) -> tuple[jax.Array, jax.Array]:
+    """(y [N, G, W], b [count, W]) whose sum is `upsample`'s: G = 1 with the shared map, so that whoever
+    adds them to a product can broadcast y over the positions rather than copy it to each."""
+    y_NxW = model.dense(cfg, o_NxH, w)
+    return y_NxW.reshape(o_NxH.shape[0], -1, b_CW.shape[0] // count), b_CW.reshape(count, -1)
+
+
 def upsample(cfg, o_NxH, w, b_CW, count: int) -> jax.Array:
     """`count` vectors [N, count, W] per row of o: SampleRNN's learned linear upsampling (w [H, count * W],
     a map per position) or one map for every position (w [H, W]) plus a bias per position (b_CW). The
     shared map has count times fewer weights to fit; on minutes of audio it generalises better."""
-    y_NxW = model.dense(cfg, o_NxH, w)
-    if cfg.upsampling == "shared":
-        return y_NxW[:, None, :] + b_CW.reshape(count, -1)
-    return (y_NxW + b_CW).reshape(o_NxH.shape[0], count, -1)
+    y_NxGxW, b_CxW = upsampled(cfg, o_NxH, w, b_CW, count)
+    return y_NxGxW + b_CxW
 
 
 def conditioning(params, o_NxH, cfg) -> jax.Array:
-    """F conditioning vectors [N, F, D] per frame tier output."""
+    """F conditioning vectors [N, F, C * D] per frame tier output: layer c's the D from c * D
+    (`conditioned_layers`)."""
     return upsample(cfg, o_NxH, params[up_weight(cfg)], params["up_b_FD"], cfg.frame_size)
 
 

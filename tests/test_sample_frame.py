@@ -18,6 +18,7 @@ from jaxvoice import (
     sample_level,
     stored,
     tiered_generation,
+    tiered_maps,
 )
 from jaxvoice.config import ModelConfig
 
@@ -93,15 +94,28 @@ def test_the_row_kept_weights_are_built_only_where_read():
     assert (sp["frame_kernel"]["hidden_rows"].size > 0) == kept
 
 
+@needs_kernel
+@pytest.mark.parametrize(
+    ("streams", "sample_layers", "weights", "rows"),
+    [(1, 3, "float32", None), (3, 2, "float32", None), (1, 2, "bfloat16", None), (1, 3, "float32", False),
+     (2, 1, "float32", None)],
+)  # fmt: skip
+def test_a_frame_whose_every_layer_is_conditioned_equals_the_xla_steps(streams, sample_layers, weights, rows):
+    """model.sample_conditioning = "every": each hidden layer adds its own conditioning vector."""
+    check_frame(streams, 8, 40, sample_layers, 1.0, weights, rows=rows, conditioning="every")
+
+
 def check_frame(
-    streams, frame_size, sample_size, sample_layers, temperature, weights, cond_shift=0.0, rows=None
-):
-    cfg = tiered(frame_size=frame_size, sample_size=sample_size, sample_layers=sample_layers)
+    streams, frame_size, sample_size, sample_layers, temperature, weights, cond_shift=0.0, rows=None,
+    conditioning="first",
+):  # fmt: skip
+    cfg = tiered(frame_size=frame_size, sample_size=sample_size, sample_layers=sample_layers,
+                 sample_conditioning=conditioning)  # fmt: skip
     sp, compute_cfg = generation_params(cfg, random_params(cfg), weights)
     if rows is not None:
         sp["frame_kernel"] = sample_frame.kernel_params(sp, rows)
     rng = np.random.default_rng(streams)
-    F, D = frame_size, sample_size
+    F, D = frame_size, sample_size * tiered_maps.conditioned_layers(cfg)
     window_BxF = jnp.asarray(rng.integers(0, 256, (streams, F)), jnp.int32)
     cond_BxFxD = jnp.asarray(rng.standard_normal((streams, F, D)) + cond_shift, jnp.float32)
     u_FxB = jnp.asarray(rng.random((F, streams)), jnp.float32)
@@ -128,14 +142,19 @@ def _generate(params, cfg, streams, **kw):
 @pytest.mark.parametrize(
     ("tiers", "sample_layers", "streams", "settings"),
     [(2, 2, 1, {}), (2, 1, 1, {}), (2, 3, 2, {"temperature": 0.8}), (3, 2, 3, {}), (2, 2, 1, {"greedy": True}),
-     (2, 2, 4, {"top_k": 20}), (3, 2, 1, {"top_p": 0.9, "temperature": 1.2})],
+     (2, 2, 4, {"top_k": 20}), (3, 2, 1, {"top_p": 0.9, "temperature": 1.2}), (2, 4, 1, {"every": True}),
+     (3, 3, 2, {"every": True})],
 )  # fmt: skip
 def test_generation_with_the_kernel_equals_the_xla_step(tiers, sample_layers, streams, settings):
     """`jaxvoice sample` of a tiered MLP model draws the same symbols with `model.kernels = "auto"` (the
     kernel, or with top-k/p the XLA step) as with "xla" (the equations), over chunks and frames. The
-    preset's widths, so that the kernel's two threads meet (and the pool thread joins mid-frame) for real."""
+    preset's widths, so that the kernel's two threads meet (and the pool thread joins mid-frame) for real;
+    "every": each of the MLP's layers conditioned (model.sample_conditioning)."""
+    settings = dict(settings)
+    conditioning = "every" if settings.pop("every", False) else "first"
     cfg = tiered(tiers=tiers, top_frame_size=32, rnn_size=64, frame_size=16, sample_size=256,
-                 sample_layers=sample_layers)  # fmt: skip
+                 sample_layers=sample_layers, sample_conditioning=conditioning,
+                 **(dict(sample_history=48, sample_history_rank=8) if conditioning == "every" else {}))  # fmt: skip
     params = random_params(cfg)
     with_kernel = _generate(params, cfg, streams, **settings)
     equations = _generate(params, dataclasses.replace(cfg, kernels="xla"), streams, **settings)

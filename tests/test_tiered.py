@@ -78,7 +78,22 @@ def test_shapes_and_the_carry(level, tiers, upsampling, sample_input, history, f
 def test_generation_steps_equal_the_training_forward(level, tiers, upsampling, sample_input, history):
     """Teacher-forced: `step` one sample at a time gives the forward's logits (to 1e-5), across two windows
     with the carry passed on; and the frame-by-frame sampler chooses what a loop of `step` chooses."""
-    cfg = tiny(level, tiers, upsampling, sample_input, history)
+    check_generation(tiny(level, tiers, upsampling, sample_input, history))
+
+
+# model.sample_conditioning = "every": each MLP layer conditioned (shared and per-position maps, 2 and 3 tiers,
+# with a history, and with 3 layers so that the layers above the first are two)
+EVERY = [dict(upsampling="shared", sample_input="both", history=(7, 3)),
+         dict(tiers=3, upsampling="per_position", sample_input="scaled", sample_layers=3),
+         dict(upsampling="shared", history=5, sample_layers=3)]  # fmt: skip
+
+
+@pytest.mark.parametrize("kw", EVERY)
+def test_every_layer_conditioned_generation_equals_the_training_forward(kw):
+    check_generation(tiny(sample_conditioning="every", **kw))
+
+
+def check_generation(cfg):
     P = period(cfg)
     params, x = random_params(cfg), tokens(4 * P)
     carry = model.init_carry(cfg, B)
@@ -129,7 +144,17 @@ def test_generation_history_windows_are_the_slices(T, W, extra):
 )  # fmt: skip
 def test_gradients_match_finite_differences(level, kernels, tiers, upsampling, sample_input, history):
     cell = "lstm" if level == "rnn" else "gru"
-    cfg = tiny(level, tiers, upsampling, sample_input, history, cell=cell, kernels=kernels, dtype="float64")
+    check_gradients(
+        tiny(level, tiers, upsampling, sample_input, history, cell=cell, kernels=kernels, dtype="float64")
+    )
+
+
+@pytest.mark.parametrize("kw", EVERY)
+def test_every_layer_conditioned_gradients_match_finite_differences(kw):
+    check_gradients(tiny(sample_conditioning="every", dtype="float64", **kw))
+
+
+def check_gradients(cfg):
     T = 2 * period(cfg)
     x, y = tokens(T + 1)[:, :-1], tokens(T + 1)[:, 1:]
     with jax.enable_x64(True):

@@ -206,6 +206,7 @@ ThreadChoice one_stream_threads;
 
 struct Sizes {
   int64_t B, F, D, L;  // streams, frame size, sample_size, hidden layers after the first
+  int64_t C;  // the layers conditioned (cond's D each): the first, or every one (L + 1)
 };
 
 // What the two threads share: the products' outputs, the barrier, and the pool thread's joining.
@@ -226,7 +227,7 @@ template <typename W>
 struct Frame {
   Sizes s;
   const int32_t* window;  // [B, F]: the inputs up to the frame's first sample, the newest last
-  const float *cond, *u, *tables, *in_b;  // [B, F, D], [F, B], [F, 256, D], [D]
+  const float *cond, *u, *tables, *in_b;  // [B, F, C * D], [F, B], [F, 256, D], [D]
   float temperature;
   std::vector<const W*> hidden_w;  // L x [ceil(D / 16), D, 16]
   const W* hidden_rows;  // [L, D, ceil(D / 16) * 16]: the same weights row by row (one stream, AVX-512), or null
@@ -247,11 +248,12 @@ struct Frame {
       packed_product<W>(ahead_x + a * B * H, B, H, ahead_w[a], ahead_y + a * B * G, G, 0, P);
   }
 
-  // y[:, panels of this thread] = x @ W for the thread `part` of `parts`, then + bias (and ReLU); W packed, and
-  // at one stream with AVX-512 read as kept row by row where given (`w_rows`, [D, ceil(O / 16) * 16]; the same
-  // floats either way)
+  // y[:, panels of this thread] = x @ W for the thread `part` of `parts`, then + (each row b's `given` + b *
+  // `given_stride`, where not null) + bias (and ReLU); W packed, and at one stream with AVX-512 read as kept
+  // row by row where given (`w_rows`, [D, ceil(O / 16) * 16]; the same floats either way)
   JV_TARGET void product(const float* x, const W* w, const W* w_rows, const float* bias, float* y, int64_t O,
-                         bool relu, int part, int parts, int32_t* rows) const {
+                         bool relu, int part, int parts, int32_t* rows, const float* given = nullptr,
+                         int64_t given_stride = 0) const {
     static const bool avx512 = has_avx512();
     const int64_t P = (O + kPanel - 1) / kPanel, begin = P * part / parts, end = P * (part + 1) / parts;
     if (s.B == 1) {  // one stream: only the weight rows of the inputs the ReLU left (x is >= 0 here)
@@ -270,7 +272,8 @@ struct Frame {
     const int64_t c0 = begin * kPanel, c1 = std::min(O, end * kPanel);
     for (int64_t b = 0; b < s.B; ++b)
       for (int64_t c = c0; c < c1; ++c) {
-        const float v = y[b * O + c] + bias[c];
+        const float z = given == nullptr ? y[b * O + c] : y[b * O + c] + given[b * given_stride + c];
+        const float v = z + bias[c];
         y[b * O + c] = relu ? std::max(v, 0.0f) : v;
       }
   }
@@ -299,7 +302,7 @@ struct Frame {
       // the first layer: bias + conditioning + the table row of each window position's symbol, ReLU
       for (int64_t b = 0; b < B; ++b) {
         float* x = x0.data() + b * D;
-        const float* c = cond + (b * F + pos) * D;
+        const float* c = cond + (b * F + pos) * s.C * D;
         if (avx512) {
           first_layer512(x, in_b, c, tables, win.data() + b * F, F, D, table_rows.data());
           continue;
@@ -321,7 +324,10 @@ struct Frame {
       for (int64_t l = 0; l < s.L; ++l) {
         float* y = shared.hidden.data() + l * B * D;
         const W* layer_rows = hidden_rows == nullptr ? nullptr : hidden_rows + l * panel_rows;
-        product(x, hidden_w[l], layer_rows, hidden_b + l * D, y, D, true, part, parts, rows.data());
+        // layer l + 1's own conditioning, where every layer has one
+        const float* given = l + 1 < s.C ? cond + pos * s.C * D + (l + 1) * D : nullptr;
+        product(x, hidden_w[l], layer_rows, hidden_b + l * D, y, D, true, part, parts, rows.data(), given,
+                F * s.C * D);
         if (parts == 2) shared.barrier.wait(passed);
         x = y;
       }
@@ -361,11 +367,12 @@ ffi::Error SampleFrame(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> window, ffi::
   auto wd = window.dimensions(), cd = cond.dimensions(), td = tables.dimensions(), hbd = hidden_b.dimensions();
   if (wd.size() != 2 || cd.size() != 3 || td.size() != 3 || hbd.size() != 2)
     return ffi::Error::InvalidArgument(
-        "sample_frame: expected window[B, F], cond[B, F, D], tables[F, 256, D], hidden_b[L, D]");
-  const Sizes s{wd[0], wd[1], td[2], hbd[0]};
+        "sample_frame: expected window[B, F], cond[B, F, C * D], tables[F, 256, D], hidden_b[L, D]");
+  const int64_t D = td[2], C = D > 0 ? cd[2] / D : 1;
+  const Sizes s{wd[0], wd[1], D, hbd[0], C};
   const int64_t PD = (s.D + kPanel - 1) / kPanel;
   auto od = out_w.dimensions(), hrd = hidden_rows.dimensions(), ord = out_rows.dimensions();
-  if (cd[0] != s.B || cd[1] != s.F || cd[2] != s.D || td[0] != s.F || td[1] != kSymbols ||
+  if (cd[0] != s.B || cd[1] != s.F || cd[2] != s.C * s.D || s.C < 1 || s.C > s.L + 1 || td[0] != s.F || td[1] != kSymbols ||
       count(u) != s.F * s.B || count(temperature) != 1 || count(in_b) != s.D ||
       hbd[1] != s.D ||
       od.size() != 3 || od[0] != kSymbols / kPanel || od[1] != s.D || od[2] != kPanel ||
@@ -423,7 +430,7 @@ ffi::Error SampleFrame(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> window, ffi::
                        std::move(ahead_weights),
                        ahead_y->typed_data()};
   auto shared = std::make_shared<Shared>(s);
-  const int64_t sizes = (static_cast<int64_t>(sizeof(W)) << 56) | (s.D << 24) | (s.F << 8) | s.L;
+  const int64_t sizes = (static_cast<int64_t>(sizeof(W)) << 56) | (s.C << 48) | (s.D << 24) | (s.F << 8) | s.L;
   const bool timed = s.B == 1 && pool.num_threads() >= 2;
   const bool helped = pool.num_threads() >= 2 && (!timed || one_stream_threads.helper(sizes));
   const bool ahead = !frame.ahead_w.empty();
@@ -467,7 +474,7 @@ static auto Binding() {
   return ffi::Ffi::Bind()
       .Ctx<ffi::ThreadPool>()
       .Arg<ffi::Buffer<ffi::S32>>()   // window [B, F]
-      .Arg<ffi::Buffer<ffi::F32>>()   // cond [B, F, D]
+      .Arg<ffi::Buffer<ffi::F32>>()   // cond [B, F, C * D]: the first layer's, then each hidden layer's (C - 1)
       .Arg<ffi::Buffer<ffi::F32>>()   // u [F, B]
       .Arg<ffi::Buffer<ffi::F32>>()   // temperature [] (0: the most probable symbol)
       .Arg<ffi::Buffer<ffi::F32>>()   // tables [F, 256, D]
