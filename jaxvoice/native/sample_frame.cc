@@ -372,7 +372,8 @@ ffi::Error SampleFrame(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> window, ffi::
   const Sizes s{wd[0], wd[1], D, hbd[0], C};
   const int64_t PD = (s.D + kPanel - 1) / kPanel;
   auto od = out_w.dimensions(), hrd = hidden_rows.dimensions(), ord = out_rows.dimensions();
-  if (cd[0] != s.B || cd[1] != s.F || cd[2] != s.C * s.D || s.C < 1 || s.C > s.L + 1 || td[0] != s.F || td[1] != kSymbols ||
+  if (cd[0] != s.B || cd[1] != s.F || cd[2] != s.C * s.D || s.C < 1 || s.C > s.L + 1 || td[0] != s.F ||
+      td[1] != kSymbols ||
       count(u) != s.F * s.B || count(temperature) != 1 || count(in_b) != s.D ||
       hbd[1] != s.D ||
       od.size() != 3 || od[0] != kSymbols / kPanel || od[1] != s.D || od[2] != kPanel ||
