@@ -2,7 +2,12 @@
 
 First the presets of `--presets` at one stream, each in --preset-processes fresh processes taking turns: the
 frame-level ones against the flat ones their targets name (voice_cpu_tiered >= 3x voice_cpu, samplernn >= 2x
-voice_2016), in `presets.ratios` (of the medians, and round by round). Then:
+voice_2016), in `presets.ratios` (of the medians, and round by round). A preset's params are its random init,
+or, written `PRESET=RUN`, the latest checkpoint of a run trained with it (e.g. the run directories `bench.py
+quality` leaves): what a user samples. A trained model can sample at another speed than its init: the tiered
+sample MLP's products read only the rows of inputs its ReLUs left nonzero, ~half at init and ~1/10 trained.
+The i-th entry of a frame-level preset pairs with the i-th of its flat one, of the same kind (at init, or
+trained). Then:
 
 For each model (random init params), weight dtype (--weights: float32, and bfloat16 as `jaxvoice sample
 --weights bfloat16` runs it) and stream count: samples/s and real-time factor (seconds of 11025 Hz
@@ -45,12 +50,16 @@ def _median_run(fn, repeats: int) -> tuple[float, list[float]]:
     return statistics.median(times), times
 
 
-def bench_generate(cfg, streams: int, samples: int, repeats: int, chunk: int, weights: str) -> dict:
+def bench_generate(
+    cfg, streams: int, samples: int, repeats: int, chunk: int, weights: str, params=None
+) -> dict:
+    """`sample.generate`'s speed for `params` (default: the model's random init)."""
     import jax
 
     from jaxvoice import model, sample
 
-    params = model.init_params(jax.random.key(0), cfg)
+    if params is None:
+        params = model.init_params(jax.random.key(0), cfg)
     steps = -(-samples // streams)
     steps = -(-steps // chunk) * chunk  # whole chunks: what is timed is what runs
     key = jax.random.key(1)
@@ -186,15 +195,39 @@ def bench_torch(name: str, samples: int, max_seconds: float, threads: int = 0) -
 
 
 # Model families side by side, as their presets define them: each frame-level preset against the flat one
-# its targets name (samples/s at 1 stream, float32 weights, random params).
+# its targets name (samples/s at 1 stream, float32 weights; random params, or a run's trained ones).
 FAMILY_PAIRS = {"voice_cpu_tiered": ("voice_cpu", 3.0), "samplernn": ("voice_2016", 2.0)}
 
 
-def preset_speed(name: str, samples: int, repeats: int, chunk: int) -> int:
-    """Samples/s of preset `name` at 1 stream, float32 weights, random params (`bench_generate`)."""
-    from jaxvoice import config
+def preset_speed(entry: str, samples: int, repeats: int, chunk: int) -> int:
+    """Samples/s at 1 stream, float32 weights (`bench_generate`) of `PRESET` at its random init, or of
+    `PRESET=RUN`: the latest checkpoint of run directory RUN, trained with that preset."""
+    from jaxvoice import checkpoint, config
 
-    return bench_generate(config.load(name).model, 1, samples, repeats, chunk, "float32")["samples_per_s"]
+    preset, _, run_dir = entry.partition("=")
+    if not run_dir:
+        return bench_generate(config.load(preset).model, 1, samples, repeats, chunk, "float32")[
+            "samples_per_s"
+        ]
+    restored = checkpoint.restore_for_inference(run_dir, "latest")
+    return bench_generate(restored.config.model, 1, samples, repeats, chunk, "float32", restored.params)[
+        "samples_per_s"
+    ]
+
+
+def _pairs(names: list[str]) -> list[tuple[str, str, float]]:
+    """(frame-level entry, flat entry, target): the i-th entry of a frame-level preset paired with the i-th of
+    the flat preset its target names, of the same kind (at init, or trained: `PRESET=RUN`), so that
+    `voice_cpu=A,voice_cpu_tiered=B,voice_cpu=C,voice_cpu_tiered=D` pairs B with A and D with C."""
+    pairs = []
+    for tiered_preset, (flat_preset, target) in FAMILY_PAIRS.items():
+        for trained in (False, True):
+            tiered, flat = (
+                [n for n in names if n.partition("=")[0] == preset and ("=" in n) == trained]
+                for preset in (tiered_preset, flat_preset)
+            )
+            pairs += [(t, f, target) for t, f in zip(tiered, flat, strict=False)]  # the unpaired left out
+    return pairs
 
 
 def bench_presets(names: list[str], samples: int, repeats: int, chunk: int, processes: int = 1) -> dict:
@@ -216,8 +249,8 @@ def bench_presets(names: list[str], samples: int, repeats: int, chunk: int, proc
             "rounds": [round(t / f, 2) for t, f in zip(runs[tiered], runs[flat], strict=True)],
             "target": target,
         }
-        for tiered, (flat, target) in FAMILY_PAIRS.items() if tiered in runs and flat in runs
-    }  # fmt: skip
+        for tiered, flat, target in _pairs(names)
+    }
     return {"samples_per_s_1_stream": medians, "processes": runs, "ratios": ratios}
 
 
@@ -235,7 +268,8 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--torch-seconds", type=float, default=30.0, help="time cap of one torch loop")
     parser.add_argument(
         "--presets", default="voice_cpu,voice_cpu_tiered,voice_2016,samplernn",
-        help="presets compared at 1 stream (model families against the flat stack); '' for none",
+        help="presets compared at 1 stream (model families against the flat stack), each PRESET (random init) "
+        "or PRESET=RUN (a run's latest checkpoint); '' for none",
     )  # fmt: skip
     parser.add_argument("--preset-processes", type=int, default=3, help="fresh processes per preset")
     args = parser.parse_args(argv)
