@@ -21,7 +21,9 @@ from jaxvoice.synth import RATE, singing_corpus
 DEMO_FILE = "demo.json"  # marks a folder as a demo (so --force may replace it) and records the figures
 # The preset trained: of the model families, the one with the lower held-out bits on the demo's corpus in the
 # demo's 2 minutes (test bits/sample, 2-core Zen 5, 2026-11-30): flat voice_cpu 2.067, flat tiny 2.203, tiered
-# voice_cpu_tiered 2.093 (with embedded samples only: 2.122; per-position upsampling: 2.166).
+# voice_cpu_tiered 2.093 (with embedded samples only: 2.122; per-position upsampling: 2.166). Again with the
+# presets of 2026-12-04 (AMD EPYC Zen 4, `jaxvoice train --minutes 2` each on the demo's corpus): voice_cpu
+# 2.047 (5,646 steps), voice_cpu_tiered 2.110 (1,951 steps: its four-layer MLP's steps cost more).
 PRESET = "voice_cpu"
 MIN_SECONDS = 10.0  # the preset's 32 x 64 windows need ~2 s (val is 10%); 10 s gives it 1 s to judge by
 WARMUP_STEPS = 20  # trained first, to measure the speed that sets the evaluation interval
