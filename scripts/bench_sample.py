@@ -5,7 +5,7 @@ frame-level ones against the flat ones their targets name (voice_cpu_tiered >= 3
 voice_2016), in `presets.ratios` (of the medians, and round by round). A preset's params are its random init,
 or, written `PRESET=RUN`, the latest checkpoint of a run trained with it (e.g. the run directories `bench.py
 quality` leaves): what a user samples. A trained model can sample at another speed than its init: the tiered
-sample MLP's products read only the rows of inputs its ReLUs left nonzero, ~half at init and ~1/10 trained.
+sample MLP's products read only the rows of inputs its ReLUs left nonzero: ~1/2 at init, ~1/4-1/10 trained.
 The i-th entry of a frame-level preset pairs with the i-th of its flat one, of the same kind (at init, or
 trained). Then:
 
