@@ -13,7 +13,10 @@ bits/sample. Reported per corpus and preset, with the steps made, the best check
 median tokens/s. With --rounds N each corpus's presets train N times, taking turns (round r starts at preset
 r), and `summary` gives each preset's median and, where both are run, the flat preset's lead over the tiered
 one's (medians, and round by round): on these VMs a process's speed moves by up to 1.6x from one run to the
-next, and with it the steps a budget buys.
+next, and with it the steps a budget buys. Then, with --sample-processes N (default 4; 0: none), the trained runs'
+one-stream sampling speed, each run's last checkpoint in N fresh processes taking turns, and each frame-level
+run's ratio to the flat run of its round (`bench_sample.bench_presets`): a trained model can sample at another
+speed than the random init `bench.py sample` times by default.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_sample import FAMILY_PAIRS
+from bench_sample import FAMILY_PAIRS, bench_presets
 
 from jaxvoice import csvlog
 
@@ -184,6 +187,9 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--out", type=Path, default=Path("runs/bench_quality"))
     parser.add_argument("--set", action="append", default=[], help="an override for every run")
     parser.add_argument("--rounds", type=int, default=1, help="runs per corpus and preset, taking turns")
+    parser.add_argument(
+        "--sample-processes", type=int, default=4, help="fresh processes per trained run timing its sampling"
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict = {"minutes": args.minutes, "seconds": args.seconds, "cpu_count": os.cpu_count(), "runs": {}}
@@ -195,11 +201,20 @@ def main(argv: list[str]) -> dict:
             _jaxvoice("prepare", wav, "-o", corpus, "--rate", RATE, "-q")
         presets = args.presets.split(",")
         bits: dict[str, list[float]] = {p: [] for p in presets}  # each preset's test bits, round by round
+        trained = []  # PRESET=RUN of each run, round by round (bench_sample pairs the i-th of a preset's)
         for r in range(args.rounds):
             for preset in presets[r % len(presets) :] + presets[: r % len(presets)]:
                 key = f"{name}/{preset}" + (f"/{r}" if args.rounds > 1 else "")
-                report["runs"][key] = _train_and_test(args, corpus, args.out / key.replace("/", "_"), preset)
+                run = args.out / key.replace("/", "_")
+                report["runs"][key] = _train_and_test(args, corpus, run, preset)
                 bits[preset].append(report["runs"][key]["test_bits"])
+                trained.append(f"{preset}={run}")
                 print(json.dumps({key: report["runs"][key]}), file=sys.stderr)
         report.setdefault("summary", {})[name] = _summary(bits)
+        if args.sample_processes > 0:
+            from jaxvoice import sample
+
+            report.setdefault("sampling", {})[name] = bench_presets(
+                trained, 65536, 3, sample.DEFAULT_CHUNK, args.sample_processes
+            )
     return report
