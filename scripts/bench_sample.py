@@ -232,6 +232,8 @@ def bench_presets(names: list[str], samples: int, repeats: int, chunk: int, proc
     """Each preset's 1-stream speed in `processes` fresh processes, the presets taking turns (round r starts at
     preset r), and the ratios of the pairs' medians, with each round's own ratio: on these VMs one process's
     rate moves by up to 1.6x from the next's, so one process per preset decides little."""
+    if len(set(names)) < len(names):  # the results are keyed by entry
+        raise SystemExit(f"--presets names an entry twice ({','.join(names)}); give each once")
     runs = {name: [] for name in names}
     for r in range(processes):
         for name in names[r % len(names) :] + names[: r % len(names)]:
