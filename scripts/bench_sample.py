@@ -199,12 +199,18 @@ def bench_torch(name: str, samples: int, max_seconds: float, threads: int = 0) -
 FAMILY_PAIRS = {"voice_cpu_tiered": ("voice_cpu", 3.0), "samplernn": ("voice_2016", 2.0)}
 
 
+def _entry(entry: str) -> tuple[str, str]:
+    """(preset, run directory or '') of a `--presets` entry, `PRESET` or `PRESET=RUN`."""
+    preset, _, run_dir = entry.partition("=")
+    return preset, run_dir
+
+
 def preset_speed(entry: str, samples: int, repeats: int, chunk: int) -> int:
     """Samples/s at 1 stream, float32 weights (`bench_generate`) of `PRESET` at its random init, or of
     `PRESET=RUN`: the latest checkpoint of run directory RUN, trained with that preset."""
     from jaxvoice import checkpoint, config
 
-    preset, _, run_dir = entry.partition("=")
+    preset, run_dir = _entry(entry)
     if run_dir:
         restored = checkpoint.restore_for_inference(run_dir, "latest")
         cfg, params = restored.config.model, restored.params
@@ -221,7 +227,7 @@ def _pairs(names: list[str]) -> list[tuple[str, str, float]]:
     for tiered_preset, (flat_preset, target) in FAMILY_PAIRS.items():
         for trained in (False, True):
             tiered, flat = (
-                [n for n in names if n.partition("=")[0] == preset and ("=" in n) == trained]
+                [n for n in names if _entry(n)[0] == preset and bool(_entry(n)[1]) == trained]
                 for preset in (tiered_preset, flat_preset)
             )
             pairs += [(t, f, target) for t, f in zip(tiered, flat, strict=False)]  # the unpaired left out
