@@ -85,9 +85,11 @@ JV_TARGET int32_t draw(const float* logits, float u, float t, float* e) {
     return best;
   }
   const __m256 tv = _mm256_set1_ps(t);
+  const bool scaled = t != 1.0f;  // l / 1 is l: the divisions (~160 of a sample's ~7,000 cycles) skipped
   __m256 mv = _mm256_set1_ps(-INFINITY);
   for (int64_t v = 0; v < kSymbols; v += 8) {
-    const __m256 s = _mm256_div_ps(_mm256_loadu_ps(logits + v), tv);
+    const __m256 l = _mm256_loadu_ps(logits + v);
+    const __m256 s = scaled ? _mm256_div_ps(l, tv) : l;
     _mm256_storeu_ps(e + v, s);
     mv = _mm256_max_ps(mv, s);
   }
