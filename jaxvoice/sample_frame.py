@@ -4,7 +4,8 @@ sampler's rule without top-k/p (`jaxvoice.sample.choose`), in one XLA FFI call w
 sample. The products are split between two threads, each keeping half of the weights in its core's cache;
 at one stream the kernel times both ways and takes the second thread only where it pays (the same floats).
 The second thread first computes the products given to be done ahead (the frame tier's recurrent products
-for the next frame, `tiered_generation.sample_scan`), which do not wait on this frame's samples.
+for the next frame, `tiered_generation.sample_scan`), which do not wait on this frame's samples, and the
+sample history's sums over the next frame's older values, where the call adds the history itself.
 
 `tiered_generation.sample_scan` uses it where the sampler stored the weights packed (a single CPU device, see
 `sample.layout_for`) and `model.kernels = "auto"`; `available()` is False where the extension was not built,
@@ -53,7 +54,7 @@ def available() -> bool:
             }
             sp["frame_kernel"] = kernel_params(sp)
             window, cond, u = jnp.zeros((1, F), jnp.int32), jnp.zeros((1, F, D)), jnp.full((F, 1), 0.5)
-            tokens, logits, _ = _call(sp, window, cond, u, 1.0, None)
+            tokens, logits, _, _ = _call(sp, window, cond, u, 1.0, None, None)
         if np.array_equal(np.asarray(tokens), [[7, 7]]) and np.array_equal(np.asarray(logits)[0, 1], out_b):
             return True
         log.warning("jaxvoice's sample-frame kernel computes wrong frames here: using the XLA step")
@@ -96,23 +97,30 @@ def _rows(packed_PxIx16: jax.Array) -> jax.Array:
     return packed_PxIx16.transpose(1, 0, 2).reshape(inputs, panels * PANEL)
 
 
-def frame(sp: dict, window_BxF, cond_BxFxD, u_FxB, temperature, ahead=None):
-    """One frame of the sample level: (tokens_BxF int32, logits_BxFxV, products) of its F samples from the F
-    inputs up to its first (the newest last), each sample's conditioning vectors ([B, F, C * D]: the first
-    layer's, then each hidden layer's, `tiered_maps.conditioned_layers`) and uniform, and the
+def frame(sp: dict, window_BxF, cond_BxFxD, u_FxB, temperature, ahead=None, history=None):
+    """One frame of the sample level: (tokens_BxF int32, logits_BxFxV, products, history_next) of its F samples
+    from the F inputs up to its first (the newest last), each sample's conditioning vectors ([B, F, C * D]:
+    the first layer's, then each hidden layer's, `tiered_maps.conditioned_layers`) and uniform, and the
     temperature (0: the most probable symbol, as the greedy sampler). `sp`: the generation params with the
     kernel's own (`kernel_params`, under "frame_kernel"). Needs `available()`.
 
     With `ahead` = (x_AxBxH, [W_a for each a]), W_a packed weights [ceil(G / 16), H, 16] as `packed_matmul`
     takes them (e.g. each frame layer's own), also products = [x_a @ W_a for each a] [A, B, ceil(G / 16) * 16]
     (the columns up to whole panels of 16), computed as `packed_matmul` does (the same floats) while the
-    samples are drawn; otherwise products is None."""
+    samples are drawn; otherwise products is None.
+
+    With `history` = (old_BxFxQ, values_BxW, gain_BxQ), the model's sample history with gains
+    (`sample_history`, its weights packed in `sp["frame_kernel"]`) is added to the first layer's conditioning here,
+    not in `cond_BxFxD`: old = each position's sums over its W values before its window but the newest
+    F - 1 (`sample_history.older_sums`), values = the window's last W in [-2, 2], gain = this frame's
+    (`sample_history.frame_gains`); history_next = the next frame's old sums [B, F, Q], computed while the
+    samples are drawn (the XLA frame step's sums, in the kernel's order); otherwise history_next is None."""
     if not available():
         raise RuntimeError("jaxvoice's sample_frame kernel is not built for this machine")
-    return _call(sp, window_BxF, cond_BxFxD, u_FxB, temperature, ahead)
+    return _call(sp, window_BxF, cond_BxFxD, u_FxB, temperature, ahead, history)
 
 
-def _call(sp, window_BxF, cond_BxFxD, u_FxB, temperature, ahead):
+def _call(sp, window_BxF, cond_BxFxD, u_FxB, temperature, ahead, history):
     B, F = window_BxF.shape
     out_w = sp["out_DxV"].data
     if ahead is None:
@@ -121,12 +129,19 @@ def _call(sp, window_BxF, cond_BxFxD, u_FxB, temperature, ahead):
         ahead_x, ahead_w = ahead[0].astype(jnp.float32), list(ahead[1])
         G = ahead_w[0].shape[0] * PANEL  # whole panels (the packing's zero columns too)
     hidden_w = [layer["w_DxD"].data for layer in sp["hidden"]]  # the hidden layers' packed weights, as kept
+    if history is None:
+        old, values, gain = jnp.zeros((B, F, 0)), jnp.zeros((B, 0)), jnp.zeros((B, 0))
+        filters = mapping = jnp.zeros((0, 0, PANEL), out_w.dtype)
+    else:
+        old, values, gain = (jnp.asarray(a, jnp.float32) for a in history)
+        filters, mapping = sp["frame_kernel"]["history_WxQ"], sp["frame_kernel"]["history_QxD"]
     results = (
         jax.ShapeDtypeStruct((B, F), jnp.int32),
         jax.ShapeDtypeStruct((B, F, V), jnp.float32),
         jax.ShapeDtypeStruct((ahead_x.shape[0], B, G), jnp.float32),
+        jax.ShapeDtypeStruct(old.shape, jnp.float32),
     )
-    tokens, logits, products = jax.ffi.ffi_call(
+    tokens, logits, products, history_next = jax.ffi.ffi_call(
         _TARGETS[jnp.dtype(out_w.dtype).name], results, vmap_method="sequential"
     )(
         window_BxF.astype(jnp.int32),
@@ -141,7 +156,12 @@ def _call(sp, window_BxF, cond_BxFxD, u_FxB, temperature, ahead):
         sp["frame_kernel"]["out_rows"],
         sp["out_b_V"].astype(jnp.float32),
         ahead_x,
+        old,
+        values,
+        gain,
+        filters,
+        mapping,
         *hidden_w,
         *ahead_w,
     )
-    return tokens, logits, None if ahead is None else products
+    return tokens, logits, None if ahead is None else products, None if history is None else history_next

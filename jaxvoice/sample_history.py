@@ -9,8 +9,8 @@ the pitch or the note, as a speech coder's is re-fitted every frame (a fixed map
 that changes), in fewer weights.
 
 Every sample it reads is older than its sample's frame and the gain is per frame, so generation adds it
-once per frame, into the conditioning the frame step makes; the sample level (and its CPU kernel) is
-unchanged.
+once per frame, into the conditioning the frame step makes; with gains and jaxvoice's CPU frame kernel, the
+kernel adds it (`jaxvoice.sample_frame`), from sums over the older values it computes a frame ahead.
 
 Shape letters: B batch, T targets (K = T / F frames), F frame size, H rnn_size, D sample_size,
 W sample_history, Q sample_history_rank.
@@ -56,10 +56,26 @@ def conditioning(params, e_BxS, N: int, T: int, cfg: ModelConfig, o_KxBxH) -> ja
     if not Q:
         return _filtered(cfg, e_BxS, N, T, params["history_WxD"])
     K = T // F
-    gain_KBxQ = model.dense(cfg, o_KxBxH.reshape(K * B, -1), params["history_gain_HxQ"])
-    gain_Kx1xBxQ = gain_KBxQ.reshape(K, 1, B, Q) + params["history_gain_b_Q"]  # one gain for a frame's F
+    gain_Kx1xBxQ = frame_gains(params, o_KxBxH.reshape(K * B, -1), cfg).reshape(K, 1, B, Q)  # a frame's F
     channels_KxFxBxQ = _filtered(cfg, e_BxS, N, T, params["history_WxQ"]).reshape(K, F, B, Q) * gain_Kx1xBxQ
     return model.dense(cfg, channels_KxFxBxQ.reshape(T * B, Q), params["history_QxD"]).reshape(T, B, -1)
+
+
+def frame_gains(params, o_NxH, cfg: ModelConfig) -> jax.Array:
+    """[N, Q]: each channel's gain for the frames whose frame-tier outputs are o [N, H]."""
+    return model.dense(cfg, o_NxH, params["history_gain_HxQ"]) + params["history_gain_b_Q"]
+
+
+def older_sums(params, values_BxW, cfg: ModelConfig) -> jax.Array:
+    """[B, F, Q]: for each position t of a frame, its channels' sums over the W values before its window but
+    the newest F - 1, which the last frame draws: the frame's older values [B, W] (e[N - F - W : N - F]
+    of its carry's window) times the filters with those newest as 0. Generation's frame kernel continues
+    each sum over the newest (`jaxvoice.sample_frame`)."""
+    F, W = cfg.frame_size, cfg.sample_history
+    B = values_BxW.shape[0]
+    rows_FxBxW = _windows(jnp.pad(values_BxW, ((0, 0), (0, F - 1))), F, W)  # row t: values[t:], then t zeros
+    sums = model.dense(cfg, rows_FxBxW.reshape(F * B, W), params["history_WxQ"])
+    return sums.reshape(F, B, -1).transpose(1, 0, 2)
 
 
 def _filtered(cfg: ModelConfig, e_BxS, N: int, T: int, w_WxC) -> jax.Array:

@@ -8,8 +8,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxvoice import cells, model, sample_frame, sample_history, sample_level, stored
+from jaxvoice import cells, model, packed_matmul, sample_frame, sample_history, sample_level, stored
 from jaxvoice import tiered_maps as maps
+
+HISTORY_IN_KERNEL = ("history_WxQ", "history_QxD")  # the history's weights the frame kernel reads, packed
 
 
 def _top_step(params, carry, cfg):
@@ -20,15 +22,21 @@ def _top_step(params, carry, cfg):
     return dict(carry, top=top_carry, top_cond=maps.top_conditioning(params, o_BxH, cfg))
 
 
-def _frame_step(params, carry, cfg, above_BxH=None):
+def _frame_outputs(params, carry, cfg, above_BxH=None):
     """At a frame start: the frame tier one step on the F inputs up to now (and, with 3 tiers, the top
-    tier's vector for this frame, `above_BxH`), and its F conditioning vectors (the history's added to the
-    first layer's)."""
+    tier's vector for this frame, `above_BxH`): (its output o_BxH, its carry, its F conditioning vectors
+    without the history's)."""
     inputs_BxI = maps.frame_inputs(params, carry["window"][:, -cfg.frame_size :], cfg)
     if above_BxH is not None:
         inputs_BxI = jnp.concatenate([inputs_BxI, above_BxH], axis=-1)
     o_BxH, frame_carry = model.step_layers(cfg, params["frame_layers"], carry["frame"], inputs_BxI)
-    cond_BxFxD = maps.conditioning(params, o_BxH, cfg)
+    return o_BxH, frame_carry, maps.conditioning(params, o_BxH, cfg)
+
+
+def _frame_step(params, carry, cfg, above_BxH=None):
+    """At a frame start: the frame tier one step (`_frame_outputs`) and its F conditioning vectors, the
+    history's added to the first layer's."""
+    o_BxH, frame_carry, cond_BxFxD = _frame_outputs(params, carry, cfg, above_BxH)
     if cfg.sample_history:  # the window's last input is target 0's: e with N - 1 inputs before it
         window_BxN = carry["window"]
         history_FxBxD = sample_history.conditioning(
@@ -85,6 +93,14 @@ def sample_prepare(params, cfg, store):
     for name in sample_history.STORED:
         if name in params:  # read by a frame's F rows at once
             sp[name] = store(params[name], rows=cfg.frame_size)
+    if (  # the kernel adds the history itself, in float32 as XLA does (bfloat16 products round x too)
+        "frame_kernel" in sp
+        and cfg.sample_history
+        and cfg.sample_history_rank
+        and sp["out_DxV"].data.dtype == jnp.float32
+    ):
+        history = {name: packed_matmul.pack(params[name]) for name in HISTORY_IN_KERNEL}
+        sp["frame_kernel"] = dict(sp["frame_kernel"], **history)
     if cfg.tiers == 3:
         sp[maps.up_weight(cfg, top=True)] = store(params[maps.up_weight(cfg, top=True)])
         sp["top_layers"] = [cells.store_layer(cfg.cell, layer, store) for layer in params["top_layers"]]
@@ -112,6 +128,18 @@ def _recurrent_products(sp, frame_carry, cfg) -> jax.Array:
     )
 
 
+def _history_in_kernel(sp) -> bool:
+    """Whether the frame kernel adds the sample history itself: a history with gains, whose filters and map
+    `sample_prepare` packed for the kernel."""
+    return all(name in sp.get("frame_kernel", {}) for name in HISTORY_IN_KERNEL)
+
+
+def _last_values(window_BxN, cfg) -> jax.Array:
+    """[B, W]: the window's last W inputs in [-2, 2]: the newest F - 1 of this frame's history, and the next
+    frame's older values (the frame kernel's history values)."""
+    return sample_level.scaled(window_BxN[:, -cfg.sample_history :])
+
+
 def sample_scan(sp, carry, token_B, u_CxB, choose, cfg):
     """C steps of generation from a period start (C a multiple of it): a scan over the frames whose body
     steps the frame tier once and scans the F samples of the frame, each chosen by `choose(logits, u)`; with
@@ -120,17 +148,22 @@ def sample_scan(sp, carry, token_B, u_CxB, choose, cfg):
     (or the params themselves). Where `sp` has the frame kernel's operands and `choose` says it draws by the
     plain rule (`draw.Choice.native_temperature`), each frame's sample level is one kernel call, which also
     computes the frame tier's recurrent products for the next frame (where each frame layer keeps its
-    recurrent weights packed, `_recurrent_packed`), on another core while it draws the samples."""
+    recurrent weights packed, `_recurrent_packed`), and the sample history's sums over the next frame's older
+    values (`_history_in_kernel`), on another core while it draws the samples, and adds this frame's history
+    (its newest values, the gains and the map) itself: a trained `voice_cpu_tiered` frame 1.08-1.13x faster
+    than with the history's windows and small products in XLA (AMD EPYC Zen 4, 2026-12-05,
+    docs/performance.md)."""
     F = cfg.frame_size
     C, B = u_CxB.shape
     tables_FxVxD = sp.get("tables_FxVxD")
     temperature = getattr(choose, "native_temperature", None)
     native = "frame_kernel" in sp and temperature is not None
     ahead = native and _recurrent_packed(sp, cfg)
+    history = native and _history_in_kernel(sp)
     recurrent = cells.get_cell(cfg.cell).recurrent
 
     def frame(state, xs):
-        (carry, token, ahead_AxBxG), (above_BxH, u_FxB) = state, xs
+        (carry, token, ahead_AxBxG, older_BxFxQ), (above_BxH, u_FxB) = state, xs
         params = sp
         if ahead:  # the frame layers' recurrent products, computed while the last frame was drawn
             layers = [
@@ -138,7 +171,14 @@ def sample_scan(sp, carry, token_B, u_CxB, choose, cfg):
                 for lp, y in zip(sp["frame_layers"], ahead_AxBxG, strict=True)
             ]
             params = dict(sp, frame_layers=layers)
-        carry = _frame_step(params, _push(carry, token), cfg, above_BxH)
+        carry = _push(carry, token)
+        if history:  # the kernel adds the history to the first layer's conditioning
+            o_BxH, frame_carry, cond_BxFxD = _frame_outputs(params, carry, cfg, above_BxH)
+            carry = dict(carry, frame=frame_carry, cond=cond_BxFxD)
+            gains_BxQ = sample_history.frame_gains(sp, o_BxH, cfg)
+            newest = (older_BxFxQ, _last_values(carry["window"], cfg), gains_BxQ)
+        else:
+            carry, newest = _frame_step(params, carry, cfg, above_BxH), None
         if native:  # the sample level's F steps in one call of jaxvoice's CPU kernel
             window = carry["window"]
             given = None
@@ -147,14 +187,14 @@ def sample_scan(sp, carry, token_B, u_CxB, choose, cfg):
             ):  # each layer's state that its recurrent weights multiply, and the weights as it keeps them
                 h_AxBxH = jnp.stack([recurrent(c) for c in carry["frame"]])
                 given = (h_AxBxH, [layer["wh_HxG"].data for layer in sp["frame_layers"]])
-            tokens_BxF, _, ahead_AxBxP = sample_frame.frame(
-                sp, window[:, -F:], carry["cond"], u_FxB, temperature, given
+            tokens_BxF, _, ahead_AxBxP, older_BxFxQ = sample_frame.frame(
+                sp, window[:, -F:], carry["cond"], u_FxB, temperature, given, newest
             )
             if ahead:  # the kernel's whole panels of 16 columns, cut to the product's G
                 ahead_AxBxG = ahead_AxBxP[..., : sp["frame_layers"][0]["wh_HxG"].out_features]
             window = jnp.concatenate([window, tokens_BxF[:, :-1]], axis=1)[:, -window.shape[1] :]
             carry = dict(carry, window=window, pos=(carry["pos"] + F) % maps.period(cfg))
-            return (carry, tokens_BxF[:, -1], ahead_AxBxG), tokens_BxF.T.astype(jnp.uint8)
+            return (carry, tokens_BxF[:, -1], ahead_AxBxG, older_BxFxQ), tokens_BxF.T.astype(jnp.uint8)
         chosen = []
         for position in range(F):  # unrolled, so each step knows its position in the frame
             if position:
@@ -162,21 +202,27 @@ def sample_scan(sp, carry, token_B, u_CxB, choose, cfg):
             logits_BxV, carry = _sample_step(sp, carry, cfg, tables_FxVxD, position)
             token = choose(logits_BxV, u_FxB[position])
             chosen.append(token.astype(jnp.uint8))
-        return (carry, token, ahead_AxBxG), jnp.stack(chosen)
+        return (carry, token, ahead_AxBxG, older_BxFxQ), jnp.stack(chosen)
 
     def top_frame(state, u_RxFxB):
-        carry, token, ahead_AxBxG = state
+        carry, token, ahead_AxBxG, older_BxFxQ = state
         # the top tier reads the window with this step's input, which `frame` then pushes itself
         top = _top_step(sp, _push(carry, token), cfg)
         carry = dict(carry, top=top["top"], top_cond=top["top_cond"])
         xs = (carry["top_cond"].transpose(1, 0, 2), u_RxFxB)
-        return jax.lax.scan(frame, (carry, token, ahead_AxBxG), xs)
+        return jax.lax.scan(frame, (carry, token, ahead_AxBxG, older_BxFxQ), xs)
 
     ahead_AxBxG = _recurrent_products(sp, carry["frame"], cfg) if ahead else None
-    state = (carry, token_B.astype(jnp.int32), ahead_AxBxG)
+    older_BxFxQ = None
+    if history:  # the first frame's older sums: its window's W values before the newest F - 1
+        N, W = carry["window"].shape[1], cfg.sample_history
+        window_BxN = _push(carry, token_B.astype(jnp.int32))["window"]
+        values_BxW = sample_level.scaled(window_BxN[:, N - F - W : N - F])
+        older_BxFxQ = sample_history.older_sums(sp, values_BxW, cfg)
+    state = (carry, token_B.astype(jnp.int32), ahead_AxBxG, older_BxFxQ)
     if cfg.tiers == 3:
         L = cfg.top_frame_size
-        (carry, token_B, _), tokens = jax.lax.scan(top_frame, state, u_CxB.reshape(C // L, L // F, F, B))
+        (carry, token_B, *_), tokens = jax.lax.scan(top_frame, state, u_CxB.reshape(C // L, L // F, F, B))
     else:
-        (carry, token_B, _), tokens = jax.lax.scan(frame, state, (None, u_CxB.reshape(C // F, F, B)))
+        (carry, token_B, *_), tokens = jax.lax.scan(frame, state, (None, u_CxB.reshape(C // F, F, B)))
     return carry, token_B, tokens.reshape(C, B).T

@@ -15,6 +15,7 @@ from jaxvoice import (
     packed_matmul,
     sample,
     sample_frame,
+    sample_history,
     sample_level,
     stored,
     tiered_generation,
@@ -119,7 +120,9 @@ def check_frame(
     window_BxF = jnp.asarray(rng.integers(0, 256, (streams, F)), jnp.int32)
     cond_BxFxD = jnp.asarray(rng.standard_normal((streams, F, D)) + cond_shift, jnp.float32)
     u_FxB = jnp.asarray(rng.random((F, streams)), jnp.float32)
-    tokens_BxF, logits_BxFxV, _ = jax.jit(sample_frame.frame)(sp, window_BxF, cond_BxFxD, u_FxB, temperature)
+    tokens_BxF, logits_BxFxV, _, _ = jax.jit(sample_frame.frame)(
+        sp, window_BxF, cond_BxFxD, u_FxB, temperature
+    )
     assert tokens_BxF.shape == (streams, F) and logits_BxFxV.shape == (streams, F, 256)
 
     inputs_BxT = jnp.concatenate([window_BxF, tokens_BxF], axis=1)
@@ -194,7 +197,9 @@ def test_the_products_ahead_are_packed_matmuls(streams, weights):
     cond_BxFxD = jnp.asarray(rng.standard_normal((streams, F, D)), jnp.float32)
     u_FxB = jnp.asarray(rng.random((F, streams)), jnp.float32)
     frame = jax.jit(sample_frame.frame)
-    tokens_BxF, logits_BxFxV, ahead_AxBxP = frame(sp, window_BxF, cond_BxFxD, u_FxB, 1.0, (x_AxBxH, packed))
+    tokens_BxF, logits_BxFxV, ahead_AxBxP, _ = frame(
+        sp, window_BxF, cond_BxFxD, u_FxB, 1.0, (x_AxBxH, packed)
+    )
     assert ahead_AxBxP.shape == (2, streams, 80)  # whole panels
     for a in range(2):
         want_BxG = jax.jit(packed_matmul.matmul, static_argnums=2)(x_AxBxH[a], packed[a], G)
@@ -236,3 +241,43 @@ def test_the_sampler_runs_the_kernel_where_it_can():
     xla_sp = sample._prepare(params, xla_cfg, layout)
     assert "frame_kernel" not in xla_sp
     assert "JaxvoiceSampleFrame" not in lowered(sample.Sampler(), xla_sp, xla_cfg)
+
+
+@needs_kernel
+@pytest.mark.parametrize(("streams", "rank"), [(1, 32), (3, 8), (2, 16)])
+def test_the_kernel_adds_the_sample_history_as_the_frame_step_does(streams, rank):
+    """With gains (`model.sample_history_rank`) the kernel adds the sample history to the first layer's
+    conditioning itself, from the sums over the frame's older values: its frame is the one the XLA frame step's
+    conditioning gives (logits to 1e-5, the same symbols), and the older sums it computes for the next frame
+    while it draws are `sample_history.older_sums` of the window after the frame."""
+    cfg = tiered(rnn_size=32, frame_size=16, sample_size=64, sample_layers=2, sample_conditioning="every",
+                 sample_history=48, sample_history_rank=rank)  # fmt: skip
+    params = random_params(cfg)
+    sp, _ = generation_params(cfg, params)
+    assert tiered_generation._history_in_kernel(sp)
+    # bfloat16 weights: XLA adds it (its bfloat16 products round x too, the kernel's do not)
+    assert not tiered_generation._history_in_kernel(generation_params(cfg, params, "bfloat16")[0])
+    F, W = cfg.frame_size, cfg.sample_history
+    N = tiered_maps.window_length(cfg)
+    rng = np.random.default_rng(rank)
+    window_BxN = jnp.asarray(rng.integers(0, 256, (streams, N)), jnp.int32)
+    carry = dict(model.init_carry(cfg, streams), window=window_BxN)
+    u_FxB = jnp.asarray(rng.random((F, streams)), jnp.float32)
+    frame = jax.jit(sample_frame.frame)
+
+    def older_sums(window):
+        return sample_history.older_sums(sp, sample_level.scaled(window[:, N - F - W : N - F]), cfg)
+
+    o_BxH, _, cond_BxFxD = tiered_generation._frame_outputs(sp, carry, cfg)
+    gains_BxQ = sample_history.frame_gains(sp, o_BxH, cfg)
+    history = (older_sums(window_BxN), tiered_generation._last_values(window_BxN, cfg), gains_BxQ)
+    tokens_BxF, logits_BxFxV, _, older_BxFxQ = frame(
+        sp, window_BxN[:, -F:], cond_BxFxD, u_FxB, 1.0, None, history
+    )
+    want_cond = tiered_generation._frame_step(sp, carry, cfg)["cond"]
+    want_tokens, want_logits, _, none = frame(sp, window_BxN[:, -F:], want_cond, u_FxB, 1.0)
+    assert none is None and older_BxFxQ.shape == (streams, F, rank)
+    np.testing.assert_allclose(logits_BxFxV, want_logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(tokens_BxF, want_tokens)
+    after_BxN = jnp.concatenate([window_BxN, tokens_BxF], axis=1)[:, -N:]
+    np.testing.assert_allclose(older_BxFxQ, older_sums(after_BxN), rtol=1e-5, atol=1e-5)

@@ -18,6 +18,12 @@
 // thread has not come. In XLA the same product, between the frame's other steps, cost ~50 us a frame of
 // ~230 where its weights alone take ~15 us to read (an Intel Xeon VM, 2026-12-03): here each core keeps its
 // own weights in its cache.
+//
+// Where the model has a sample history with gains (jaxvoice/sample_history.py), the call also adds it to the
+// first layer's conditioning: it is given each position's sums over its older values and continues them
+// over the last frame's samples, and the pool thread computes the next frame's older sums while the caller
+// draws (in XLA the history's windows and small products made a trained `voice_cpu_tiered` frame 1.08-1.13x
+// slower, AMD EPYC Zen 4, 2026-12-05).
 
 #include <atomic>
 #include <chrono>
@@ -223,6 +229,7 @@ struct Shared {
   std::atomic<bool> joinable{false};  // the pool thread has done the product ahead and waits to join
   std::atomic<int> start{-1};  // the sample the pool thread joins at (F: none left)
   std::atomic<int> helper_done{0};
+  std::vector<float> first_cond;  // [B, F, D]: the first layer's conditioning with the history's added
 };
 
 template <typename W>
@@ -243,6 +250,64 @@ struct Frame {
   const float* ahead_x;  // [A, B, H]
   std::vector<const W*> ahead_w;  // A x [ceil(G / 16), H, 16] (A = 0: no product ahead)
   float* ahead_y;  // [A, B, G] = x @ w, layer by layer
+  // The sample history's Q channels (jaxvoice/sample_history.py; Q = 0: none here). A position's channels
+  // are its W values before its window times the filters w [W, Q]: all but the newest F - 1 of them are
+  // known a frame earlier, so each call is given this frame's sums over those ("old", computed by the
+  // previous call or by XLA) and computes the next frame's on the pool thread while the samples are drawn.
+  int64_t hist_W, hist_Q;
+  const float* hist_old;  // [B, F, Q]
+  const float* hist_values;  // [B, W]: the window's last W values in [-2, 2] (the next frame's older ones)
+  const float* hist_gain;  // [B, Q]: this frame's gain of each channel
+  const W* hist_w;  // [ceil(Q / 16), W, 16]: the filters, packed
+  const W* hist_out;  // [ceil(D / 16), Q, 16]: the channels' map to the first layer, packed
+  float* hist_next;  // [B, F, Q]: the next frame's sums over its older values
+  const float* first_cond = nullptr;  // [B, F, first_stride]: the first layer's conditioning
+  int64_t first_stride = 0;
+
+  // The next frame's "old" sums: its F positions' rows of W values with the newest F - 1 (not drawn yet) as
+  // 0, times the filters, as `packed_matmul` multiplies them.
+  JV_TARGET void history_ahead() const {
+    const int64_t F = s.F, Wn = hist_W, Q = hist_Q, PQ = (Q + kPanel - 1) / kPanel;
+    if (Q == 0) return;
+    std::vector<float> rows_FxW(F * Wn, 0.0f);
+    for (int64_t b = 0; b < s.B; ++b) {
+      const float* values = hist_values + b * Wn;
+      for (int64_t t = 0; t < F; ++t) std::copy(values + t, values + Wn, rows_FxW.begin() + t * Wn);
+      packed_product<W>(rows_FxW.data(), F, Wn, hist_w, hist_next + b * F * Q, Q, 0, PQ);
+    }
+  }
+
+  // Into `first` [B, F, D]: the first layer's conditioning plus the history's, as the XLA frame step adds them
+  // (`sample_history.conditioning`): each position's old sums continued over its newest values (the last
+  // frame's samples, values[W - F ..]), times the gains, then through the map to D.
+  JV_TARGET void history_conditioning(float* first) const {
+    const int64_t F = s.F, D = s.D, Wn = hist_W, Q = hist_Q, PD = (D + kPanel - 1) / kPanel;
+    const int64_t PQ = (Q + kPanel - 1) / kPanel;
+    std::vector<float> channels_FxQ(F * Q), y_FxD(F * D);
+    for (int64_t b = 0; b < s.B; ++b) {
+      const float* values = hist_values + b * Wn;
+      for (int64_t t = 0; t < F; ++t)
+        for (int64_t p = 0; p < PQ; ++p) {  // a panel's 16 channels at a time, each sum in order of w
+          alignas(32) float sum[kPanel] = {};
+          const int64_t q0 = p * kPanel, n = std::min<int64_t>(kPanel, Q - q0);
+          std::copy(hist_old + (b * F + t) * Q + q0, hist_old + (b * F + t) * Q + q0 + n, sum);
+          __m256 lo = _mm256_load_ps(sum), hi = _mm256_load_ps(sum + 8);
+          for (int64_t w = Wn - t; w < Wn; ++w) {
+            const __m256 v = _mm256_set1_ps(values[t + w - F]);
+            const W* row = hist_w + (p * Wn + w) * kPanel;
+            lo = _mm256_fmadd_ps(v, load8(row), lo);
+            hi = _mm256_fmadd_ps(v, load8(row + 8), hi);
+          }
+          _mm256_store_ps(sum, lo);
+          _mm256_store_ps(sum + 8, hi);
+          for (int64_t k = 0; k < n; ++k) channels_FxQ[t * Q + q0 + k] = sum[k] * hist_gain[b * Q + q0 + k];
+        }
+      packed_product<W>(channels_FxQ.data(), F, Q, hist_out, y_FxD.data(), D, 0, PD);
+      for (int64_t t = 0; t < F; ++t)
+        for (int64_t d = 0; d < D; ++d)
+          first[(b * F + t) * D + d] = cond[(b * F + t) * s.C * D + d] + y_FxD[t * D + d];
+    }
+  }
 
   JV_TARGET void ahead() const {
     const int64_t B = s.B, H = ahead_in, G = ahead_out, P = (G + kPanel - 1) / kPanel;
@@ -304,7 +369,7 @@ struct Frame {
       // the first layer: bias + conditioning + the table row of each window position's symbol, ReLU
       for (int64_t b = 0; b < B; ++b) {
         float* x = x0.data() + b * D;
-        const float* c = cond + (b * F + pos) * s.C * D;
+        const float* c = first_cond + (b * F + pos) * first_stride;
         if (avx512) {
           first_layer512(x, in_b, c, tables, win.data() + b * F, F, D, table_rows.data());
           continue;
@@ -362,9 +427,11 @@ ffi::Error SampleFrame(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> window, ffi::
                        ffi::Buffer<ffi::F32> u, ffi::Buffer<ffi::F32> temperature, ffi::Buffer<ffi::F32> tables,
                        ffi::Buffer<ffi::F32> in_b, ffi::AnyBuffer hidden_rows, ffi::Buffer<ffi::F32> hidden_b,
                        ffi::AnyBuffer out_w, ffi::AnyBuffer out_rows, ffi::Buffer<ffi::F32> out_b,
-                       ffi::Buffer<ffi::F32> ahead_x, ffi::RemainingArgs packed,
-                       ffi::ResultBuffer<ffi::S32> tokens, ffi::ResultBuffer<ffi::F32> logits,
-                       ffi::ResultBuffer<ffi::F32> ahead_y) {
+                       ffi::Buffer<ffi::F32> ahead_x, ffi::Buffer<ffi::F32> hist_old,
+                       ffi::Buffer<ffi::F32> hist_values, ffi::Buffer<ffi::F32> hist_gain, ffi::AnyBuffer hist_w,
+                       ffi::AnyBuffer hist_out, ffi::RemainingArgs packed, ffi::ResultBuffer<ffi::S32> tokens,
+                       ffi::ResultBuffer<ffi::F32> logits, ffi::ResultBuffer<ffi::F32> ahead_y,
+                       ffi::ResultBuffer<ffi::F32> hist_next) {
 #if JV_X86
   auto wd = window.dimensions(), cd = cond.dimensions(), td = tables.dimensions(), hbd = hidden_b.dimensions();
   if (wd.size() != 2 || cd.size() != 3 || td.size() != 3 || hbd.size() != 2)
@@ -407,12 +474,26 @@ ffi::Error SampleFrame(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> window, ffi::
           "sample_frame: packed weights must be [ceil(O/16), I, 16] in the target's dtype");
     (hidden ? hidden_weights : ahead_weights).push_back(reinterpret_cast<const W*>(w->untyped_data()));
   }
+  // the history: hist_old [B, F, Q], hist_values [B, W], hist_gain [B, Q], hist_w [ceil(Q/16), W, 16],
+  // hist_out [ceil(D/16), Q, 16] (Q = 0: none)
+  auto hod = hist_old.dimensions(), hvd = hist_values.dimensions(), hgd = hist_gain.dimensions(),
+       hwd = hist_w.dimensions(), hmd = hist_out.dimensions(), hnd = hist_next->dimensions();
+  if (hod.size() != 3 || hvd.size() != 2 || hgd.size() != 2 || hnd.size() != 3)
+    return ffi::Error::InvalidArgument(
+        "sample_frame: expected hist_old[B, F, Q], hist_values[B, W], hist_gain[B, Q], hist_next[B, F, Q]");
+  const int64_t HQ = hod[2], HW = hvd[1];
+  if (HQ > 0 && (hod[0] != s.B || hod[1] != s.F || hvd[0] != s.B || HW < s.F || hgd[0] != s.B ||
+                 hgd[1] != HQ || hnd[0] != s.B || hnd[1] != s.F || hnd[2] != HQ || hwd.size() != 3 ||
+                 hwd[0] != (HQ + kPanel - 1) / kPanel || hwd[1] != HW || hwd[2] != kPanel || hmd.size() != 3 ||
+                 hmd[0] != PD || hmd[1] != HQ || hmd[2] != kPanel || hist_w.element_type() != kWeights ||
+                 hist_out.element_type() != kWeights))
+    return ffi::Error::InvalidArgument("sample_frame: the history's operands' shapes do not agree");
   if (out_w.element_type() != kWeights ||
       hidden_rows.element_type() != kWeights || out_rows.element_type() != kWeights)
     return ffi::Error::InvalidArgument("sample_frame: the weights' dtype does not match the target");
   if (s.B == 0) return ffi::Error::Success();
 
-  const Frame<W> frame{s,
+  Frame<W> frame{s,
                        window.typed_data(),
                        cond.typed_data(),
                        u.typed_data(),
@@ -431,18 +512,36 @@ ffi::Error SampleFrame(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> window, ffi::
                        ayd[2],
                        ahead_x.typed_data(),
                        std::move(ahead_weights),
-                       ahead_y->typed_data()};
+                       ahead_y->typed_data(),
+                       HW,
+                       HQ,
+                       hist_old.typed_data(),
+                       hist_values.typed_data(),
+                       hist_gain.typed_data(),
+                       reinterpret_cast<const W*>(hist_w.untyped_data()),
+                       reinterpret_cast<const W*>(hist_out.untyped_data()),
+                       hist_next->typed_data()};
   auto shared = std::make_shared<Shared>(s);
+  if (frame.hist_Q > 0) {  // before the pool thread is asked: both threads read it
+    shared->first_cond.resize(s.B * s.F * s.D);
+    frame.history_conditioning(shared->first_cond.data());
+    frame.first_cond = shared->first_cond.data();
+    frame.first_stride = s.D;
+  } else {
+    frame.first_cond = frame.cond;
+    frame.first_stride = s.C * s.D;
+  }
   const int64_t sizes = (static_cast<int64_t>(sizeof(W)) << 56) | (s.C << 48) | (s.D << 24) | (s.F << 8) | s.L;
   const bool timed = s.B == 1 && pool.num_threads() >= 2;
   const bool helped = pool.num_threads() >= 2 && (!timed || one_stream_threads.helper(sizes));
-  const bool ahead = !frame.ahead_w.empty();
+  const bool ahead = !frame.ahead_w.empty() || frame.hist_Q > 0;
   const auto began = std::chrono::steady_clock::now();
   if (helped || (ahead && pool.num_threads() >= 2)) {
     pool.Schedule([shared, frame, helped] {
       int open = 0;
       if (!shared->state.compare_exchange_strong(open, 1, std::memory_order_acq_rel)) return;  // too late
       frame.ahead();
+      frame.history_ahead();
       if (helped) {
         shared->joinable.store(true, std::memory_order_release);
         int first;
@@ -456,6 +555,7 @@ ffi::Error SampleFrame(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> window, ffi::
   int open = 0;
   if (shared->state.compare_exchange_strong(open, 2, std::memory_order_acq_rel)) {  // no pool thread came
     frame.ahead();
+    frame.history_ahead();
   } else {
     if (shared->start.load(std::memory_order_acquire) < 0)  // after the last sample: nothing for it to do
       shared->start.store(static_cast<int>(s.F), std::memory_order_release);
@@ -488,10 +588,16 @@ static auto Binding() {
       .Arg<ffi::AnyBuffer>()          // out_rows [D, 256], or empty
       .Arg<ffi::Buffer<ffi::F32>>()   // out_b [256]
       .Arg<ffi::Buffer<ffi::F32>>()   // ahead_x [A, B, H] (A = 0: no product ahead)
+      .Arg<ffi::Buffer<ffi::F32>>()   // hist_old [B, F, Q] (Q = 0: no history here)
+      .Arg<ffi::Buffer<ffi::F32>>()   // hist_values [B, W]
+      .Arg<ffi::Buffer<ffi::F32>>()   // hist_gain [B, Q]
+      .Arg<ffi::AnyBuffer>()          // hist_w [ceil(Q / 16), W, 16]
+      .Arg<ffi::AnyBuffer>()          // hist_out [ceil(D / 16), Q, 16]
       .RemainingArgs()                // packed: L x [ceil(D / 16), D, 16] (hidden), A x [ceil(G / 16), H, 16] (ahead)
       .Ret<ffi::Buffer<ffi::S32>>()   // tokens [B, F]
       .Ret<ffi::Buffer<ffi::F32>>()   // logits [B, F, 256]
-      .Ret<ffi::Buffer<ffi::F32>>();  // ahead_y [A, B, G]
+      .Ret<ffi::Buffer<ffi::F32>>()   // ahead_y [A, B, G]
+      .Ret<ffi::Buffer<ffi::F32>>();  // hist_next [B, F, Q]
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvoiceSampleFrameF32, SampleFrame<float>, Binding());
