@@ -66,13 +66,14 @@ def frame_gains(params, o_NxH, cfg: ModelConfig) -> jax.Array:
     return model.dense(cfg, o_NxH, params["history_gain_HxQ"]) + params["history_gain_b_Q"]
 
 
-def older_sums(params, values_BxW, cfg: ModelConfig) -> jax.Array:
+def older_sums(params, window_BxN, cfg: ModelConfig) -> jax.Array:
     """[B, F, Q]: for each position t of a frame, its channels' sums over the W values before its window but
-    the newest F - 1, which the last frame draws: the frame's older values [B, W] (e[N - F - W : N - F]
-    of its carry's window) times the filters with those newest as 0. Generation's frame kernel continues
-    each sum over the newest (`jaxvoice.sample_frame`)."""
+    the newest F - 1, which the last frame draws: the frame's older values (e[N - F - W : N - F] of its
+    carry's window [B, N], whose last input is the frame's first target's) times the filters with those
+    newest as 0. Generation's frame kernel continues each sum over the newest (`jaxvoice.sample_frame`)."""
     F, W = cfg.frame_size, cfg.sample_history
-    B = values_BxW.shape[0]
+    B, N = window_BxN.shape
+    values_BxW = sample_level.scaled(window_BxN[:, N - F - W : N - F])
     rows_FxBxW = _windows(jnp.pad(values_BxW, ((0, 0), (0, F - 1))), F, W)  # row t: values[t:], then t zeros
     sums = model.dense(cfg, rows_FxBxW.reshape(F * B, W), params["history_WxQ"])
     return sums.reshape(F, B, -1).transpose(1, 0, 2)

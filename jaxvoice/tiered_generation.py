@@ -215,10 +215,8 @@ def sample_scan(sp, carry, token_B, u_CxB, choose, cfg):
     ahead_AxBxG = _recurrent_products(sp, carry["frame"], cfg) if ahead else None
     older_BxFxQ = None
     if history:  # the first frame's older sums: its window's W values before the newest F - 1
-        N, W = carry["window"].shape[1], cfg.sample_history
         window_BxN = _push(carry, token_B.astype(jnp.int32))["window"]
-        values_BxW = sample_level.scaled(window_BxN[:, N - F - W : N - F])
-        older_BxFxQ = sample_history.older_sums(sp, values_BxW, cfg)
+        older_BxFxQ = sample_history.older_sums(sp, window_BxN, cfg)
     state = (carry, token_B.astype(jnp.int32), ahead_AxBxG, older_BxFxQ)
     if cfg.tiers == 3:
         L = cfg.top_frame_size

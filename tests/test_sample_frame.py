@@ -257,20 +257,20 @@ def test_the_kernel_adds_the_sample_history_as_the_frame_step_does(streams, rank
     assert tiered_generation._history_in_kernel(sp)
     # bfloat16 weights: XLA adds it (its bfloat16 products round x too, the kernel's do not)
     assert not tiered_generation._history_in_kernel(generation_params(cfg, params, "bfloat16")[0])
-    F, W = cfg.frame_size, cfg.sample_history
+    F = cfg.frame_size
     N = tiered_maps.window_length(cfg)
     rng = np.random.default_rng(rank)
     window_BxN = jnp.asarray(rng.integers(0, 256, (streams, N)), jnp.int32)
     carry = dict(model.init_carry(cfg, streams), window=window_BxN)
     u_FxB = jnp.asarray(rng.random((F, streams)), jnp.float32)
     frame = jax.jit(sample_frame.frame)
-
-    def older_sums(window):
-        return sample_history.older_sums(sp, sample_level.scaled(window[:, N - F - W : N - F]), cfg)
-
     o_BxH, _, cond_BxFxD = tiered_generation._frame_outputs(sp, carry, cfg)
     gains_BxQ = sample_history.frame_gains(sp, o_BxH, cfg)
-    history = (older_sums(window_BxN), tiered_generation._last_values(window_BxN, cfg), gains_BxQ)
+    history = (
+        sample_history.older_sums(sp, window_BxN, cfg),
+        tiered_generation._last_values(window_BxN, cfg),
+        gains_BxQ,
+    )
     tokens_BxF, logits_BxFxV, _, older_BxFxQ = frame(
         sp, window_BxN[:, -F:], cond_BxFxD, u_FxB, 1.0, None, history
     )
@@ -280,4 +280,6 @@ def test_the_kernel_adds_the_sample_history_as_the_frame_step_does(streams, rank
     np.testing.assert_allclose(logits_BxFxV, want_logits, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(tokens_BxF, want_tokens)
     after_BxN = jnp.concatenate([window_BxN, tokens_BxF], axis=1)[:, -N:]
-    np.testing.assert_allclose(older_BxFxQ, older_sums(after_BxN), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        older_BxFxQ, sample_history.older_sums(sp, after_BxN, cfg), rtol=1e-5, atol=1e-5
+    )
