@@ -507,6 +507,9 @@ def test_cli_writes_one_file_per_stream_with_the_prime(run_copy, tmp_path):
     assert not out.exists()
     assert len({d[800:] for d in data}) == 3
     assert proc.stdout.count("wrote ") == 3
+    # 6 chunks: the summary gives the rate after the first one, whose time includes compiling
+    summary = proc.stdout.splitlines()[-1]
+    assert "the first chunk took" in summary and " samples/s)" in summary, summary
 
 
 def test_cli_every_checkpoint_then_one_again(run_copy):

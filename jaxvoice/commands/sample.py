@@ -133,6 +133,7 @@ def _sample_one(args, restored, length, chunk, paths, prime, key, dp):
     cfg, meta = restored.config, restored.corpus_meta
     rate = meta.get("rate") if meta["codec"] != "bytes" else None
     t0, done = time.monotonic(), 0
+    first = None  # (time, symbols) at the first chunk, whose time includes compiling the model's chunk
     # disable=None: a bar only when stderr is a terminal, so logs and error messages stay clean.
     bar = tqdm(
         total=length * len(paths), unit="sample", unit_scale=True, file=sys.stderr,
@@ -140,8 +141,10 @@ def _sample_one(args, restored, length, chunk, paths, prime, key, dp):
     )  # fmt: skip
 
     def on_chunk(n: int) -> None:
-        nonlocal done
+        nonlocal done, first
         done += n
+        if first is None:
+            first = (time.monotonic(), done)
         bar.update(n)
         if rate:
             bar.set_postfix_str(f"{done / rate / (time.monotonic() - t0):.2f}x real time")
@@ -169,6 +172,9 @@ def _sample_one(args, restored, length, chunk, paths, prime, key, dp):
         speed = f"{done / seconds:,.0f} samples/s"
         if rate:
             speed += f", {done / rate / seconds:.2f}x real time"
+        if first is not None and done > first[1]:  # the rate a longer sample would run at
+            after = (done - first[1]) / max(seconds - (first[0] - t0), 1e-9)
+            speed += f" (the first chunk took {first[0] - t0:.1f} s, compiling included; after it {after:,.0f} samples/s)"
         print(f"sampled {done:,} symbols in {seconds:.1f} s: {speed}")
     return 0
 
