@@ -19,6 +19,11 @@
 // ~230 where its weights alone take ~15 us to read (an Intel Xeon VM, 2026-12-03): here each core keeps its
 // own weights in its cache.
 //
+// Its work done, the pool thread stays until the call ends: a pool thread that returns early is asleep by the
+// time the frame's last sample is drawn, and the next call (and the products between) then wait for it to
+// wake. Staying, a trained `voice_cpu_tiered` frame's call asked for it in 0.55 us, not 2.5, and drew its
+// samples in 40.9 us, not 45.9 (AMD EPYC Zen 4, 2026-12-05, docs/performance.md).
+//
 // Where the model has a sample history with gains (jaxvoice/sample_history.py), the call also adds it to the
 // first layer's conditioning: it is given each position's sums over its older values and continues them
 // over the last frame's samples, and the pool thread computes the next frame's older sums while the caller
@@ -229,6 +234,7 @@ struct Shared {
   std::atomic<bool> joinable{false};  // the pool thread has done the product ahead and waits to join
   std::atomic<int> start{-1};  // the sample the pool thread joins at (F: none left)
   std::atomic<int> helper_done{0};
+  std::atomic<bool> over{false};  // the caller has seen helper_done: the pool thread may return
   std::vector<float> first_cond;  // [B, F, D]: the first layer's conditioning with the history's added
 };
 
@@ -549,6 +555,7 @@ ffi::Error SampleFrame(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> window, ffi::
         if (first < frame.s.F) frame.run(*shared, 1, first);
       }
       shared->helper_done.store(1, std::memory_order_release);
+      for (int turns = 0; !shared->over.load(std::memory_order_acquire);) idle(turns);
     });
   }
   frame.run(*shared, 0, 0);
@@ -560,6 +567,7 @@ ffi::Error SampleFrame(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> window, ffi::
     if (shared->start.load(std::memory_order_acquire) < 0)  // after the last sample: nothing for it to do
       shared->start.store(static_cast<int>(s.F), std::memory_order_release);
     for (int turns = 0; !shared->helper_done.load(std::memory_order_acquire);) idle(turns);
+    shared->over.store(true, std::memory_order_release);
   }
   if (timed) {
     const std::chrono::duration<double, std::nano> took = std::chrono::steady_clock::now() - began;
