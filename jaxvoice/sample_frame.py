@@ -54,7 +54,7 @@ def available() -> bool:
             }
             sp["frame_kernel"] = kernel_params(sp)
             window, cond, u = jnp.zeros((1, F), jnp.int32), jnp.zeros((1, F, D)), jnp.full((F, 1), 0.5)
-            tokens, logits, _, _ = _call(sp, window, cond, u, 1.0, None, None)
+            tokens, logits, _, _ = _call(sp, window, cond, u, 1.0, None, None, None)
         if np.array_equal(np.asarray(tokens), [[7, 7]]) and np.array_equal(np.asarray(logits)[0, 1], out_b):
             return True
         log.warning("jaxvoice's sample-frame kernel computes wrong frames here: using the XLA step")
@@ -97,12 +97,16 @@ def _rows(packed_PxIx16: jax.Array) -> jax.Array:
     return packed_PxIx16.transpose(1, 0, 2).reshape(inputs, panels * PANEL)
 
 
-def frame(sp: dict, window_BxF, cond_BxFxD, u_FxB, temperature, ahead=None, history=None):
+def frame(sp: dict, window_BxF, cond_BxGxD, u_FxB, temperature, ahead=None, history=None, bias_FxD=None):
     """One frame of the sample level: (tokens_BxF int32, logits_BxFxV, products, history_next) of its F samples
     from the F inputs up to its first (the newest last), each sample's conditioning vectors ([B, F, C * D]:
     the first layer's, then each hidden layer's, `tiered_maps.conditioned_layers`) and uniform, and the
     temperature (0: the most probable symbol, as the greedy sampler). `sp`: the generation params with the
     kernel's own (`kernel_params`, under "frame_kernel"). Needs `available()`.
+
+    With `bias_FxD` [F, C * D], the conditioning is given as `tiered_maps.upsampled` makes it: position t's is
+    cond_BxGxD's row (G = 1: the frame's one; G = F: its own) plus bias_FxD[t], which the kernel adds as it
+    reaches the position, rather than XLA writing all F first (the same floats).
 
     With `ahead` = (x_AxBxH, [W_a for each a]), W_a packed weights [ceil(G / 16), H, 16] as `packed_matmul`
     takes them (e.g. each frame layer's own), also products = [x_a @ W_a for each a] [A, B, ceil(G / 16) * 16]
@@ -111,17 +115,19 @@ def frame(sp: dict, window_BxF, cond_BxFxD, u_FxB, temperature, ahead=None, hist
 
     With `history` = (old_BxFxQ, values_BxW, gain_BxQ), the model's sample history with gains
     (`sample_history`, its weights packed in `sp["frame_kernel"]`) is added to the first layer's conditioning here,
-    not in `cond_BxFxD`: old = each position's sums over its W values before its window but the newest
+    not in `cond_BxGxD`: old = each position's sums over its W values before its window but the newest
     F - 1 (`sample_history.older_sums`), values = the window's last W in [-2, 2], gain = this frame's
     (`sample_history.frame_gains`); history_next = the next frame's old sums [B, F, Q], computed while the
     samples are drawn (the XLA frame step's sums, in the kernel's order); otherwise history_next is None."""
     if not available():
         raise RuntimeError("jaxvoice's sample_frame kernel is not built for this machine")
-    return _call(sp, window_BxF, cond_BxFxD, u_FxB, temperature, ahead, history)
+    return _call(sp, window_BxF, cond_BxGxD, u_FxB, temperature, ahead, history, bias_FxD)
 
 
-def _call(sp, window_BxF, cond_BxFxD, u_FxB, temperature, ahead, history):
+def _call(sp, window_BxF, cond_BxGxD, u_FxB, temperature, ahead, history, bias_FxD):
     B, F = window_BxF.shape
+    if bias_FxD is None:
+        bias_FxD = jnp.zeros((0, cond_BxGxD.shape[-1]))
     out_w = sp["out_DxV"].data
     if ahead is None:
         ahead_x, ahead_w, G = jnp.zeros((0, B, 0)), [], 0
@@ -145,7 +151,8 @@ def _call(sp, window_BxF, cond_BxFxD, u_FxB, temperature, ahead, history):
         _TARGETS[jnp.dtype(out_w.dtype).name], results, vmap_method="sequential"
     )(
         window_BxF.astype(jnp.int32),
-        cond_BxFxD.astype(jnp.float32),
+        cond_BxGxD.astype(jnp.float32),
+        jnp.asarray(bias_FxD, jnp.float32),
         jnp.asarray(u_FxB, jnp.float32),
         jnp.asarray(temperature, jnp.float32).reshape(()),
         sp["tables_FxVxD"].astype(jnp.float32),

@@ -22,14 +22,18 @@ def _top_step(params, carry, cfg):
     return dict(carry, top=top_carry, top_cond=maps.top_conditioning(params, o_BxH, cfg))
 
 
-def _frame_outputs(params, carry, cfg, above_BxH=None):
+def _frame_tier(params, carry, cfg, above_BxH=None):
     """At a frame start: the frame tier one step on the F inputs up to now (and, with 3 tiers, the top
-    tier's vector for this frame, `above_BxH`): (its output o_BxH, its carry, its F conditioning vectors
-    without the history's)."""
+    tier's vector for this frame, `above_BxH`): (its output o_BxH, its carry)."""
     inputs_BxI = maps.frame_inputs(params, carry["window"][:, -cfg.frame_size :], cfg)
     if above_BxH is not None:
         inputs_BxI = jnp.concatenate([inputs_BxI, above_BxH], axis=-1)
-    o_BxH, frame_carry = model.step_layers(cfg, params["frame_layers"], carry["frame"], inputs_BxI)
+    return model.step_layers(cfg, params["frame_layers"], carry["frame"], inputs_BxI)
+
+
+def _frame_outputs(params, carry, cfg, above_BxH=None):
+    """`_frame_tier`'s (o_BxH, carry) and its F conditioning vectors without the history's."""
+    o_BxH, frame_carry = _frame_tier(params, carry, cfg, above_BxH)
     return o_BxH, frame_carry, maps.conditioning(params, o_BxH, cfg)
 
 
@@ -160,10 +164,14 @@ def sample_scan(sp, carry, token_B, u_CxB, choose, cfg):
     native = "frame_kernel" in sp and temperature is not None
     ahead = native and _recurrent_packed(sp, cfg)
     history = native and _history_in_kernel(sp)
+    # the kernel given the frame's upsampled vector and adding each position's bias itself (unless XLA adds a
+    # history to the first layer's conditioning): the [F, C * D] sum is not written a frame
+    upsampled = native and (history or not cfg.sample_history)
     recurrent = cells.get_cell(cfg.cell).recurrent
 
     def frame(state, xs):
-        (carry, token, ahead_AxBxG, older_BxFxQ), (above_BxH, u_FxB) = state, xs
+        (carry, token, ahead_AxBxG, older_BxFxQ, up_BxGxD), (above_BxH, u_FxB) = state, xs
+        bias_FxD = None
         params = sp
         if ahead:  # the frame layers' recurrent products, computed while the last frame was drawn
             layers = [
@@ -172,11 +180,13 @@ def sample_scan(sp, carry, token_B, u_CxB, choose, cfg):
             ]
             params = dict(sp, frame_layers=layers)
         carry = _push(carry, token)
-        if history:  # the kernel adds the history to the first layer's conditioning
-            o_BxH, frame_carry, cond_BxFxD = _frame_outputs(params, carry, cfg, above_BxH)
-            carry = dict(carry, frame=frame_carry, cond=cond_BxFxD)
-            gains_BxQ = sample_history.frame_gains(sp, o_BxH, cfg)
-            newest = (older_BxFxQ, _last_values(carry["window"], cfg), gains_BxQ)
+        if upsampled:
+            o_BxH, frame_carry = _frame_tier(params, carry, cfg, above_BxH)
+            up_BxGxD, bias_FxD = maps.upsampled(cfg, o_BxH, sp[maps.up_weight(cfg)], sp["up_b_FD"], F)
+            carry, newest = dict(carry, frame=frame_carry), None
+            if history:  # the kernel adds the history to the first layer's conditioning
+                gains_BxQ = sample_history.frame_gains(sp, o_BxH, cfg)
+                newest = (older_BxFxQ, _last_values(carry["window"], cfg), gains_BxQ)
         else:
             carry, newest = _frame_step(params, carry, cfg, above_BxH), None
         if native:  # the sample level's F steps in one call of jaxvoice's CPU kernel
@@ -188,13 +198,21 @@ def sample_scan(sp, carry, token_B, u_CxB, choose, cfg):
                 h_AxBxH = jnp.stack([recurrent(c) for c in carry["frame"]])
                 given = (h_AxBxH, [layer["wh_HxG"].data for layer in sp["frame_layers"]])
             tokens_BxF, _, ahead_AxBxP, older_BxFxQ = sample_frame.frame(
-                sp, window[:, -F:], carry["cond"], u_FxB, temperature, given, newest
+                sp,
+                window[:, -F:],
+                up_BxGxD if upsampled else carry["cond"],
+                u_FxB,
+                temperature,
+                given,
+                newest,
+                bias_FxD,
             )
             if ahead:  # the kernel's whole panels of 16 columns, cut to the product's G
                 ahead_AxBxG = ahead_AxBxP[..., : sp["frame_layers"][0]["wh_HxG"].out_features]
             window = jnp.concatenate([window, tokens_BxF[:, :-1]], axis=1)[:, -window.shape[1] :]
             carry = dict(carry, window=window, pos=(carry["pos"] + F) % maps.period(cfg))
-            return (carry, tokens_BxF[:, -1], ahead_AxBxG, older_BxFxQ), tokens_BxF.T.astype(jnp.uint8)
+            state = (carry, tokens_BxF[:, -1], ahead_AxBxG, older_BxFxQ, up_BxGxD)
+            return state, tokens_BxF.T.astype(jnp.uint8)
         chosen = []
         for position in range(F):  # unrolled, so each step knows its position in the frame
             if position:
@@ -202,25 +220,32 @@ def sample_scan(sp, carry, token_B, u_CxB, choose, cfg):
             logits_BxV, carry = _sample_step(sp, carry, cfg, tables_FxVxD, position)
             token = choose(logits_BxV, u_FxB[position])
             chosen.append(token.astype(jnp.uint8))
-        return (carry, token, ahead_AxBxG, older_BxFxQ), jnp.stack(chosen)
+        return (carry, token, ahead_AxBxG, older_BxFxQ, up_BxGxD), jnp.stack(chosen)
 
     def top_frame(state, u_RxFxB):
-        carry, token, ahead_AxBxG, older_BxFxQ = state
+        carry, token, *rest = state
         # the top tier reads the window with this step's input, which `frame` then pushes itself
         top = _top_step(sp, _push(carry, token), cfg)
         carry = dict(carry, top=top["top"], top_cond=top["top_cond"])
         xs = (carry["top_cond"].transpose(1, 0, 2), u_RxFxB)
-        return jax.lax.scan(frame, (carry, token, ahead_AxBxG, older_BxFxQ), xs)
+        return jax.lax.scan(frame, (carry, token, *rest), xs)
 
     ahead_AxBxG = _recurrent_products(sp, carry["frame"], cfg) if ahead else None
     older_BxFxQ = None
     if history:  # the first frame's older sums: its window's W values before the newest F - 1
         window_BxN = _push(carry, token_B.astype(jnp.int32))["window"]
         older_BxFxQ = sample_history.older_sums(sp, window_BxN, cfg)
-    state = (carry, token_B.astype(jnp.int32), ahead_AxBxG, older_BxFxQ)
+    up_BxGxD = None
+    if upsampled:  # the last frame's upsampled vector, its conditioning's sum made once after the scan
+        G = 1 if cfg.upsampling == "shared" else F
+        up_BxGxD = jnp.zeros((B, G, carry["cond"].shape[-1]), jnp.float32)
+    state = (carry, token_B.astype(jnp.int32), ahead_AxBxG, older_BxFxQ, up_BxGxD)
     if cfg.tiers == 3:
         L = cfg.top_frame_size
-        (carry, token_B, *_), tokens = jax.lax.scan(top_frame, state, u_CxB.reshape(C // L, L // F, F, B))
+        state, tokens = jax.lax.scan(top_frame, state, u_CxB.reshape(C // L, L // F, F, B))
     else:
-        (carry, token_B, *_), tokens = jax.lax.scan(frame, state, (None, u_CxB.reshape(C // F, F, B)))
+        state, tokens = jax.lax.scan(frame, state, (None, u_CxB.reshape(C // F, F, B)))
+    carry, token_B, _, _, up_BxGxD = state
+    if upsampled:  # as `tiered_maps.upsample` adds them
+        carry = dict(carry, cond=up_BxGxD + sp["up_b_FD"].reshape(F, -1))
     return carry, token_B, tokens.reshape(C, B).T

@@ -244,6 +244,45 @@ def test_the_sampler_runs_the_kernel_where_it_can():
 
 
 @needs_kernel
+@pytest.mark.parametrize(
+    ("upsampling", "conditioning", "streams", "rank"),
+    [("shared", "every", 1, 8), ("per_position", "every", 2, 8), ("shared", "first", 3, 0),
+     ("per_position", "first", 1, 0)],
+)  # fmt: skip
+def test_the_kernel_adds_each_positions_bias_as_the_upsampling_does(upsampling, conditioning, streams, rank):
+    """Given the frame's upsampled vectors and each position's bias (`tiered_maps.upsampled`: one vector for
+    the frame with the shared map, one per position without), the kernel draws the frame it draws from their
+    sum (`tiered_maps.upsample`, what XLA wrote before): the same symbols, logits and older sums, to the bit,
+    with the history it adds itself and without."""
+    history_settings = dict(sample_history=48, sample_history_rank=rank) if rank else {}
+    cfg = tiered(frame_size=16, sample_size=64, sample_layers=3, upsampling=upsampling,
+                 sample_conditioning=conditioning, **history_settings)  # fmt: skip
+    sp, _ = generation_params(cfg, random_params(cfg))
+    assert tiered_generation._history_in_kernel(sp) == bool(rank)
+    F, N = cfg.frame_size, tiered_maps.window_length(cfg)
+    rng = np.random.default_rng(streams)
+    window_BxN = jnp.asarray(rng.integers(0, 256, (streams, N)), jnp.int32)
+    carry = dict(model.init_carry(cfg, streams), window=window_BxN)
+    u_FxB = jnp.asarray(rng.random((F, streams)), jnp.float32)
+    o_BxH, _ = tiered_generation._frame_tier(sp, carry, cfg)
+    up_BxGxD, bias_FxD = tiered_maps.upsampled(cfg, o_BxH, sp[tiered_maps.up_weight(cfg)], sp["up_b_FD"], F)
+    assert up_BxGxD.shape[1] == (1 if upsampling == "shared" else F)
+    history = None
+    if rank:
+        gains_BxQ = sample_history.frame_gains(sp, o_BxH, cfg)
+        last_BxW = tiered_generation._last_values(window_BxN, cfg)
+        history = (sample_history.older_sums(sp, window_BxN, cfg), last_BxW, gains_BxQ)
+    frame = jax.jit(sample_frame.frame)
+    got = frame(sp, window_BxN[:, -F:], up_BxGxD, u_FxB, 1.0, None, history, bias_FxD)
+    want = frame(sp, window_BxN[:, -F:], up_BxGxD + bias_FxD, u_FxB, 1.0, None, history)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    if rank:
+        np.testing.assert_array_equal(got[3], want[3])
+    assert len(np.unique(got[0])) > 1
+
+
+@needs_kernel
 @pytest.mark.parametrize(("streams", "rank"), [(1, 32), (3, 8), (2, 16)])
 def test_the_kernel_adds_the_sample_history_as_the_frame_step_does(streams, rank):
     """With gains (`model.sample_history_rank`) the kernel adds the sample history to the first layer's
