@@ -156,7 +156,8 @@ def sample_scan(sp, carry, token_B, u_CxB, choose, cfg):
     values (`_history_in_kernel`), on another core while it draws the samples, and adds this frame's history
     (its newest values, the gains and the map) itself: a trained `voice_cpu_tiered` frame 1.08-1.13x faster
     than with the history's windows and small products in XLA (AMD EPYC Zen 4, 2026-12-05,
-    docs/performance.md)."""
+    docs/performance.md). The carry's "cond" is then the last frame's without the history's term (a step at
+    the next frame's start makes its own)."""
     F = cfg.frame_size
     C, B = u_CxB.shape
     tables_FxVxD = sp.get("tables_FxVxD")

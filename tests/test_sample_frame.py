@@ -283,6 +283,47 @@ def test_the_kernel_adds_each_positions_bias_as_the_upsampling_does(upsampling, 
 
 
 @needs_kernel
+@pytest.mark.parametrize(("upsampling", "rank"), [("shared", 8), ("per_position", 0)])
+def test_a_scan_on_the_kernel_leaves_the_carry_the_equations_leave(upsampling, rank):
+    """After a scan of frames on the kernel, whose frames take the upsampled vector and the bias apart, the
+    carry (the frame tier's state, the window, the position, and the last frame's conditioning, which that
+    scan sums once at its end) is the one the XLA step's scan leaves, and so are the symbols; where the kernel
+    adds the sample history itself, the first layer's conditioning in the carry is without it (a step at the
+    next frame's start makes its own)."""
+    history_settings = dict(sample_history=48, sample_history_rank=rank) if rank else {}
+    cfg = tiered(frame_size=16, sample_size=64, sample_layers=3, upsampling=upsampling,
+                 sample_conditioning="every", **history_settings)  # fmt: skip
+    params = random_params(cfg)
+    B, F = 2, cfg.frame_size
+    rng = np.random.default_rng(len(upsampling) + rank)
+    carry = dict(
+        model.init_carry(cfg, B),
+        window=jnp.asarray(rng.integers(0, 256, (B, tiered_maps.window_length(cfg))), jnp.int32),
+    )
+    token_B = jnp.asarray(rng.integers(0, 256, B), jnp.int32)
+    u_CxB = jnp.asarray(rng.random((4 * F, B)), jnp.float32)
+    pick = sample.Choice(1.0, sample.Sampler())
+    scan = jax.jit(tiered_generation.sample_scan, static_argnums=(4, 5))
+    results = {}
+    for kernels in ("auto", "xla"):
+        kcfg = dataclasses.replace(cfg, kernels=kernels)
+        sp = sample._prepare(params, kcfg, sample.Layout(packed=True))
+        assert ("frame_kernel" in sp) == (kernels == "auto")
+        results[kernels] = scan(sp, carry, token_B, u_CxB, pick, kcfg)
+    (carry_k, token_k, tokens_k), (carry_x, token_x, tokens_x) = results["auto"], results["xla"]
+    np.testing.assert_array_equal(tokens_k, tokens_x)
+    np.testing.assert_array_equal(token_k, token_x)
+    assert len(np.unique(tokens_k)) > 1
+    assert jax.tree.structure(carry_k) == jax.tree.structure(carry_x)
+    D = cfg.sample_size
+    first = D if rank else 0  # with the history in the kernel: the layers above the first
+    assert not np.allclose(carry_k["cond"], carry["cond"])  # the last frame's, not the one it started with
+    cond_k, cond_x = carry_k.pop("cond")[..., first:], carry_x.pop("cond")[..., first:]
+    np.testing.assert_allclose(cond_k, cond_x, rtol=1e-5, atol=1e-5)
+    jax.tree.map(lambda k, x: np.testing.assert_allclose(k, x, rtol=1e-5, atol=1e-5), carry_k, carry_x)
+
+
+@needs_kernel
 @pytest.mark.parametrize(("streams", "rank"), [(1, 32), (3, 8), (2, 16)])
 def test_the_kernel_adds_the_sample_history_as_the_frame_step_does(streams, rank):
     """With gains (`model.sample_history_rank`) the kernel adds the sample history to the first layer's
