@@ -248,5 +248,5 @@ def sample_scan(sp, carry, token_B, u_CxB, choose, cfg):
         state, tokens = jax.lax.scan(frame, state, (None, u_CxB.reshape(C // F, F, B)))
     carry, token_B, _, _, up_BxGxD = state
     if upsampled:  # as `tiered_maps.upsample` adds them
-        carry = dict(carry, cond=up_BxGxD + sp["up_b_FD"].reshape(F, -1))
+        carry = dict(carry, cond=up_BxGxD + maps.position_bias(sp["up_b_FD"], F))
     return carry, token_B, tokens.reshape(C, B).T

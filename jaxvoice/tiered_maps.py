@@ -52,7 +52,13 @@ def upsampled(cfg, o_NxH, w, b_CW, count: int) -> tuple[jax.Array, jax.Array]:
     """(y [N, G, W], b [count, W]) whose sum is `upsample`'s: G = 1 with the shared map, so that whoever
     adds them to a product can broadcast y over the positions rather than copy it to each."""
     y_NxW = model.dense(cfg, o_NxH, w)
-    return y_NxW.reshape(o_NxH.shape[0], -1, b_CW.shape[0] // count), b_CW.reshape(count, -1)
+    b_CxW = position_bias(b_CW, count)
+    return y_NxW.reshape(o_NxH.shape[0], -1, b_CxW.shape[1]), b_CxW
+
+
+def position_bias(b_CW, count: int) -> jax.Array:
+    """[count, W]: the upsampling's bias of each position."""
+    return b_CW.reshape(count, -1)
 
 
 def upsample(cfg, o_NxH, w, b_CW, count: int) -> jax.Array:

@@ -419,14 +419,13 @@ struct Frame {
         shared.start.store(static_cast<int>(pos), std::memory_order_release);
         parts = 2;
       }
-      // this sample's conditioning of each layer (the first layer's from first_cond where the history is in it)
-      for (int64_t b = 0; b < B; ++b)
-        conditioning(b, pos, first_cond == nullptr ? 0 : D, (s.C - (first_cond == nullptr ? 0 : 1)) * D,
-                     cond_now.data() + b * s.C * D + (first_cond == nullptr ? 0 : D));
+      // this sample's conditioning of each layer, but the first's where first_cond has it (with the history)
+      const int64_t own = first_cond == nullptr ? 0 : D, CD = s.C * D;
+      for (int64_t b = 0; b < B; ++b) conditioning(b, pos, own, CD - own, cond_now.data() + b * CD + own);
       // the first layer: bias + conditioning + the table row of each window position's symbol, ReLU
       for (int64_t b = 0; b < B; ++b) {
         float* x = x0.data() + b * D;
-        const float* c = first_cond == nullptr ? cond_now.data() + b * s.C * D : first_cond + (b * F + pos) * D;
+        const float* c = first_cond == nullptr ? cond_now.data() + b * CD : first_cond + (b * F + pos) * D;
         if (avx512) {
           first_layer512(x, in_b, c, tables, win.data() + b * F, F, D, table_rows.data());
           continue;
