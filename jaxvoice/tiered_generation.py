@@ -31,16 +31,11 @@ def _frame_tier(params, carry, cfg, above_BxH=None):
     return model.step_layers(cfg, params["frame_layers"], carry["frame"], inputs_BxI)
 
 
-def _frame_outputs(params, carry, cfg, above_BxH=None):
-    """`_frame_tier`'s (o_BxH, carry) and its F conditioning vectors without the history's."""
-    o_BxH, frame_carry = _frame_tier(params, carry, cfg, above_BxH)
-    return o_BxH, frame_carry, maps.conditioning(params, o_BxH, cfg)
-
-
 def _frame_step(params, carry, cfg, above_BxH=None):
-    """At a frame start: the frame tier one step (`_frame_outputs`) and its F conditioning vectors, the
+    """At a frame start: the frame tier one step (`_frame_tier`) and its F conditioning vectors, the
     history's added to the first layer's."""
-    o_BxH, frame_carry, cond_BxFxD = _frame_outputs(params, carry, cfg, above_BxH)
+    o_BxH, frame_carry = _frame_tier(params, carry, cfg, above_BxH)
+    cond_BxFxD = maps.conditioning(params, o_BxH, cfg)
     if cfg.sample_history:  # the window's last input is target 0's: e with N - 1 inputs before it
         window_BxN = carry["window"]
         history_FxBxD = sample_history.conditioning(

@@ -344,7 +344,8 @@ def test_the_kernel_adds_the_sample_history_as_the_frame_step_does(streams, rank
     carry = dict(model.init_carry(cfg, streams), window=window_BxN)
     u_FxB = jnp.asarray(rng.random((F, streams)), jnp.float32)
     frame = jax.jit(sample_frame.frame)
-    o_BxH, _, cond_BxFxD = tiered_generation._frame_outputs(sp, carry, cfg)
+    o_BxH, _ = tiered_generation._frame_tier(sp, carry, cfg)
+    cond_BxFxD = tiered_maps.conditioning(sp, o_BxH, cfg)
     gains_BxQ = sample_history.frame_gains(sp, o_BxH, cfg)
     history = (
         sample_history.older_sums(sp, window_BxN, cfg),
